@@ -1,0 +1,138 @@
+"""CoOp (``KaiyangZhou/CoOp@ff61507:trainers/coop.py``): learned context vectors in the text prompt.
+
+Prompts are ``[SOS] [V]_1 ... [V]_M [CLASS] . [EOS]`` (``end``), ``[SOS] [V]_1..M/2 [CLASS] [V]_M/2+1..M . [EOS]``
+(``middle``) or ``[SOS] [CLASS] [V]_1..M . [EOS]`` (``front``), encoded through the frozen text tower from token
+embeddings; text features of all classes are recomputed every step. The context is shared (``csc: false``) or
+class-specific, initialised from the words of ``ctx_init`` (which then sets M) or from N(0, 0.02).
+
+Deviation (exact, on by default): the text sequence is cut to the longest prompt of the class set
+(``truncate_text``), which leaves features unchanged up to floating-point reduction order (protocol.md §9.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.method import Method, MethodContext, StepOutput, normalize
+
+
+@dataclass(frozen=True)
+class CoOpConfig:
+    """CoOp options; defaults are ``TRAINER.COOP`` of the official configs."""
+
+    n_ctx: int = 16  # N_CTX (ignored when ctx_init is given: M = number of its words)
+    ctx_init: str = ""  # CTX_INIT, e.g. "a photo of a" (base-to-novel configs); "" = random N(0, init_std)
+    csc: bool = False  # CSC: class-specific contexts
+    class_token_position: Literal["end", "middle", "front"] = "end"  # CLASS_TOKEN_POSITION
+    init_std: float = 0.02
+    truncate_text: bool = True  # exact fast path: cut the text context to the longest prompt
+
+    def validate(self) -> None:
+        if self.n_ctx <= 0 and not self.ctx_init:
+            raise ValueError("n_ctx must be positive")
+
+
+class CoOp(Method):
+    """Context optimisation on a frozen CLIP."""
+
+    Config = CoOpConfig
+
+    def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CoOpConfig,
+                 context: MethodContext) -> None:
+        super().__init__(clip, classnames, config, context)
+        width = clip.text.width
+        if config.ctx_init:
+            init = config.ctx_init.replace("_", " ")
+            ids = clip.tokenize([init])
+            self.n_ctx = len(init.split(" "))  # official: words, assumed one BPE token each
+            with torch.no_grad():
+                vectors = clip.token_embedding(ids)[0, 1:1 + self.n_ctx].clone()
+            self.prompt_prefix = init  # official: a word-initialised context is generic even with CSC
+        else:
+            self.n_ctx = config.n_ctx
+            shape = (len(classnames), self.n_ctx, width) if config.csc else (self.n_ctx, width)
+            vectors = torch.empty(shape, dtype=clip.dtype, device=clip.device)
+            nn.init.normal_(vectors, std=config.init_std)
+            self.prompt_prefix = " ".join(["X"] * self.n_ctx)
+        self.ctx = nn.Parameter(vectors)
+        self._build_prompts(classnames)
+
+    @classmethod
+    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+        """CoOp's configs: SGD lr 0.002, batch 32, 1 constant warmup epoch; epochs by shots (IJCV few-shot table),
+        50 on ImageNet; base-to-novel (CoCoOp paper's CoOp rows): 200 epochs (ImageNet 50)."""
+        epochs = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}.get(shots, 200)
+        if dataset == "imagenet":
+            epochs = 50
+        return {"name": "sgd", "lr": 0.002, "epochs": epochs, "batch_size": 32, "warmup_epochs": 1}
+
+    @classmethod
+    def check_run(cls, run: Any, config: CoOpConfig) -> None:
+        """Class-specific contexts cannot describe classes unseen in training."""
+        if config.csc and run.protocol != "fewshot":
+            raise ValueError(f"coop with csc=true cannot evaluate unseen classes (protocol {run.protocol!r})")
+
+    # -- prompts ---------------------------------------------------------------------------------------------------
+    def _build_prompts(self, classnames: Sequence[str]) -> None:
+        clip = self.clip
+        names = [name.replace("_", " ") for name in classnames]
+        self.name_lens = [len(clip.tokenizer.encode(name)) for name in names]
+        ids = clip.tokenize([f"{self.prompt_prefix} {name}." for name in names])
+        if self.config.truncate_text:
+            ids = clip.truncate(ids)
+        with torch.no_grad():
+            embedding = clip.token_embedding(ids)
+        self.register_buffer("tokenized_prompts", ids, persistent=False)
+        self.register_buffer("token_prefix", embedding[:, :1], persistent=False)  # SOS
+        self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx:], persistent=False)  # CLS, ".", EOS, pad
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        super().set_classnames(classnames)
+        self._build_prompts(classnames)
+
+    def prompt_embeddings(self) -> torch.Tensor:
+        """``PromptLearner.forward()``: the assembled prompt embeddings ``[C, L, D]``."""
+        ctx = self.ctx
+        n_cls = self.token_prefix.shape[0]
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
+        prefix, suffix = self.token_prefix, self.token_suffix
+        position = self.config.class_token_position
+        if position == "end":
+            return torch.cat([prefix, ctx, suffix], dim=1)
+        prompts = []
+        half = self.n_ctx // 2
+        for i, name_len in enumerate(self.name_lens):
+            class_i, rest_i = suffix[i:i + 1, :name_len], suffix[i:i + 1, name_len:]
+            if position == "middle":
+                parts = [prefix[i:i + 1], ctx[i:i + 1, :half], class_i, ctx[i:i + 1, half:], rest_i]
+            else:
+                parts = [prefix[i:i + 1], class_i, ctx[i:i + 1], rest_i]
+            prompts.append(torch.cat(parts, dim=1))
+        return torch.cat(prompts, dim=0)
+
+    def text_features(self) -> torch.Tensor:
+        """Un-normalised text features of all classes (recomputed: the context trains)."""
+        return self.clip.encode_text_embeddings(self.prompt_embeddings(), self.tokenized_prompts)
+
+    # -- forward -----------------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        image_features = self.clip.encode_image(images)
+        return self.clip.logit_scale() * normalize(image_features) @ normalize(self.text_features()).t()
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        return StepOutput(loss, {"loss_ce": loss.detach()}, logits)
+
+    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Official ``prompt_learner`` state (``ctx``; the ``token_prefix``/``token_suffix`` buffers are rebuilt)."""
+        mapped = {k.removeprefix("prompt_learner."): v for k, v in state_dict.items()}
+        mapped = {k: v for k, v in mapped.items() if k not in ("token_prefix", "token_suffix")}
+        self.load_state_dict(mapped, strict=True)

@@ -1,0 +1,119 @@
+"""Linear probe (CoOp ``lpclip/linear_probe.py`` @ ff61507, following CLIP's Appendix A3).
+
+scikit-learn ``LogisticRegression(solver="lbfgs", max_iter=1000, penalty="l2", C=c)`` on frozen image features of the
+few-shot train split (test transform, no augmentation, not L2-normalised by default). ``C`` is chosen on the
+``min(k, 4)``-shot validation split only: a coarse grid {1e6, 1e4, ..., 1e-6}, then 8 steps of interval halving in
+log10 space around the best value (ties keep the smaller C), keeping the classifier chosen at the last step.
+Deviation: the official probe draws its own shots with NumPy; the suite uses the shared split manifests.
+A linear probe cannot score unseen classes, so it runs under the ``fewshot`` protocol only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.method import FeatureMethod, FitData, MethodContext, normalize
+
+C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig:
+    """Linear-probe options (defaults: CoOp's lpclip)."""
+
+    search_steps: int = 8  # interval-halving steps after the coarse grid
+    max_iter: int = 1000
+    normalize_features: bool = False  # official: raw features
+
+
+class LinearProbe(FeatureMethod):
+    """Logistic regression on frozen features, C selected on the few-shot validation split."""
+
+    Config = LinearProbeConfig
+
+    def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: LinearProbeConfig,
+                 context: MethodContext) -> None:
+        super().__init__(clip, classnames, config, context)
+        n_cls, dim = len(classnames), clip.embed_dim
+        self.weight = nn.Parameter(torch.zeros(n_cls, dim))
+        self.bias = nn.Parameter(torch.zeros(n_cls))
+        self.chosen_c: float | None = None
+
+    @classmethod
+    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+        """Closed-form fit: no gradient epochs."""
+        return {"epochs": 0}
+
+    @classmethod
+    def check_run(cls, run: Any, config: LinearProbeConfig) -> None:
+        if run.protocol != "fewshot":
+            raise ValueError(f"linear_probe cannot classify classes unseen in training (protocol {run.protocol!r})")
+
+    def _prep(self, feats: torch.Tensor) -> np.ndarray:
+        feats = normalize(feats) if self.config.normalize_features else feats
+        return feats.float().cpu().numpy()
+
+    def _fit(self, c: float, x: np.ndarray, y: np.ndarray):
+        from sklearn.linear_model import LogisticRegression
+        return LogisticRegression(solver="lbfgs", max_iter=self.config.max_iter, C=c).fit(x, y)
+
+    def _val_acc(self, clf, x: np.ndarray, y: np.ndarray) -> float:
+        return float((clf.predict(x) == y).mean()) if len(y) else 0.0
+
+    def prepare_fit(self, data: FitData) -> None:
+        """Select C on val and store the chosen classifier as this module's weights."""
+        train_x, train_y = data.features("train")
+        x, y = self._prep(train_x), train_y.numpy()
+        vx, vy = data.features("val")
+        vx, vy = self._prep(vx), vy.numpy()
+        if len(vy) == 0:  # ImageNet-style datasets have no val split: keep the grid's middle value
+            clf, c = self._fit(1.0, x, y), 1.0
+        else:
+            clf, c = self._search(x, y, vx, vy)
+        self.chosen_c = c
+        self._store(clf)
+
+    def _search(self, x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray):
+        accs = [self._val_acc(self._fit(c, x, y), vx, vy) for c in C_GRID]
+        peak = C_GRID[int(np.argmax(accs))]
+        left, right = 0.1 * peak, 10.0 * peak
+        clf_left, clf_right = self._fit(left, x, y), self._fit(right, x, y)
+        acc_left, acc_right = self._val_acc(clf_left, vx, vy), self._val_acc(clf_right, vx, vy)
+        final, final_c = clf_left, left
+        for _ in range(self.config.search_steps):
+            mid = 0.5 * (np.log10(right) + np.log10(left))
+            if acc_left < acc_right:
+                final, final_c = clf_right, right
+                left, right = 10 ** mid, right
+            else:
+                final, final_c = clf_left, left
+                left, right = left, 10 ** mid
+            clf_left, clf_right = self._fit(left, x, y), self._fit(right, x, y)
+            acc_left, acc_right = self._val_acc(clf_left, vx, vy), self._val_acc(clf_right, vx, vy)
+        return final, float(final_c)
+
+    def _store(self, clf) -> None:
+        n_cls = len(self.classnames)
+        weight = torch.zeros(n_cls, self.weight.shape[1])
+        bias = torch.zeros(n_cls)
+        coef, intercept = torch.from_numpy(clf.coef_).float(), torch.from_numpy(clf.intercept_).float()
+        classes = [int(c) for c in clf.classes_]
+        if coef.shape[0] == 1:  # binary: sklearn keeps one row for classes_[1]
+            weight[classes[1]], bias[classes[1]] = coef[0], intercept[0]
+        else:
+            weight[classes], bias[classes] = coef, intercept
+            missing = sorted(set(range(n_cls)) - set(classes))
+            bias[missing] = -1e9  # a class absent from train can never be predicted
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            self.bias.copy_(bias)
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        feats = normalize(features) if self.config.normalize_features else features
+        return feats.float() @ self.weight.t() + self.bias

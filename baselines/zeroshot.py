@@ -1,0 +1,62 @@
+"""Zero-shot CLIP (CoOp ``trainers/zsclip.py`` @ ff61507): logits = exp(logit_scale) * cos(image, class text).
+
+Nothing trains. ``templates: coop_custom`` (default, ``ZeroshotCLIP``) uses the dataset's CoOp template;
+``ensemble`` (``ZeroshotCLIP2``) the 7 ``IMAGENET_TEMPLATES_SELECT`` plus the dataset template (ImageNet: the 7);
+``template_list`` gives an explicit list instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+
+from baselines.templates import ensemble_templates
+from baselines.text_classifier import class_text_features
+from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.method import FeatureMethod, MethodContext, normalize
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot options."""
+
+    templates: Literal["coop_custom", "ensemble"] = "coop_custom"  # CoOp ZeroshotCLIP / ZeroshotCLIP2
+    template_list: tuple[str, ...] = ()  # explicit templates ("{}" = class name); overrides ``templates``
+
+
+class ZeroShotCLIP(FeatureMethod):
+    """Zero-shot CLIP with per-dataset templates or a template ensemble."""
+
+    Config = ZeroShotConfig
+
+    def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: ZeroShotConfig,
+                 context: MethodContext) -> None:
+        super().__init__(clip, classnames, config, context)
+        self._text: torch.Tensor | None = None
+
+    @classmethod
+    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+        """No training."""
+        return {"epochs": 0}
+
+    def template_set(self) -> tuple[str, ...]:
+        """The templates in use."""
+        if self.config.template_list:
+            return tuple(self.config.template_list)
+        if self.config.templates == "ensemble":
+            return ensemble_templates(self.context.dataset, self.context.template)
+        return (self.context.template,)
+
+    def invalidate(self) -> None:
+        self._text = None
+
+    def text_features(self) -> torch.Tensor:
+        """Normalised class text features ``[C, E]`` (computed once per class set)."""
+        if self._text is None:
+            self._text = normalize(class_text_features(self.clip, self.classnames, self.template_set()))
+        return self._text
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.clip.logit_scale() * normalize(features) @ self.text_features().t()

@@ -1,0 +1,292 @@
+"""Loading any open_clip backbone, frozen, behind one small wrapper.
+
+Sources a backbone can come from (``backbone`` / ``pretrained`` in a run config):
+
+* an open_clip architecture and pretrained tag: ``ViT-B-16`` + ``openai``, ``ViT-B/16`` (OpenAI spelling),
+  ``ViT-B-16-quickgelu``; a tag trained with QuickGELU forces the ``-quickgelu`` variant (open_clip 3.3 silently
+  builds GELU otherwise, protocol.md §9.1) and an explicit GELU/QuickGELU mismatch is an error;
+* an architecture + a local checkpoint file as ``pretrained`` (``.pt``, ``.bin``, ``.safetensors``);
+* ``local-dir:PATH`` (open_clip's own format: ``open_clip_config.json`` + weights);
+* a model-config JSON file (``path/to/tiny.json``) for tiny models, with ``pretrained`` a weights file or none;
+* a suite asset folder ``frozen_clip/assets/<name>/`` (or any folder) holding ``open_clip_config.json`` and
+  ``<tag>.safetensors``: ``backbone: tiny-world, pretrained: world``.
+
+Weights are always loaded with ``strict=True`` and upcast to fp32. Every parameter is frozen and the model stays in
+eval mode (CLIP has no dropout; the official methods never train it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from frozen_clip.errors import ConfigError
+from frozen_clip.taps import Taps
+from frozen_clip.towers import TextTower, visual_forward
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_RANDOM_INIT_SEED = 0  # random-weight backbones are built under this seed, so "pretrained: none" is reproducible
+_NO_WEIGHTS = (None, "", "none", "random")
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """A resolved backbone: the canonical name recorded in run records and how to build it."""
+
+    name: str  # canonical name, e.g. "ViT-B-16-quickgelu", "tiny-world", "local-dir:/x"
+    pretrained: str | None  # tag, file path, or None
+    model_cfg: dict[str, Any] | None = None  # set for config-file / asset backbones
+    preprocess_cfg: dict[str, Any] | None = None
+    weights_file: Path | None = None
+
+
+def canonical_arch(name: str) -> str:
+    """``ViT-B/16`` -> ``ViT-B-16``; other names unchanged."""
+    return name.replace("/", "-")
+
+
+def _tag_quick_gelu(arch: str, tag: str) -> bool | None:
+    """QuickGELU flag open_clip records for (arch, tag); None if the tag is unknown for the GELU base name."""
+    base = arch[: -len("-quickgelu")] if arch.endswith("-quickgelu") else arch
+    for candidate in (base, base + "-quickgelu"):
+        if open_clip.pretrained.is_pretrained_cfg(candidate, tag):
+            return bool(open_clip.pretrained.get_pretrained_cfg(candidate, tag).get("quick_gelu", False))
+    return None
+
+
+def _asset_dir(name: str) -> Path | None:
+    for candidate in (ASSETS_DIR / name, Path(name)):
+        if candidate.is_dir() and (candidate / "open_clip_config.json").is_file():
+            return candidate
+    return None
+
+
+def _resolve_asset(folder: Path, name: str, pretrained: str | None) -> BackboneSource:
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    weights = None
+    if pretrained not in _NO_WEIGHTS:
+        weights = folder / f"{pretrained}.safetensors"
+        if not weights.is_file():
+            weights = Path(pretrained)
+        if not weights.is_file():
+            tags = sorted(p.stem for p in folder.glob("*.safetensors"))
+            raise ConfigError(f"backbone {name!r}: pretrained {pretrained!r} is neither a tag of {folder} "
+                              f"(available: {tags}) nor a weights file")
+    return BackboneSource(name, None if weights is None else str(pretrained), cfg["model_cfg"],
+                          cfg.get("preprocess_cfg", {}), weights)
+
+
+def resolve_backbone(name: str, pretrained: str | None) -> BackboneSource:
+    """Validate a (backbone, pretrained) pair and return its canonical form. Raises :class:`ConfigError`."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"backbone must be a non-empty string, got {name!r}")
+    if name.startswith(("local-dir:", "hf-hub:")):
+        return BackboneSource(name, None)
+    folder = _asset_dir(name)
+    if folder is not None:
+        return _resolve_asset(folder, name, pretrained)
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"backbone model config {name!r} does not exist")
+        weights = None if pretrained in _NO_WEIGHTS else Path(pretrained)
+        if weights is not None and not weights.is_file():
+            raise ConfigError(f"backbone {name!r}: pretrained weights file {pretrained!r} does not exist")
+        return BackboneSource(path.stem, str(pretrained) if weights else None, json.loads(path.read_text()), {},
+                              weights)
+    arch = canonical_arch(name)
+    known = open_clip.list_models()
+    if arch not in known:
+        import difflib
+        close = difflib.get_close_matches(arch, known, n=3)
+        raise ConfigError(f"unknown backbone {name!r}" + (f"; did you mean {close}?" if close else ""))
+    if pretrained in _NO_WEIGHTS:
+        return BackboneSource(arch, None)
+    if Path(str(pretrained)).is_file():
+        return BackboneSource(arch, str(pretrained))
+    return BackboneSource(_quick_gelu_arch(arch, name, str(pretrained)), str(pretrained))
+
+
+def _quick_gelu_arch(arch: str, given: str, tag: str) -> str:
+    """The architecture to build for a tag: QuickGELU tags force ``-quickgelu``; explicit mismatches raise."""
+    wants_quick = _tag_quick_gelu(arch, tag)
+    if wants_quick is None:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise ConfigError(f"backbone {given!r}: unknown pretrained tag {tag!r} (known: {tags}) and not a file")
+    is_quick = arch.endswith("-quickgelu")
+    if wants_quick and not is_quick:
+        quick = arch + "-quickgelu"
+        if quick not in open_clip.list_models():
+            raise ConfigError(f"backbone {given!r}: tag {tag!r} was trained with QuickGELU but no {quick!r} "
+                              "config exists")
+        return quick
+    if is_quick and not wants_quick:
+        raise ConfigError(f"backbone {given!r} uses QuickGELU but pretrained tag {tag!r} was trained with GELU; "
+                          f"use {arch[:-len('-quickgelu')]!r}")
+    return arch
+
+
+def _build_model(src: BackboneSource) -> tuple[nn.Module, dict[str, Any]]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_RANDOM_INIT_SEED)
+        if src.model_cfg is not None:
+            model = _model_from_cfg(src)
+            preprocess = dict(src.preprocess_cfg or {})
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
+                try:
+                    model = open_clip.create_model(src.name, pretrained=src.pretrained)
+                except UserWarning as err:
+                    raise ConfigError(f"backbone {src.name!r} with {src.pretrained!r}: {err}") from err
+                except RuntimeError as err:
+                    raise ConfigError(f"backbone {src.name!r}: could not load pretrained weights "
+                                      f"{src.pretrained!r}: {err}") from err
+            preprocess = dict(open_clip.get_model_preprocess_cfg(model))
+    return model.float(), preprocess
+
+
+def _model_from_cfg(src: BackboneSource) -> nn.Module:
+    cfg = copy.deepcopy(src.model_cfg)
+    quick_gelu = bool(cfg.pop("quick_gelu", False))
+    cfg.pop("custom_text", None)
+    model = open_clip.model.CLIP(**cfg, quick_gelu=quick_gelu)
+    if src.weights_file is not None:
+        state = _read_state_dict(src.weights_file)
+        try:
+            model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        except RuntimeError as err:
+            raise ConfigError(f"weights {src.weights_file} do not match backbone {src.name!r}: {err}") from err
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+class FrozenCLIP(nn.Module):
+    """A frozen open_clip model with tapped tower forwards and exact text-context truncation.
+
+    Methods get features through :meth:`encode_image`, :meth:`encode_text` and :meth:`encode_text_embeddings`,
+    each accepting a :class:`~frozen_clip.taps.Taps`. Nothing here names a method.
+    """
+
+    def __init__(self, model: nn.Module, source: BackboneSource, preprocess: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.source = source
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+        self.text = TextTower(model)
+        self.tokenizer = open_clip.get_tokenizer(source.name) if source.model_cfg is None else \
+            open_clip.tokenizer.SimpleTokenizer(context_length=self.text.context_length)
+        size = preprocess.get("size", getattr(model.visual, "image_size", 224))
+        self.image_size: int = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean: tuple[float, ...] = tuple(preprocess.get("mean", CLIP_MEAN))
+        self.std: tuple[float, ...] = tuple(preprocess.get("std", CLIP_STD))
+
+    # -- identity -------------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """Canonical backbone name (recorded in run records and cache keys)."""
+        return self.source.name
+
+    @property
+    def pretrained(self) -> str | None:
+        """Pretrained tag or weights path (None = random init)."""
+        return self.source.pretrained
+
+    def train(self, mode: bool = True) -> "FrozenCLIP":
+        """The frozen backbone always stays in eval mode."""
+        super().train(False)
+        return self
+
+    # -- shapes -----------------------------------------------------------------------------------------------------
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint embedding space."""
+        proj = getattr(self.model.visual, "proj", None)
+        if isinstance(proj, torch.Tensor):
+            return int(proj.shape[1])
+        return int(self.model.visual.output_dim)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text.token_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.token_embedding.weight.device
+
+    def logit_scale(self) -> torch.Tensor:
+        """``exp(logit_scale)`` of the frozen model (100 for the OpenAI weights)."""
+        return self.model.logit_scale.exp()
+
+    # -- image ------------------------------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
+        """Pooled, projected, un-normalised image features ``[B, E]``."""
+        if taps is None or not taps.has_tower("visual"):
+            return self.model.encode_image(images)
+        return visual_forward(self.model.visual, images, taps)
+
+    # -- text -------------------------------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[N, context_length]`` (SOT ... EOT, zero padded), truncated like ``clip.tokenize(truncate=True)``."""
+        return self.tokenizer(texts).to(self.device)
+
+    @staticmethod
+    def context_needed(ids: torch.Tensor) -> int:
+        """1 + the largest EOT position (EOT is the largest id): the exact truncation length for ``ids``."""
+        return int(ids.argmax(dim=-1).max().item()) + 1
+
+    def truncate(self, ids: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """``ids[:, :L]`` with L = :meth:`context_needed` (or ``length``); exact for causal towers."""
+        length = self.context_needed(ids) if length is None else length
+        if length < self.context_needed(ids):
+            raise ValueError(f"cannot truncate to {length} tokens: an EOT sits at {self.context_needed(ids) - 1}")
+        return ids[:, :length]
+
+    def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        """Frozen token embeddings ``[N, L, D]``."""
+        return self.text.token_embedding(ids)
+
+    def encode_text(self, ids: torch.Tensor, taps: Taps | None = None, truncate: bool = True) -> torch.Tensor:
+        """Un-normalised text features ``[N, E]`` from token ids; truncated to the longest prompt when ``truncate``."""
+        if not self.text.supports_embedding_path():
+            if taps:
+                raise ConfigError(f"text taps are not supported for backbone {self.name!r}")
+            return self.model.encode_text(ids)
+        if truncate:
+            ids = self.truncate(ids)
+        return self.text.forward_embeddings(self.token_embedding(ids), ids, taps or Taps())
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,
+                               taps: Taps | None = None) -> torch.Tensor:
+        """Text features from (possibly learned) token embeddings ``[N, L, D]``; ``ids`` ``[N, L]`` locate the EOT."""
+        return self.text.forward_embeddings(embeddings, ids, taps or Taps())
+
+
+def load_backbone(name: str, pretrained: str | None, device: str | torch.device = "cpu") -> FrozenCLIP:
+    """Resolve, build, load and freeze a backbone. Raises :class:`ConfigError` on any bad name or file."""
+    source = resolve_backbone(name, pretrained)
+    model, preprocess = _build_model(source)
+    return FrozenCLIP(model, source, preprocess).to(device)

@@ -1,0 +1,148 @@
+"""The contract between the runner and a method.
+
+A method is an ``nn.Module`` built from the frozen backbone, the class names of the split it is fitted or evaluated
+on, its frozen config dataclass and a :class:`MethodContext`. It provides:
+
+* its trainable state: every parameter registered on the method module itself (the backbone is held outside the
+  module tree, so ``method.state_dict()`` is exactly the method's own state, saved and loaded strictly);
+* ``forward(images) -> logits`` for evaluation on the current class names;
+* ``training_step(images, labels) -> StepOutput`` (loss plus auxiliary terms reported separately);
+* ``set_classnames(names)``: rebuild the class-dependent state (e.g. text features) to evaluate other classes;
+* optionally ``prepare_fit(fit_data)``: work done before the gradient loop (closed-form fits, caches);
+* ported methods: ``load_official_state_dict(sd)`` mapping official parameter names to the suite's.
+
+Methods whose image path is entirely frozen (zero-shot, linear probe, CLIP-Adapter, Tip-Adapter) subclass
+:class:`FeatureMethod`: they work on cached image features through ``logits_from_features``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from frozen_clip.backbone import FrozenCLIP
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the run besides its own config (never the test data)."""
+
+    dataset: str
+    template: str  # the dataset's CoOp template, e.g. "a photo of a {}, a type of pet."
+    protocol: str
+    shots: int
+    seed: int
+    epochs: int  # gradient epochs the runner will run (0 for training-free methods)
+
+
+@dataclass
+class StepOutput:
+    """A training step's loss and its named parts (``loss_ce``, ``loss_rec_visual``, ...), all scalars."""
+
+    loss: torch.Tensor
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class FitData:
+    """Access to the few-shot training data for ``prepare_fit`` (features are computed and cached by the runner).
+
+    ``features(split)`` returns ``(features [N, E], labels [N])`` of ``split`` ("train" or "val") under the
+    test transform; ``augmented_features(split, view, rrc_scale)`` those of the ``view``-th augmented pass.
+    """
+
+    classnames: tuple[str, ...]
+    n_train: int
+    n_val: int
+    features: Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+    augmented_features: Callable[[str, int, tuple[float, float]], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+class Method(nn.Module):
+    """Base class of every method. Subclasses set ``Config`` and implement the abstract hooks."""
+
+    Config: ClassVar[type]
+    #: True when no trainable parameter sits on the image path, so image features can be cached per split.
+    frozen_image_path: ClassVar[bool] = False
+
+    def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: Any, context: MethodContext) -> None:
+        super().__init__()
+        object.__setattr__(self, "clip", clip)  # held outside the module tree: not saved, never trained
+        self.config = config
+        self.context = context
+        self.classnames: tuple[str, ...] = tuple(classnames)
+
+    # -- trainable state ---------------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the optimiser updates (default: every parameter of the method module)."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable(self) -> int:
+        """Number of trainable scalars."""
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def train(self, mode: bool = True) -> "Method":
+        """Switch mode; any cached eval-time state is dropped because the weights may change."""
+        self.invalidate()
+        return super().train(mode)
+
+    def invalidate(self) -> None:
+        """Drop caches that depend on trainable weights (called on every mode switch and after loading)."""
+
+    # -- hooks --------------------------------------------------------------------------------------------------------
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Rebuild class-dependent state for ``classnames`` (evaluation on novel classes or another dataset)."""
+        self.classnames = tuple(classnames)
+        self.invalidate()
+
+    def prepare_fit(self, data: FitData) -> None:
+        """Called once before the gradient loop (closed-form fits, caches); default: nothing."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} has no gradient training step")
+
+    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} has no official checkpoint mapping")
+
+    # -- helpers --------------------------------------------------------------------------------------------------------
+    def prompts(self, template: str, classnames: Sequence[str] | None = None) -> list[str]:
+        """``template`` filled with each class name, ``_`` replaced by a space (as every official method does)."""
+        names = self.classnames if classnames is None else classnames
+        return [template.format(name.replace("_", " ")) for name in names]
+
+
+class FeatureMethod(Method):
+    """A method acting on frozen image features: ``forward(images) = logits_from_features(encode_image(images))``."""
+
+    frozen_image_path: ClassVar[bool] = True
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.clip.encode_image(images)
+        return self.logits_from_features(features)
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        with torch.no_grad():
+            features = self.clip.encode_image(images)
+        return self.feature_training_step(features, labels)
+
+    def feature_training_step(self, features: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """A training step on (augmented) image features: CE on ``logits_from_features`` by default."""
+        logits = self.logits_from_features(features)
+        loss = nn.functional.cross_entropy(logits, labels)
+        return StepOutput(loss, {"loss_ce": loss.detach()}, logits)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dimension (``x / x.norm(dim=-1, keepdim=True)`` as the official code writes it)."""
+    return x / x.norm(dim=-1, keepdim=True)

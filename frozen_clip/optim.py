@@ -1,0 +1,73 @@
+"""Optimisers and learning-rate schedules of the CoOp/Dassl family (protocol.md §7), explicit and resumable.
+
+The schedule is a pure function of (epoch, iteration), so a run resumed from a checkpoint uses exactly the learning
+rates of an uninterrupted run. ``cosine`` is Dassl's ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch,
+with optional constant warmup (``WARMUP_RECOUNT=True``: the cosine restarts after the warmup); ``cosine_iter``
+anneals per iteration down to ``eta_min`` (CLIP-LoRA, Tip-Adapter-F); ``constant`` keeps ``lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation settings of one run. Defaults are Dassl's (``dassl/config/defaults.py``) with CoOp's recipe."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.002
+    weight_decay: float = 5e-4  # Dassl OPTIM.WEIGHT_DECAY, applied to every trainable parameter
+    momentum: float = 0.9  # Dassl OPTIM.MOMENTUM (SGD)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    eps: float = 1e-8  # AdamW
+    epochs: int = 10
+    iterations: int | None = None  # if set, train for this many steps (CLIP-LoRA: 500 x shots) instead of epochs
+    batch_size: int = 32
+    eval_batch_size: int = 100
+    scheduler: Literal["cosine", "cosine_iter", "constant"] = "cosine"
+    warmup_epochs: int = 0  # constant warmup epochs at warmup_lr (CoOp, CoCoOp, MaPLe: 1)
+    warmup_lr: float = 1e-5  # Dassl OPTIM.WARMUP_CONS_LR
+    eta_min: float = 0.0  # floor of cosine_iter (CLIP-LoRA 1e-6)
+    grad_clip: float | None = None
+
+    def validate(self) -> None:
+        """Reject impossible settings."""
+        if self.lr <= 0 or self.batch_size <= 0 or self.eval_batch_size <= 0:
+            raise ValueError("lr, batch_size and eval_batch_size must be positive")
+        if self.epochs < 0 or (self.iterations is not None and self.iterations <= 0):
+            raise ValueError("epochs must be >= 0 and iterations > 0 when given")
+        if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= max(self.epochs, 1)):
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}")
+
+
+def lr_at(cfg: OptimConfig, epoch: int, iteration: int, total_iterations: int) -> float:
+    """Learning rate for 1-based ``epoch`` and 0-based global ``iteration``."""
+    if cfg.scheduler == "constant":
+        return cfg.lr
+    if cfg.scheduler == "cosine_iter":
+        t = min(iteration, total_iterations)
+        return cfg.eta_min + (cfg.lr - cfg.eta_min) * 0.5 * (1 + math.cos(math.pi * t / max(total_iterations, 1)))
+    if epoch <= cfg.warmup_epochs:
+        return cfg.warmup_lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1 - cfg.warmup_epochs) / cfg.epochs))
+
+
+def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (Dassl: dampening 0, no Nesterov) or AdamW over ``params``."""
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               dampening=0, nesterov=False)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,223 @@
+"""Command-line entry points: ``jobs/launch.py`` (a grid) and ``jobs/run.py`` (one run).
+
+Exit codes: 0 success; 2 bad input (config or data), reported as one clear message before anything runs;
+1 a run failed for another reason (its record holds the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from frozen_clip.errors import ConfigError, SuiteError
+from jobs.config import parse_overrides, resolve
+from jobs.grid import Grid, RunSpec, load_grid
+
+
+def _progress_printer(total: int):
+    """Per-run progress: a tqdm bar on a terminal, plain log lines otherwise."""
+    counter = {"n": 0}
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="runs", unit="run")
+
+    def report(spec: RunSpec, outcome: Any) -> None:
+        counter["n"] += 1
+        label = describe(spec)
+        detail = f" ({outcome.detail})" if outcome.detail else ""
+        line = f"[{counter['n']}/{total}] {outcome.status:7s} {spec.run_id} {label} {outcome.seconds:.1f}s{detail}"
+        if bar is not None:
+            bar.update(1)
+            bar.write(line)
+        else:
+            print(line, flush=True)
+    return report
+
+
+def describe(spec: RunSpec) -> str:
+    """A short human label of a run."""
+    cfg = spec.config
+    return f"{cfg['method']['name']} {cfg['dataset']} {cfg['protocol']} shots={cfg['shots']} seed={cfg['seed']}"
+
+
+def _status_rows(grid: Grid) -> list[tuple[RunSpec, Any]]:
+    from jobs.execute import run_dir
+    from jobs.state import state_of
+    return [(spec, state_of(run_dir(spec.resolved))) for spec in grid.runs]
+
+
+def print_status(grid: Grid) -> int:
+    """``--status``: one line per run from the records on disk, then counts."""
+    rows = _status_rows(grid)
+    counts: dict[str, int] = {}
+    for spec, state in rows:
+        counts[state.status] = counts.get(state.status, 0) + 1
+        reason = f"  {state.reason}" if state.reason else ""
+        print(f"{state.status:8s} {spec.run_id} {describe(spec)}{reason}")
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "queued", "failed", "missing") if k in counts)
+    print(f"{grid.name}: {len(rows)} runs: {summary}")
+    return 0
+
+
+def preflight(specs: list[RunSpec]) -> None:
+    """Check the data of every run (split files, images) before anything runs; raises :class:`SuiteError`."""
+    from jobs.execute import Manifests, resolve_data_root
+    checked: set[tuple[str, ...]] = set()
+    for spec in specs:
+        run = spec.resolved.run
+        key = (run.data_root, run.dataset, run.protocol, *run.targets, str(run.shots), str(run.seed), run.sampling)
+        if key in checked:
+            continue
+        checked.add(key)
+        Manifests(spec.resolved, resolve_data_root(run.data_root)).preflight()
+
+
+def results_table(grid: Grid) -> str:
+    """Mean over seeds of each run's summary numbers, per method and dataset."""
+    import pandas as pd
+    from jobs.execute import read_record, run_dir
+    rows = []
+    for spec in grid.runs:
+        record = read_record(run_dir(spec.resolved))
+        if not record or record.get("status") != "done":
+            continue
+        cfg = record["config"]
+        rows.append({"method": cfg["method"]["name"], "dataset": cfg["dataset"], "protocol": cfg["protocol"],
+                     "shots": cfg["shots"], "seed": cfg["seed"], **record.get("summary", {})})
+    if not rows:
+        return "(no finished runs)"
+    frame = pd.DataFrame(rows)
+    keys = ["protocol", "dataset", "method", "shots"]
+    numeric = [c for c in frame.columns if c not in keys + ["seed"]]
+    table = frame.groupby(keys, sort=False)[numeric].mean().round(2)
+    table["seeds"] = frame.groupby(keys, sort=False)["seed"].count()
+    return table.to_string()
+
+
+def write_analysis(grid: Grid) -> str | None:
+    """Write the LaTeX tables and figures of the grid's results; returns the index path (None if unavailable)."""
+    try:
+        from analysis.tables import write_all
+    except ImportError:
+        return None
+    return str(write_all([grid.results_dir], grid.results_dir / "analysis", quiet=True))
+
+
+def launch_main(argv: list[str] | None = None) -> int:
+    """``python jobs/launch.py --grid FILE [--executor ...] [--dry-run] [--status] [overrides...]``."""
+    parser = argparse.ArgumentParser(prog="jobs/launch.py", description="Launch (or inspect) a grid of runs.")
+    parser.add_argument("--grid", required=True, help="grid YAML file")
+    parser.add_argument("--executor", choices=["inline", "local", "slurm"], help="override the grid's executor")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and what would run; run nothing")
+    parser.add_argument("--status", action="store_true", help="show the state of every run from the records")
+    parser.add_argument("--workers", type=int, help="local executor: number of worker slots")
+    parser.add_argument("--retry-failed", action="store_true", help="(default behaviour) rerun failed runs")
+    parser.add_argument("--no-analysis", action="store_true", help="do not write LaTeX tables at the end")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 method.init=zero")
+    args = parser.parse_args(argv)
+    try:
+        grid = load_grid(args.grid, parse_overrides(args.overrides), args.executor)
+        if args.status:
+            return print_status(grid)
+        return _launch(grid, args)
+    except SuiteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _launch(grid: Grid, args: argparse.Namespace) -> int:
+    from jobs.executors import parse_executor, run_inline, run_local
+    from jobs.state import state_of
+    from jobs.execute import run_dir
+    block = dict(grid.executor)
+    if args.workers is not None:
+        block["workers"] = args.workers
+    executor = parse_executor(block, f"{grid.path}: executor")
+    pending = [spec for spec in grid.runs if state_of(run_dir(spec.resolved)).status != "done"]
+    print(f"{grid.name}: {len(grid.runs)} runs, {len(grid.runs) - len(pending)} already done, "
+          f"{len(pending)} to run (executor: {executor.kind})")
+    if args.dry_run:
+        for spec in grid.runs:
+            mark = "run " if spec in pending else "done"
+            print(f"  {mark} {spec.run_id} {describe(spec)}")
+        return 0
+    if not pending:
+        print("Nothing to run: every run is already done.")
+        _finish(grid, args)
+        return 0
+    preflight(pending)
+    start = time.perf_counter()
+    report = _progress_printer(len(pending))
+    if executor.kind == "slurm":
+        from jobs.slurm import submit_grid
+        return submit_grid(grid, pending, executor, args)
+    if executor.kind == "inline":
+        outcomes = run_inline(pending, report)
+    else:
+        outcomes = run_local(pending, executor, report)
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished in {time.perf_counter() - start:.1f}s"
+          + (f"; {len(failed)} failed" if failed else ""))
+    for outcome in failed:
+        print(f"  failed {outcome.run_id}: {outcome.detail}", file=sys.stderr)
+    _finish(grid, args)
+    if failed:
+        return 2 if all(o.user_error for o in failed) else 1
+    return 0
+
+
+def _finish(grid: Grid, args: argparse.Namespace) -> None:
+    print()
+    print(results_table(grid))
+    print(f"\nRecords: {grid.results_dir}/<run_id>/record.json")
+    if not args.no_analysis:
+        index = write_analysis(grid)
+        if index:
+            print(f"Tables and figures: {index}")
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """``python jobs/run.py [--config FILE] key=value ...``: execute one run in this process."""
+    parser = argparse.ArgumentParser(prog="jobs/run.py", description="Execute one run.")
+    parser.add_argument("--config", help="a run config YAML (e.g. a run folder's config.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value settings, e.g. method=coop dataset=world_shapes")
+    args = parser.parse_args(argv)
+    threads = os.environ.get("FCS_TORCH_THREADS")
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+    try:
+        raw = _read_run_config(args.config) if args.config else {}
+        from jobs.config import merge
+        raw = merge(raw, parse_overrides(args.overrides))
+        resolved = resolve(raw, args.config or "command line")
+        spec = RunSpec(resolved.run_id, resolved.config, resolved)
+        from jobs.executors import execute_run
+        outcome = execute_run(spec, log=lambda line: print(line, flush=True))
+    except SuiteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{outcome.status}: {spec.run_id} {describe(spec)}" + (f" ({outcome.detail})" if outcome.detail else ""))
+    if outcome.status == "failed":
+        print(f"error: {outcome.detail}", file=sys.stderr)
+        return 2 if outcome.user_error else 1
+    return 0
+
+
+def _read_run_config(path: str) -> dict[str, Any]:
+    import yaml
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"run config {path} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run config must be a mapping")
+    return data

@@ -1,0 +1,324 @@
+"""The entry point of one run: from a resolved config to ``record.json``.
+
+Order of work (the method never sees test data before fit ends):
+
+1. resolve the data root, build and store the split manifests (fit split and every evaluation split) and check
+   that every referenced image exists and decodes (preflight) -- bad data fails here, before compute is spent;
+2. load the frozen backbone and build the method with the fit split's class names;
+3. ``prepare_fit`` (closed-form fits, caches), then the gradient loop with a checkpoint per epoch (resumable);
+4. evaluate the last-epoch model once on each evaluation split (for novel classes or other datasets the method
+   rebuilds its class-dependent state with ``set_classnames``);
+5. write ``record.json`` atomically: ``status: done``, or ``status: failed`` with the reason and traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from frozen_clip import atomic
+from frozen_clip.backbone import FrozenCLIP, load_backbone
+from frozen_clip.cache import FeatureCache
+from frozen_clip.errors import DataError, SuiteError
+from frozen_clip.method import FitData, Method, MethodContext
+from frozen_clip.trainer import Trainer, derive_seed, peak_memory_mb, seed_everything
+from frozen_clip.transforms import test_spec, train_spec
+from jobs.config import ResolvedRun, method_class
+from protocols import metrics
+from protocols.imagefolder import ImageListDataset, check_images
+from protocols.protocols import plan as protocol_plan
+from protocols.splits import SplitManifest, build_manifest
+
+SCHEMA_VERSION = 1
+SUITE_VERSION = "0.1.0"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_dir(resolved: ResolvedRun) -> Path:
+    """``<results_dir>/<name>/<run_id>``."""
+    return Path(resolved.run.results_dir) / resolved.run.name / resolved.run_id
+
+
+def cache_dir(resolved: ResolvedRun) -> Path:
+    """Shared caches (split manifests, features) of a results folder."""
+    return Path(resolved.run.results_dir) / "cache"
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The record of a run folder, or None if absent or unreadable."""
+    import json
+    try:
+        return json.loads((Path(folder) / "record.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_data_root(data_root: str) -> Path:
+    """``builtin`` -> the generated world (created on first use); otherwise the expanded path, which must exist."""
+    if data_root == "builtin":
+        from protocols.world import ensure_world
+        return ensure_world()
+    root = Path(os.path.expandvars(os.path.expanduser(data_root)))
+    if not root.is_dir():
+        raise DataError(f"data_root {data_root!r} does not exist or is not a directory")
+    return root
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> the first CUDA device if any, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SuiteError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def git_sha() -> str | None:
+    """The suite's git commit, if it runs from a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, precision: str) -> dict[str, Any]:
+    """Versions, commit, device and host of the run."""
+    import open_clip
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "open_clip": open_clip.__version__, "suite": SUITE_VERSION},
+            "git_sha": git_sha(), "device": str(device), "device_name": name, "precision": precision,
+            "threads": torch.get_num_threads(), "hostname": socket.gethostname()}
+
+
+class Manifests:
+    """The split manifests of one run: the fit split and one per evaluation split."""
+
+    def __init__(self, resolved: ResolvedRun, data_root: Path) -> None:
+        run = resolved.run
+        self.plan = protocol_plan(run.protocol, run.dataset, run.targets)
+        cache = cache_dir(resolved)
+        self.fit = build_manifest(self.plan.fit_dataset, data_root, run.shots, run.seed, self.plan.fit_subsample,
+                                  run.sampling, cache)
+        self.evals: dict[str, SplitManifest] = {}
+        for split in self.plan.evals:
+            shots = run.shots if split.dataset == self.plan.fit_dataset else 0
+            self.evals[split.name] = build_manifest(split.dataset, data_root, shots, run.seed, split.subsample,
+                                                    run.sampling, cache)
+
+    def all(self) -> list[SplitManifest]:
+        return [self.fit, *self.evals.values()]
+
+    def preflight(self) -> None:
+        """Every image referenced exists and decodes; raises one :class:`DataError` listing the problems."""
+        paths = []
+        for manifest in self.all():
+            root = Path(manifest.image_root)
+            paths += [root / item.path for item in (*manifest.train, *manifest.val, *manifest.test)]
+        problems = check_images(sorted(set(paths)))
+        if problems:
+            listed = "\n".join(f"  {path}: {why}" for path, why in problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise DataError(f"{len(problems)} image(s) missing or unreadable:\n{listed}{more}")
+
+
+class RunExecution:
+    """Executes one resolved run in its folder."""
+
+    def __init__(self, resolved: ResolvedRun, log: Callable[[str], None] | None = None) -> None:
+        self.resolved = resolved
+        self.folder = run_dir(resolved)
+        self.timings: dict[str, float] = {}
+        self._log_sink = log
+
+    def log(self, message: str) -> None:
+        line = f"[{dt.datetime.now().strftime('%H:%M:%S')}] {message}"
+        with open(self.folder / "log.txt", "a") as handle:
+            handle.write(line + "\n")
+        if self._log_sink is not None:
+            self._log_sink(f"{self.resolved.run_id}: {message}")
+
+    def write_config(self) -> None:
+        import yaml
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self.folder / "config.yaml", yaml.safe_dump(self.resolved.config, sort_keys=False))
+
+    def run(self) -> dict[str, Any]:
+        """Run to completion and write the record; on failure write a failed record and re-raise."""
+        self.write_config()
+        started = dt.datetime.now(dt.timezone.utc).isoformat()
+        record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "run_id": self.resolved.run_id,
+                                  "config": self.resolved.config, "started_at": started}
+        try:
+            record.update(self._execute())
+            record["status"], record["failure"] = "done", None
+        except Exception as err:
+            record["status"] = "failed"
+            record["failure"] = {"reason": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                                 "user_error": isinstance(err, SuiteError)}
+            self.log(f"FAILED: {type(err).__name__}: {err}")
+            self._write(record)
+            raise
+        self._write(record)
+        return record
+
+    def _write(self, record: dict[str, Any]) -> None:
+        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        atomic.write_json(self.folder / "record.json", record)
+
+    def _execute(self) -> dict[str, Any]:
+        run = self.resolved.run
+        t0 = time.perf_counter()
+        device = pick_device(run.device)
+        precision = ("fp32" if device.type == "cpu" else "amp_fp16") if run.precision == "auto" else run.precision
+        if run.deterministic:
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        manifests = Manifests(self.resolved, resolve_data_root(run.data_root))
+        manifests.preflight()
+        self.log(f"fit split {manifests.fit.dataset}/{manifests.fit.subsample}: {len(manifests.fit.train)} train, "
+                 f"{len(manifests.fit.val)} val, {len(manifests.fit.classnames)} classes")
+        seed_everything(derive_seed("build", run.seed))
+        clip = load_backbone(run.backbone, run.pretrained, device)
+        method = self._build_method(clip, manifests.fit)
+        trainer = Trainer(method, self.resolved.optim, seed=run.seed, device=device, precision=precision,
+                          checkpoint_dir=self.folder / "checkpoints", num_workers=run.num_workers, log=self.log)
+        features = FeatureAccess(clip, cache_dir(self.resolved) / "features", device, self.resolved.optim)
+        method.prepare_fit(features.fit_data(manifests.fit))
+        t1 = time.perf_counter()
+        fit = trainer.fit(self._dataset(manifests.fit, "train", clip, train=True))
+        t2 = time.perf_counter()
+        evaluation = self._evaluate(method, trainer, features, manifests)
+        t3 = time.perf_counter()
+        train_time = fit.train_seconds if fit.resumed_from_epoch else t2 - t1
+        return {"metrics": evaluation, "summary": summarize(run.protocol, evaluation, run.targets),
+                "aux_losses": fit.history[-1]["aux"] if fit.history else {}, "history": fit.history,
+                "cost": {"trainable_params": method.num_trainable(), "time_setup_s": round(t1 - t0, 3),
+                         "time_train_s": round(train_time, 3), "time_eval_s": round(t3 - t2, 3),
+                         "images_per_s": round(fit.images_seen / train_time, 2) if fit.images_seen else None,
+                         "peak_memory_mb": round(peak_memory_mb(device), 1), "mfu": None,
+                         "resumed_from_epoch": fit.resumed_from_epoch,
+                         "feature_cache": {"hits": features.cache.hits, "misses": features.cache.misses}},
+                "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
+                           for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
+                "env": environment(device, precision)}
+
+    def _build_method(self, clip: FrozenCLIP, fit: SplitManifest) -> Method:
+        from protocols.datasets import get_spec
+        run = self.resolved.run
+        cls = method_class(self.resolved.method_name, "run")
+        context = MethodContext(dataset=run.dataset, template=get_spec(run.dataset).template, protocol=run.protocol,
+                                shots=run.shots, seed=run.seed, epochs=self.resolved.optim.epochs)
+        return cls(clip, fit.classnames, self.resolved.method_config, context).to(clip.device)
+
+    @staticmethod
+    def _dataset(manifest: SplitManifest, split: str, clip: FrozenCLIP, train: bool = False) -> ImageListDataset:
+        spec = (train_spec if train else test_spec)(clip.image_size, clip.mean, clip.std)
+        return ImageListDataset(getattr(manifest, split), Path(manifest.image_root), spec.build())
+
+    def _evaluate(self, method: Method, trainer: Trainer, features: "FeatureAccess",
+                  manifests: Manifests) -> dict[str, Any]:
+        out = {}
+        for name, manifest in manifests.evals.items():
+            from protocols.datasets import get_spec
+            if manifest.classnames != method.classnames:
+                method.set_classnames(manifest.classnames)
+            if method.frozen_image_path:
+                feats, labels = features.split_features(manifest, "test")
+                preds, labels = trainer.predict_from_features(feats, labels)
+            else:
+                preds, labels = trainer.predict(self._dataset(manifest, "test", method.clip))
+            out[name] = {"accuracy": metrics.accuracy(preds, labels), "n_images": int(labels.numel()),
+                         "n_classes": len(manifest.classnames), "dataset": manifest.dataset,
+                         "per_class_accuracy": metrics.per_class_accuracy(preds, labels, manifest.classnames)}
+            self.log(f"eval {name} ({get_spec(manifest.dataset).key}): {out[name]['accuracy']:.2f}%")
+        return out
+
+
+class FeatureAccess:
+    """Frozen image features of split manifests through the feature cache."""
+
+    def __init__(self, clip: FrozenCLIP, root: Path, device: torch.device, optim: Any) -> None:
+        self.clip = clip
+        self.cache = FeatureCache(root)
+        self.device = device
+        self.batch_size = max(optim.eval_batch_size, 64)
+
+    def _parts(self, manifest: SplitManifest, split: str, transform: str, view: int | None) -> dict[str, Any]:
+        return {"backbone": self.clip.name, "pretrained": self.clip.pretrained, "transform": transform,
+                "dataset": manifest.dataset, "manifest": manifest.content_hash, "split": split, "view": view}
+
+    def split_features(self, manifest: SplitManifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test-transform features and labels of ``split`` of ``manifest``."""
+        spec = test_spec(self.clip.image_size, self.clip.mean, self.clip.std)
+        items = getattr(manifest, split)
+        parts = self._parts(manifest, split, spec.signature(), None)
+
+        def compute() -> dict[str, torch.Tensor]:
+            dataset = ImageListDataset(items, Path(manifest.image_root), spec.build())
+            return self._encode(dataset)
+        entry = self.cache.get_or_compute(parts, compute)
+        return entry["features"], entry["labels"]
+
+    def augmented_features(self, manifest: SplitManifest, split: str, view: int,
+                           rrc_scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the ``view``-th augmented pass (seeded by the view index) of ``split``."""
+        spec = train_spec(self.clip.image_size, self.clip.mean, self.clip.std, rrc_scale)
+        items = getattr(manifest, split)
+        parts = self._parts(manifest, split, spec.signature(), view)
+
+        def compute() -> dict[str, torch.Tensor]:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed("view", manifest.content_hash, view))
+                dataset = ImageListDataset(items, Path(manifest.image_root), spec.build())
+                return self._encode(dataset)
+        entry = self.cache.get_or_compute(parts, compute)
+        return entry["features"], entry["labels"]
+
+    @torch.no_grad()
+    def _encode(self, dataset: ImageListDataset) -> dict[str, torch.Tensor]:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+        feats, labels = [], []
+        for images, target, _index in loader:
+            feats.append(self.clip.encode_image(images.to(self.device)).float().cpu())
+            labels.append(target)
+        if not feats:
+            return {"features": torch.zeros(0, self.clip.embed_dim), "labels": torch.zeros(0, dtype=torch.long)}
+        return {"features": torch.cat(feats), "labels": torch.cat(labels)}
+
+    def fit_data(self, manifest: SplitManifest) -> FitData:
+        """The :class:`FitData` handed to ``prepare_fit`` (train and val only)."""
+        def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+            if split not in ("train", "val"):
+                raise ValueError(f"prepare_fit may only read train/val, not {split!r}")
+            return self.split_features(manifest, split)
+
+        def augmented(split: str, view: int, rrc_scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+            if split not in ("train", "val"):
+                raise ValueError(f"prepare_fit may only read train/val, not {split!r}")
+            return self.augmented_features(manifest, split, view, rrc_scale)
+        return FitData(manifest.classnames, len(manifest.train), len(manifest.val), features, augmented)
+
+
+def summarize(protocol: str, evaluation: dict[str, Any], targets: tuple[str, ...]) -> dict[str, float]:
+    """Headline numbers of a record (see the record schema in DESIGN.md)."""
+    acc = {name: entry["accuracy"] for name, entry in evaluation.items()}
+    if protocol == "base2novel":
+        return {"base": acc["base"], "novel": acc["novel"], "hm": metrics.harmonic_mean(acc["base"], acc["novel"])}
+    if protocol == "fewshot":
+        return {"accuracy": acc["test"]}
+    summary = dict(acc)
+    summary["average"] = sum(acc[t] for t in targets) / len(targets) if targets else float("nan")
+    return summary

@@ -1,0 +1,169 @@
+"""Executors: how the runs of a grid are carried out.
+
+``inline``  in this process, one after the other (debugging).
+``local``   a pool of worker slots; each slot runs one run at a time as a subprocess (``python -m jobs.run``), taking
+            the next run from a queue as soon as it is free (no barrier). With GPUs, slot i is pinned to GPU
+            ``i // runs_per_gpu`` through ``CUDA_VISIBLE_DEVICES``; without GPUs, ``workers`` CPU slots.
+``slurm``   submitit job arrays (:mod:`jobs.slurm`).
+Every executor executes a run through :func:`execute_run`, which takes the run's lock, re-checks that the run is not
+done, and writes the record; so a relaunch reruns only what is missing or failed, and two launchers never execute the
+same run.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from filelock import Timeout
+
+from frozen_clip.errors import SuiteError
+from jobs.execute import RunExecution, read_record, run_dir
+from jobs.grid import RunSpec
+from jobs.state import run_lock
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """The ``executor:`` block for ``local`` (and ``inline``, which ignores the pool settings)."""
+
+    kind: Literal["inline", "local", "slurm"] = "local"
+    workers: int | None = None  # CPU slots when there is no GPU (default: 1)
+    runs_per_gpu: int = 1  # several runs per GPU in the local pool
+    gpus: tuple[int, ...] | None = None  # GPU indices to use (default: all visible)
+    threads_per_run: int | None = None  # torch threads per run (default: cores / slots)
+
+    def validate(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.runs_per_gpu < 1:
+            raise ValueError("runs_per_gpu must be >= 1")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one run."""
+
+    run_id: str
+    status: str  # done | failed | skipped
+    detail: str = ""
+    seconds: float = 0.0
+    user_error: bool = False
+
+
+def execute_run(spec: RunSpec, log: Callable[[str], None] | None = None) -> Outcome:
+    """Execute one run under its lock (in this process)."""
+    folder = run_dir(spec.resolved)
+    lock = run_lock(folder)
+    start = time.perf_counter()
+    try:
+        lock.acquire()
+    except Timeout:
+        return Outcome(spec.run_id, "skipped", "running in another process")
+    try:
+        record = read_record(folder)
+        if record is not None and record.get("status") == "done":
+            return Outcome(spec.run_id, "skipped", "already done")
+        try:
+            RunExecution(spec.resolved, log=log).run()
+        except SuiteError as err:
+            return Outcome(spec.run_id, "failed", str(err), time.perf_counter() - start, user_error=True)
+        except Exception as err:  # the record holds the traceback
+            return Outcome(spec.run_id, "failed", f"{type(err).__name__}: {err}", time.perf_counter() - start)
+        return Outcome(spec.run_id, "done", "", time.perf_counter() - start)
+    finally:
+        lock.release()
+
+
+def run_inline(specs: Iterable[RunSpec], report: Callable[[RunSpec, Outcome], None],
+               log: Callable[[str], None] | None = None) -> list[Outcome]:
+    """Execute runs one after the other in this process."""
+    outcomes = []
+    for spec in specs:
+        outcome = execute_run(spec, log)
+        report(spec, outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def visible_gpus() -> list[int]:
+    """Indices of the GPUs this process may use."""
+    try:
+        import torch
+        return list(range(torch.cuda.device_count()))
+    except Exception:  # noqa: BLE001 - no usable CUDA
+        return []
+
+
+def slot_environments(cfg: LocalConfig) -> list[dict[str, str]]:
+    """One environment per worker slot: GPU slots pinned by ``CUDA_VISIBLE_DEVICES``, else CPU slots."""
+    gpus = list(cfg.gpus) if cfg.gpus is not None else visible_gpus()
+    if gpus:
+        slots = [{"CUDA_VISIBLE_DEVICES": str(gpu)} for gpu in gpus for _ in range(cfg.runs_per_gpu)]
+    else:
+        slots = [{"CUDA_VISIBLE_DEVICES": ""} for _ in range(cfg.workers or 1)]
+    threads = cfg.threads_per_run or max(1, (os.cpu_count() or 1) // len(slots))
+    for env in slots:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["FCS_TORCH_THREADS"] = str(threads)
+    return slots
+
+
+def run_local(specs: list[RunSpec], cfg: LocalConfig, report: Callable[[RunSpec, Outcome], None]) -> list[Outcome]:
+    """Execute runs in a pool of subprocess slots fed from a queue."""
+    slots: "queue.Queue[dict[str, str]]" = queue.Queue()
+    for env in slot_environments(cfg):
+        slots.put(env)
+    lock = threading.Lock()
+
+    def work(spec: RunSpec) -> Outcome:
+        env = slots.get()
+        try:
+            outcome = _run_subprocess(spec, env)
+        finally:
+            slots.put(env)
+        with lock:
+            report(spec, outcome)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
+        return list(pool.map(work, specs))
+
+
+def _run_subprocess(spec: RunSpec, slot_env: dict[str, str]) -> Outcome:
+    folder = run_dir(spec.resolved)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "config.yaml"
+    RunExecution(spec.resolved).write_config()
+    env = {**os.environ, **slot_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    with open(folder / "stdout.txt", "a") as out:
+        proc = subprocess.run([sys.executable, "-m", "jobs.run", "--config", str(config_file)], env=env,
+                              stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+    seconds = time.perf_counter() - start
+    record = read_record(folder) or {}
+    if proc.returncode == 0:
+        return Outcome(spec.run_id, "done" if record.get("status") == "done" else "skipped", "", seconds)
+    failure = record.get("failure") or {}
+    detail = failure.get("reason") or f"exit code {proc.returncode} (see {folder / 'stdout.txt'})"
+    return Outcome(spec.run_id, "failed", detail, seconds, user_error=proc.returncode == 2)
+
+
+def parse_executor(block: dict[str, Any], where: str) -> Any:
+    """Validate an ``executor:`` block into its dataclass."""
+    from frozen_clip.configtools import build
+    kind = block.get("kind", "local")
+    if kind == "slurm":
+        from jobs.slurm import SlurmConfig
+        return build(SlurmConfig, block, where, prefix="executor.")
+    return build(LocalConfig, block, where, prefix="executor.")

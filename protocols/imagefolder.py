@@ -1,0 +1,105 @@
+"""Images of a split manifest as a torch dataset, and image checks that run before any compute is spent.
+
+Decoding follows Dassl: PIL, converted to RGB (protocol.md §6). A missing or undecodable image raises
+:class:`DataError` naming the file, never a bare PIL traceback deep inside a DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from frozen_clip.errors import DataError
+from protocols.datasets import Item
+from protocols.splits import SplitManifest
+
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises on corrupt, truncated or hostile files."""
+
+
+def _load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The image at ``path`` fully decoded as RGB; :class:`DataError` naming the file if missing or undecodable."""
+    try:
+        return _load_rgb(path)
+    except FileNotFoundError as err:
+        raise DataError(f"image {path} is missing") from err
+    except DECODE_ERRORS as err:
+        raise DataError(f"image {path} cannot be decoded ({type(err).__name__}: {err})") from err
+
+
+def image_problem(path: str | Path, decode: bool = True) -> str | None:
+    """None if the image is fine, else ``"missing"`` or ``"unreadable (<reason>)"``.
+
+    ``decode=False`` only checks that the file exists; ``decode=True`` decodes it exactly as training does.
+    """
+    if not decode:
+        return None if os.path.isfile(path) else "missing"
+    try:
+        _load_rgb(path)
+    except FileNotFoundError:
+        return "missing"
+    except DECODE_ERRORS as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def check_images(paths: Iterable[str | Path], decode: bool = True, workers: int = 1) -> list[tuple[str, str]]:
+    """``(path, problem)`` for every image of ``paths`` that is missing or (with ``decode``) cannot be decoded.
+
+    ``workers > 1`` checks in threads (PIL decodes without the GIL). Results keep the order of ``paths``.
+    """
+    paths = [str(p) for p in paths]
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            problems = list(pool.map(lambda p: image_problem(p, decode), paths, chunksize=64))
+    else:
+        problems = [image_problem(p, decode) for p in paths]
+    return [(p, problem) for p, problem in zip(paths, problems) if problem is not None]
+
+
+class ImageListDataset(Dataset):
+    """Items (paths relative to ``image_root``) as ``(transform(image), label, index)``.
+
+    Args:
+        items: the items, e.g. ``manifest.train``.
+        image_root: the directory item paths are relative to.
+        transform: maps the RGB PIL image to a tensor (the train or test transform).
+    """
+
+    def __init__(self, items: Sequence[Item], image_root: str | Path,
+                 transform: Callable[[Image.Image], Any]) -> None:
+        self.items = tuple(items)
+        self.image_root = Path(image_root)
+        self.transform = transform
+
+    @classmethod
+    def from_manifest(cls, manifest: SplitManifest, split: str,
+                      transform: Callable[[Image.Image], Any]) -> "ImageListDataset":
+        """The ``split`` (``train``, ``val`` or ``test``) items of ``manifest``."""
+        return cls(manifest.items(split), manifest.image_root, transform)
+
+    @property
+    def labels(self) -> list[int]:
+        """The label of every item, in order."""
+        return [item.label for item in self.items]
+
+    def path(self, index: int) -> Path:
+        """Absolute path of item ``index``."""
+        return self.image_root / self.items[index].path
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        return self.transform(open_image(self.path(index))), self.items[index].label, index

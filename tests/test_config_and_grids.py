@@ -1,0 +1,120 @@
+"""Run-config resolution, run ids, grid expansion, and the clear errors (exit code 2) for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from frozen_clip.errors import ConfigError
+from frozen_clip.optim import OptimConfig, lr_at
+from jobs.config import parse_overrides, resolve
+from jobs.grid import load_grid
+from tests.conftest import GOLDEN_BACKBONE, base_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_run_id_ignores_where_results_go(data_root, tmp_path):
+    a = resolve(base_run(data_root, tmp_path / "a"), "t")
+    b = resolve(base_run(tmp_path / "elsewhere", tmp_path / "b", name="other"), "t")
+    assert a.run_id == b.run_id
+    c = resolve(base_run(data_root, tmp_path / "a", seed=2), "t")
+    assert c.run_id != a.run_id
+    again = resolve(a.config, "t")  # resolving a resolved config is idempotent (local executor relies on it)
+    assert again.run_id == a.run_id and again.config == a.config
+
+
+def test_method_recipe_then_user_overrides(data_root, tmp_path):
+    resolved = resolve(base_run(data_root, tmp_path, optim={"lr": 0.05}), "t")
+    assert resolved.optim.lr == 0.05 and resolved.optim.warmup_epochs == 1  # CoOp recipe kept where not set
+    assert resolved.config["method"] == {"name": "coop", "n_ctx": 16, "ctx_init": "", "csc": False,
+                                         "class_token_position": "end", "init_std": 0.02, "truncate_text": True}
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"datset": "oxford_pets"}, "unknown key 'datset'; did you mean 'dataset'"),
+    ({"method": {"name": "coop", "n_ctxx": 4}}, "unknown key 'method.n_ctxx'; did you mean 'n_ctx'"),
+    ({"optim": {"lr": "fast"}}, "optim.lr: expected a number"),
+    ({"shots": 1.5}, "shots: expected an integer"),
+    ({"method": "copo"}, "unknown method 'copo'; did you mean 'coop'"),
+    ({"dataset": "oxford_pet"}, "did you mean 'oxford_pets'"),
+    ({"backbone": "ViT-B-61"}, "unknown backbone"),
+    ({"protocol": "base2new"}, "not one of"),
+    ({"method": {"name": "coop", "csc": True}}, "impossible combination"),
+    ({"method": "linear_probe"}, "impossible combination"),
+    ({"method": {"name": "coop", "class_token_position": "left"}}, "method.class_token_position"),
+    ({"optim": {"epochs": 2, "warmup_epochs": 3}}, "warmup_epochs"),
+])
+def test_bad_configs_name_the_key(data_root, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve({**base_run(data_root, tmp_path), **override}, "grid.yaml")
+
+
+def test_overrides_grammar():
+    assert parse_overrides(["method.init=zero", "seed=3", "optim.lr=0.01", "targets=[a, b]"]) == {
+        "method": {"init": "zero"}, "seed": 3, "optim": {"lr": 0.01}, "targets": ["a", "b"]}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["seed"])
+
+
+def write_grid(path: Path, data_root: Path, results: Path, **extra) -> Path:
+    grid = {"name": "g", "base": {**base_run(data_root, results), "method": "zeroshot"},
+            "grid": {"seed": [1, 2], "dataset": ["oxford_pets", "caltech101"]}, **extra}
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_expansion_variants_and_pinning(data_root, tmp_path):
+    path = write_grid(tmp_path / "g.yaml", data_root, tmp_path / "res",
+                      variants=[{"method": "zeroshot"}, {"method": "coop", "method.ctx_init": "a photo of a"}])
+    grid = load_grid(path)
+    assert len(grid.runs) == 8 and len({r.run_id for r in grid.runs}) == 8
+    assert {r.config["method"]["name"] for r in grid.runs} == {"zeroshot", "coop"}
+    pinned = load_grid(path, parse_overrides(["seed=2"]))
+    assert len(pinned.runs) == 4 and {r.config["seed"] for r in pinned.runs} == {2}
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda g: g.update(executr={"kind": "local"}), "unknown top-level key 'executr'"),
+    (lambda g: g["grid"].update({"method.bogus": [1]}), "method.bogus"),
+    (lambda g: g["grid"].update({"dataset": ["oxford_pets", "nope"]}), "unknown dataset 'nope'"),
+    (lambda g: g["base"].update(shots="many"), "shots: expected an integer"),
+])
+def test_launch_rejects_bad_grids_with_exit_2(data_root, tmp_path, mutate, message):
+    grid = {"name": "bad", "base": {**base_run(data_root, tmp_path / "res"), "method": "zeroshot"},
+            "grid": {"seed": [1]}}
+    mutate(grid)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/launch.py"), "--grid", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert str(path) in proc.stderr and message in proc.stderr
+    assert proc.stderr.count("error:") == 1
+    assert not (tmp_path / "res").exists()  # nothing ran, nothing written
+
+
+def test_every_shipped_grid_validates():
+    grids = sorted((REPO / "grids").glob("*.yaml"))
+    assert grids, "no grid files shipped"
+    for path in grids:
+        grid = load_grid(path)
+        assert grid.runs, path
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("#") and "jobs/launch.py" in first, f"{path}: first line must be the launch command"
+
+
+@pytest.mark.parametrize("cfg,expected", [
+    # protocol.md §7, measured with Dassl's scheduler classes
+    (OptimConfig(lr=0.0015, epochs=5), [1.5e-3, 1.357e-3, 9.82e-4, 5.18e-4, 1.43e-4]),
+    (OptimConfig(lr=0.0035, epochs=5, warmup_epochs=1), [1e-5, 3.5e-3, 3.166e-3, 2.291e-3, 1.209e-3]),
+    (OptimConfig(lr=0.002, epochs=10, warmup_epochs=1),
+     [1e-5, 2e-3, 1.95e-3, 1.81e-3, 1.59e-3, 1.31e-3, 1e-3, 6.91e-4, 4.12e-4, 1.91e-4]),
+])
+def test_dassl_schedules(cfg, expected):
+    got = [lr_at(cfg, epoch, 0, 1) for epoch in range(1, cfg.epochs + 1)]
+    assert got == pytest.approx(expected, rel=2e-3)

@@ -1,0 +1,85 @@
+"""The image dataset over a manifest and the image checks: decoding, missing and corrupt files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from frozen_clip.errors import DataError
+from protocols.datasets import Item
+from protocols.imagefolder import ImageListDataset, check_images, image_problem, open_image
+from protocols.splits import build_manifest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255
+
+
+def write_image(path: Path, colour: tuple[int, int, int] = (10, 20, 30), fmt: str = "PNG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), colour).save(path, format=fmt)
+
+
+def test_dataset_returns_tensor_label_index(tmp_path: Path) -> None:
+    items = [Item("a/x.jpg", 0, "a"), Item("b/y.jpg", 1, "b")]
+    write_image(tmp_path / "a/x.jpg", (255, 0, 0))
+    Image.new("L", (4, 4), 128).save(tmp_path / "b.png")
+    (tmp_path / "b").mkdir()
+    shutil.move(tmp_path / "b.png", tmp_path / "b/y.jpg")  # grey image with a .jpg name, converted to RGB
+    ds = ImageListDataset(items, tmp_path, to_tensor)
+    assert len(ds) == 2 and ds.labels == [0, 1]
+    image, label, index = ds[1]
+    assert (image.shape, label, index) == ((3, 4, 4), 1, 1)
+    assert torch.allclose(ds[0][0][0], torch.ones(4, 4))
+
+
+def test_dataset_from_manifest(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "oxford_pets" / "images").mkdir(parents=True)
+    shutil.copy(FIXTURES / "split_zhou_Fake.json", data / "oxford_pets" / "split_zhou_OxfordPets.json")
+    m = build_manifest("oxford_pets", data, 1, 1, "base", "dassl", tmp_path / "cache")
+    for item in m.train:
+        write_image(Path(m.image_root) / item.path)
+    ds = ImageListDataset.from_manifest(m, "train", to_tensor)
+    assert [ds[i][1] for i in range(len(ds))] == [it.label for it in m.train]
+    assert ds.path(0) == Path(m.image_root) / m.train[0].path
+
+
+def test_missing_image_raises_data_error_naming_it(tmp_path: Path) -> None:
+    ds = ImageListDataset([Item("gone.jpg", 0, "a")], tmp_path, to_tensor)
+    with pytest.raises(DataError, match=f"image {tmp_path / 'gone.jpg'} is missing"):
+        ds[0]
+
+
+def test_corrupt_image_raises_data_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "bad.jpg").write_bytes(b"this is not an image at all")
+    with pytest.raises(DataError, match=f"image {tmp_path / 'bad.jpg'} cannot be decoded"):
+        ImageListDataset([Item("bad.jpg", 0, "a")], tmp_path, to_tensor)[0]
+
+
+def test_truncated_jpeg_is_unreadable(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(DataError, match="cut.jpg cannot be decoded"):
+        open_image(tmp_path / "cut.jpg")
+
+
+def test_check_images(tmp_path: Path) -> None:
+    write_image(tmp_path / "ok.jpg", fmt="JPEG")
+    (tmp_path / "bad.jpg").write_bytes(b"\x00" * 64)
+    paths = [tmp_path / "ok.jpg", tmp_path / "bad.jpg", tmp_path / "gone.jpg"]
+    problems = check_images(paths)
+    assert [(p, why.split(" ")[0]) for p, why in problems] == [
+        (str(tmp_path / "bad.jpg"), "unreadable"), (str(tmp_path / "gone.jpg"), "missing")]
+    assert check_images(paths, workers=3) == problems
+    assert check_images(paths, decode=False) == [(str(tmp_path / "gone.jpg"), "missing")]
+    assert image_problem(tmp_path / "ok.jpg") is None
