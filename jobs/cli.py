@@ -100,12 +100,12 @@ def results_table(grid: Grid) -> str:
 
 
 def write_analysis(grid: Grid) -> str | None:
-    """Write the LaTeX tables and figures of the grid's results; returns the index path (None if unavailable)."""
-    try:
-        from analysis.tables import write_all
-    except ImportError:
+    """Write the LaTeX tables and figures of the grid's results; returns the path of their index."""
+    from analysis.tables import analyse, write_outputs
+    result = analyse([grid.results_dir])
+    if result.frame.empty:
         return None
-    return str(write_all([grid.results_dir], grid.results_dir / "analysis", quiet=True))
+    return str(write_outputs(result, grid.results_dir / "analysis", log=lambda line: None))
 
 
 def launch_main(argv: list[str] | None = None) -> int:

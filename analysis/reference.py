@@ -1,0 +1,167 @@
+"""The papers' reported numbers, shipped as data, and the name mappings between them and the suite.
+
+``analysis/reference_results.csv`` is a verbatim copy of ``specs/reference_results.csv`` (693 published numbers):
+``method, backbone, protocol, dataset, shots, metric, value, source``. The ``source`` field starts with its trust tag
+(specs/README.md, "Trust tags"): VERIFIED, RECALLED (+CHECKED when the text says the row was checked), SECONDARY,
+APPROX, COMPUTED. Method and dataset names there are the papers' (``CoOp``, ``ZS-CLIP``; Dassl-like ``OxfordPets``,
+``Flowers102``); the tables below map them to the suite's registry names and dataset keys, explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+DEFAULT_REFERENCE = Path(__file__).resolve().parent / "reference_results.csv"
+
+METHOD_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
+    # reference CSV name -> (suite method name in jobs/registry.py, method options that identify the variant)
+    "ZS-CLIP": ("zeroshot", {}),
+    "Linear probe": ("linear_probe", {}),
+    "CoOp": ("coop", {}),
+    "CoCoOp": ("cocoop", {}),
+    "CLIP-Adapter": ("clip_adapter", {}),
+    "Tip-Adapter": ("tip_adapter", {"finetune": False}),
+    "Tip-Adapter-F": ("tip_adapter", {"finetune": True}),
+    "CLIP-LoRA": ("clip_lora", {}),
+    "MaPLe": ("maple", {}),
+    "MMA": ("mma", {}),
+    "HeBA": ("heba", {}),
+    "RMAdapter": ("rmadapter", {}),
+}
+"""Reference methods the suite implements. The others in the CSV (PromptSRC, KgCoOp, ...) are context only."""
+
+METHOD_DISPLAY: dict[str, str] = {
+    "zeroshot": "Zero-shot CLIP", "linear_probe": "Linear probe", "coop": "CoOp", "cocoop": "CoCoOp",
+    "clip_adapter": "CLIP-Adapter", "tip_adapter": "Tip-Adapter", "clip_lora": "CLIP-LoRA", "maple": "MaPLe",
+    "mma": "MMA", "heba": "HeBA", "rmadapter": "RMAdapter",
+}
+"""Display names of suite methods in tables and figures."""
+METHOD_ORDER: tuple[str, ...] = ("zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter",
+                                 "clip_lora", "maple", "mma", "heba", "rmadapter")
+"""Row order of methods in every table (others follow alphabetically)."""
+
+
+def paper_method(name: str, options: Mapping[str, Any]) -> str | None:
+    """The reference CSV's name of a suite run (``tip_adapter`` with ``finetune: true`` -> ``Tip-Adapter-F``)."""
+    candidates = [(len(required), paper) for paper, (suite, required) in METHOD_NAMES.items()
+                  if suite == name and all(options.get(k) == v for k, v in required.items())]
+    return max(candidates)[1] if candidates else None
+
+
+def run_display(row: Mapping[str, Any]) -> str:
+    """Display name of the run in a flat record row (``method.name`` plus ``method.<option>`` columns)."""
+    name = row["method.name"]
+    options = {k[len("method."):]: v for k, v in row.items() if str(k).startswith("method.")}
+    paper = paper_method(name, options)
+    if paper is not None and METHOD_NAMES[paper][1]:
+        return paper  # a name that depends on options (Tip-Adapter-F)
+    return METHOD_DISPLAY.get(name, name)
+
+
+DATASETS: dict[str, tuple[str, str]] = {
+    # suite dataset key -> (display name, reference CSV name)
+    "imagenet": ("ImageNet", "ImageNet"),
+    "caltech101": ("Caltech101", "Caltech101"),
+    "oxford_pets": ("OxfordPets", "OxfordPets"),
+    "stanford_cars": ("StanfordCars", "StanfordCars"),
+    "oxford_flowers": ("Flowers102", "Flowers102"),
+    "food101": ("Food101", "Food101"),
+    "fgvc_aircraft": ("FGVCAircraft", "FGVCAircraft"),
+    "sun397": ("SUN397", "SUN397"),
+    "dtd": ("DTD", "DTD"),
+    "eurosat": ("EuroSAT", "EuroSAT"),
+    "ucf101": ("UCF101", "UCF101"),
+    "imagenetv2": ("ImageNetV2", "ImageNetV2"),
+    "imagenet_sketch": ("ImageNet-Sketch", "ImageNet-Sketch"),
+    "imagenet_a": ("ImageNet-A", "ImageNet-A"),
+    "imagenet_r": ("ImageNet-R", "ImageNet-R"),
+}
+"""The published order: 11 CoOp datasets (ImageNet first), then the 4 DG targets."""
+
+COOP_DATASETS: tuple[str, ...] = tuple(list(DATASETS)[:11])
+XD_TARGETS: tuple[str, ...] = COOP_DATASETS[1:]
+DG_TARGETS: tuple[str, ...] = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+AVERAGE_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
+    # protocol -> (reference CSV name of the average row, the suite datasets it averages)
+    "base2novel": ("Average", COOP_DATASETS),
+    "fewshot": ("Average", COOP_DATASETS),
+    "cross_dataset": ("Average(10 targets)", XD_TARGETS),
+    "domain_generalization": ("Average(V2,S,A,R)", DG_TARGETS),
+}
+SOURCE_NAME = "ImageNet(source)"
+"""Reference dataset name of the source accuracy in cross-dataset / DG tables (record split ``source``)."""
+
+METRICS: dict[str, str] = {"base": "base", "novel": "novel", "hm": "hm", "acc": "accuracy"}
+"""Reference metric -> suite metric (``accuracy`` = the fewshot ``test`` split or a transfer split)."""
+
+
+def dataset_display(key: str) -> str:
+    """Display name of a suite dataset key (the key itself when unknown, e.g. the built-in ``world_*`` data)."""
+    return DATASETS.get(key, (key, key))[0]
+
+
+def dataset_order(keys) -> list[str]:
+    """``keys`` sorted in the published order, unknown keys last (alphabetically)."""
+    known = list(DATASETS)
+    return sorted(set(keys), key=lambda k: (known.index(k) if k in known else len(known), str(k)))
+
+
+def method_display(name: str) -> str:
+    """Display name of a suite method (``heba`` -> ``HeBA``)."""
+    return METHOD_DISPLAY.get(name, name)
+
+
+def method_rank(name: str) -> tuple[int, str]:
+    """Sort key: the canonical method order, unknown methods after it."""
+    order = list(METHOD_ORDER)
+    return (order.index(name) if name in order else len(order), name)
+
+
+def normalize_backbone(name: str) -> str:
+    """``ViT-B/16``, ``ViT-B-16``, ``ViT-B-16-quickgelu`` -> ``ViT-B-16`` (same for RN50 etc.)."""
+    name = str(name).replace("/", "-")
+    return name[: -len("-quickgelu")] if name.endswith("-quickgelu") else name
+
+
+def trust_tag(source: str) -> str:
+    """The trust tag a ``source`` field starts with; RECALLED rows whose text says CHECKED are RECALLED+CHECKED."""
+    first = str(source).split(" ", 1)[0].rstrip(";,")
+    if first == "RECALLED" and "CHECKED" in str(source):
+        return "RECALLED+CHECKED"
+    return first
+
+
+def load_reference(path: Path | str | None = None) -> pd.DataFrame:
+    """The reference CSV with the suite's names added (``suite_method``, ``suite_dataset``, ``suite_metric``,
+    ``backbone_key``) and the ``trust`` tag; provenance columns are kept unchanged."""
+    path = Path(path) if path is not None else DEFAULT_REFERENCE
+    frame = pd.read_csv(path)
+    required = {"method", "backbone", "protocol", "dataset", "shots", "metric", "value", "source"}
+    missing = required - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: reference file lacks columns {sorted(missing)}")
+    by_reference_name = {ref: key for key, (_, ref) in DATASETS.items()}
+    averages = {name for name, _ in AVERAGE_NAMES.values()}
+
+    def suite_dataset(name: str) -> str | None:
+        if name in averages:
+            return "Average"
+        if name == SOURCE_NAME:
+            return "source"
+        return by_reference_name.get(name)
+
+    frame["suite_method"] = frame["method"].map(lambda m: METHOD_NAMES[m][0] if m in METHOD_NAMES else None)
+    frame["suite_dataset"] = frame["dataset"].map(suite_dataset)
+    frame["suite_metric"] = frame["metric"].map(METRICS)
+    frame["backbone_key"] = frame["backbone"].map(normalize_backbone)
+    frame["trust"] = frame["source"].map(trust_tag)
+    return frame
+
+
+__all__ = ["DEFAULT_REFERENCE", "METHOD_NAMES", "METHOD_DISPLAY", "METHOD_ORDER", "paper_method", "run_display", "DATASETS", "COOP_DATASETS",
+           "XD_TARGETS", "DG_TARGETS", "AVERAGE_NAMES", "SOURCE_NAME", "dataset_display", "dataset_order",
+           "method_display", "method_rank", "normalize_backbone", "trust_tag", "load_reference"]
