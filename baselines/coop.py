@@ -22,6 +22,24 @@ from frozen_clip.backbone import FrozenCLIP
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 
 
+def prompt_tokens(clip: FrozenCLIP, classnames: Sequence[str], prompt_prefix: str, n_ctx: int,
+                  truncate: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """The frozen parts of ``"{prompt_prefix} {name}."`` prompts (CoOp/CoCoOp/MaPLe ``PromptLearner.__init__``).
+
+    Returns the token ids ``[C, L]`` (cut to the longest prompt when ``truncate``), the SOS embedding ``[C, 1, D]``,
+    the embeddings after the ``n_ctx`` context positions ``[C, L - 1 - n_ctx, D]`` (class name, ".", EOS, padding)
+    and the BPE length of each class name.
+    """
+    names = [name.replace("_", " ") for name in classnames]
+    name_lens = [len(clip.tokenizer.encode(name)) for name in names]
+    ids = clip.tokenize([f"{prompt_prefix} {name}." for name in names])
+    if truncate:
+        ids = clip.truncate(ids)
+    with torch.no_grad():
+        embedding = clip.token_embedding(ids)
+    return ids, embedding[:, :1], embedding[:, 1 + n_ctx:], name_lens
+
+
 @dataclass(frozen=True)
 class CoOpConfig:
     """CoOp options; defaults are ``TRAINER.COOP`` of the official configs."""
@@ -80,25 +98,22 @@ class CoOp(Method):
 
     # -- prompts ---------------------------------------------------------------------------------------------------
     def _build_prompts(self, classnames: Sequence[str]) -> None:
-        clip = self.clip
-        names = [name.replace("_", " ") for name in classnames]
-        self.name_lens = [len(clip.tokenizer.encode(name)) for name in names]
-        ids = clip.tokenize([f"{self.prompt_prefix} {name}." for name in names])
-        if self.config.truncate_text:
-            ids = clip.truncate(ids)
-        with torch.no_grad():
-            embedding = clip.token_embedding(ids)
+        ids, prefix, suffix, self.name_lens = prompt_tokens(self.clip, classnames, self.prompt_prefix, self.n_ctx,
+                                                             self.config.truncate_text)
         self.register_buffer("tokenized_prompts", ids, persistent=False)
-        self.register_buffer("token_prefix", embedding[:, :1], persistent=False)  # SOS
-        self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx:], persistent=False)  # CLS, ".", EOS, pad
+        self.register_buffer("token_prefix", prefix, persistent=False)  # SOS
+        self.register_buffer("token_suffix", suffix, persistent=False)  # CLS, ".", EOS, pad
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)
         self._build_prompts(classnames)
 
-    def prompt_embeddings(self) -> torch.Tensor:
-        """``PromptLearner.forward()``: the assembled prompt embeddings ``[C, L, D]``."""
-        ctx = self.ctx
+    def prompt_embeddings(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """``PromptLearner.forward()``: the assembled prompt embeddings ``[C, L, D]``.
+
+        ``ctx`` (default: the learned context) replaces the context, e.g. CoCoOp's per-image shifted context.
+        """
+        ctx = self.ctx if ctx is None else ctx
         n_cls = self.token_prefix.shape[0]
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)

@@ -7,6 +7,10 @@ suite's tower forward (:mod:`frozen_clip.towers`) calls them. The points, in the
                                              block (text); used to append shallow prompt tokens (MaPLe).
 ``block_in``     ``fn(x, site) -> x``        before a block; used to replace deep prompt tokens.
 ``attn_in``      ``fn(a, site) -> a``        the output of ``ln_1``, i.e. the input of attention (q = k = v).
+``attn``         ``fn(a, site, attn, mask)``  replaces the attention call ``attn(a, a, a, attn_mask=mask)[0]``:
+                 ``-> out``                  ``attn`` is the frozen ``nn.MultiheadAttention``, ``mask`` the additive
+                                             mask (causal on the text tower, None on the image tower); at most one
+                                             per site (CLIP-LoRA's q/k/v deltas need the projections themselves).
 ``mlp_hidden``   ``fn(h, site) -> h``        the output of ``mlp.c_fc`` (width 4D), before the activation.
 ``block_out``    ``fn(y, site, x) -> y``     after the block; ``x`` is the block input, ``y`` its output. A parallel
                                              branch returns ``y + branch(x)`` (MMA, RMAdapter).
@@ -25,7 +29,7 @@ from typing import Callable, Iterable
 
 import torch
 
-POINTS: tuple[str, ...] = ("tower_in", "block_in", "attn_in", "mlp_hidden", "block_out")
+POINTS: tuple[str, ...] = ("tower_in", "block_in", "attn_in", "attn", "mlp_hidden", "block_out")
 TOWERS: tuple[str, ...] = ("visual", "text")
 
 TapFn = Callable[..., torch.Tensor]
@@ -56,6 +60,8 @@ class Taps:
         if tower not in TOWERS:
             raise ValueError(f"unknown tower {tower!r}; expected one of {TOWERS}")
         for layer in [layers] if isinstance(layers, int) else layers:
+            if point == "attn" and self._fns.get((point, tower, int(layer))):
+                raise ValueError(f"{tower} layer {layer} already has an attn replacement (at most one per site)")
             self._fns[(point, tower, int(layer))].append(fn)
         return self
 

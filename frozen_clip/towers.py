@@ -26,7 +26,11 @@ def block_forward(blk: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | Non
     x_in = x
     a = apply(taps.get("attn_in", tower, layer), blk.ln_1(x), site)
     mask = attn_mask.to(a.dtype) if attn_mask is not None else None
-    x = x + blk.ls_1(blk.attn(a, a, a, need_weights=False, attn_mask=mask)[0])
+    replace = taps.get("attn", tower, layer)  # at most one (Taps.add); replaces the attention call itself
+    if replace:
+        x = x + blk.ls_1(replace[0](a, site, blk.attn, mask))
+    else:
+        x = x + blk.ls_1(blk.attn(a, a, a, need_weights=False, attn_mask=mask)[0])
     h = apply(taps.get("mlp_hidden", tower, layer), blk.mlp.c_fc(blk.ln_2(x)), site)
     x = x + blk.ls_2(blk.mlp.c_proj(blk.mlp.gelu(h)))
     return apply(taps.get("block_out", tower, layer), x, site, x_in)

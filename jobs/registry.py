@@ -13,5 +13,9 @@ METHODS = Registry("method", {
     "linear_probe": "baselines.linear_probe:LinearProbe",
     "coop": "baselines.coop:CoOp",
     "clip_adapter": "baselines.clip_adapter:CLIPAdapter",
+    "cocoop": "baselines.cocoop:CoCoOp",
+    "tip_adapter": "baselines.tip_adapter:TipAdapter",
+    "clip_lora": "baselines.clip_lora:CLIPLoRA",
+    "maple": "baselines.maple:MaPLe",
     "heba": "adapters.heba:HeBA",
 })

@@ -1,0 +1,338 @@
+"""Tip-Adapter and Tip-Adapter-F (``gaopengcuhk/Tip-Adapter@d0e2d6f:{main.py, utils.py, configs/*.yaml}``).
+
+**Cache model.** The few-shot train set is passed ``augment_epoch = 10`` times through the frozen image encoder
+with ``RandomResizedCrop(scale=(0.5, 1), bicubic)`` + flip; the raw features of the passes are averaged, then
+L2-normalised: these are the keys K ``[N, E]``. The values V ``[N, C]`` are the one-hot labels. For a normalised
+feature f, with W the normalised class text features (dataset template; the 7-template ensemble on ImageNet)::
+
+    tip(f) = 100 f W^T + alpha * exp(-(beta - beta f K^T)) V
+
+(``alpha`` weights the cache logits, ``beta`` sets its sharpness; gaopengcuhk/Tip-Adapter#4 notes that the paper
+swaps the names). The augmented passes come from the runner (``FitData.augmented_features``, view ``v`` of the
+cache = the ``v``-th augmented pass, cached per view index), so the view count is part of the method config.
+
+**Tip-Adapter-F** (``finetune: true``). The keys become a trainable ``Linear(E, N, bias=False)`` initialised with K,
+trained with AdamW (lr 0.001, eps 1e-4, torch's default weight decay 0.01), ``CosineAnnealingLR`` stepped per
+iteration over ``train_epoch x ceil(N / 256)`` steps, batch 256 shuffled, ``drop_last=False``, CE on ``tip`` with
+the initial alpha/beta. Each epoch trains on a fresh augmented pass of the train set (the runner's view
+``augment_epoch + epoch``, independent of the cache views, as the official loader draws new crops every epoch).
+This loop runs inside :meth:`prepare_fit` on those features, because the runner's gradient loop feeds images of
+its own train transform (RRC scale (0.08, 1), ``drop_last`` when the set exceeds a batch) and not Tip-Adapter's;
+the recipe therefore sets ``optim.epochs = 0`` and the fine-tuning settings live in this config.
+
+**Hyper-parameter search** (``utils.search_hp``): ``beta_i = 0.1 + i (s0 - 0.1) / 200``, ``alpha_j = 0.1 + j
+(s1 - 0.1) / 20``, beta outer loop, alpha inner, the first strict maximum of accuracy wins (starting from accuracy 0
+and (0, 0)). **The suite searches on the ``min(k, 4)``-shot validation split only.** The official code does not:
+``main.py`` keeps Tip-Adapter-F's best-on-*test* epoch and prints ``max(best test acc, searched acc)``
+(gaopengcuhk/Tip-Adapter#11), and ``main_imagenet.py`` runs the alpha/beta search itself on the *test* features.
+Here Tip-Adapter-F keeps the last epoch (``epoch_selection: last``) or the best epoch on val (``val``); nothing is
+selected on test. Where the fit split has no validation images (ImageNet in the CoOp protocol, unless the split
+manifests provide one) no search runs and ``init_alpha``/``init_beta`` are used (``search_outcome`` says which).
+
+Per-dataset values (``init_alpha``, ``search_scale``, ``train_epoch``) come from the official configs; datasets
+without an official config (the generated world, other datasets) get the ImageNet/OxfordPets values.
+
+Deviations (named options): ``fix_key_aliasing`` (default true) clones the keys before making them trainable. The
+official ``adapter.weight = nn.Parameter(cache_keys.t())`` shares storage with ``cache_keys``, so every AdamW step
+also rewrites the keys in place; the official pipeline never reads the keys again after fine-tuning starts
+(the training-free Tip-Adapter runs first), so Tip-Adapter-F's numbers are the same either way, but with aliasing the
+method's stored ``cache_keys`` buffer ends up equal to the fine-tuned weight. ``false`` reproduces that aliasing.
+The suite computes in fp32 (official: fp16 features and one-hot values). The cache values have ``len(classnames)``
+columns (official ``F.one_hot``: max label + 1; the same whenever the last class has a training image).
+Tip-Adapter cannot score classes absent from its cache: it runs under the ``fewshot`` protocol only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from baselines.templates import IMAGENET_TEMPLATES_SELECT
+from baselines.text_classifier import class_text_features
+from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.method import FeatureMethod, FitData, MethodContext, StepOutput, normalize
+from frozen_clip.trainer import derive_seed
+
+
+@dataclass(frozen=True)
+class DatasetHParams:
+    """One row of the official per-dataset configs (``configs/<dataset>.yaml``)."""
+
+    init_alpha: float
+    search_scale: tuple[float, float]  # [s0 (beta), s1 (alpha)]
+    train_epoch: int
+
+
+#: ``configs/*.yaml`` @ d0e2d6f (``init_beta = 1``, ``search_step = [200, 20]``, ``lr 0.001`` everywhere).
+OFFICIAL_HPARAMS: dict[str, DatasetHParams] = {
+    "imagenet": DatasetHParams(1.17, (7.0, 3.0), 20),
+    "caltech101": DatasetHParams(3.0, (12.0, 5.0), 20),
+    "dtd": DatasetHParams(2.0, (13.0, 13.0), 20),
+    "eurosat": DatasetHParams(2.0, (12.0, 10.0), 100),
+    "fgvc_aircraft": DatasetHParams(5.0, (30.0, 30.0), 20),
+    "food101": DatasetHParams(1.17, (10.0, 10.0), 20),
+    "oxford_flowers": DatasetHParams(10.0, (50.0, 50.0), 20),
+    "oxford_pets": DatasetHParams(1.17, (7.0, 3.0), 20),
+    "stanford_cars": DatasetHParams(3.0, (20.0, 10.0), 20),
+    "sun397": DatasetHParams(1.17, (12.0, 10.0), 20),
+    "ucf101": DatasetHParams(3.0, (7.0, 3.0), 20),
+}
+DEFAULT_HPARAMS = OFFICIAL_HPARAMS["imagenet"]  # = OxfordPets; used for datasets without an official config
+
+
+@dataclass(frozen=True)
+class TipAdapterConfig:
+    """Tip-Adapter(-F) options. ``None`` means the official per-dataset value (:data:`OFFICIAL_HPARAMS`)."""
+
+    finetune: bool = False  # Tip-Adapter-F: train the cache keys
+    augment_epoch: int = 10  # augmented passes averaged into the keys (configs: augment_epoch)
+    rrc_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop scale of the cache/training passes (main.py)
+    init_beta: float = 1.0  # configs: init_beta (all datasets)
+    init_alpha: float | None = None  # configs: init_alpha
+    search_hp: bool = True  # configs: search_hp (on the few-shot val split only, see the module docstring)
+    search_scale: tuple[float, float] | None = None  # configs: search_scale [beta, alpha]
+    search_step: tuple[int, int] = (200, 20)  # configs: search_step [beta, alpha]
+    train_epoch: int | None = None  # configs: train_epoch (Tip-Adapter-F)
+    lr: float = 0.001  # configs: lr (AdamW)
+    eps: float = 1e-4  # main.py: AdamW(eps=1e-4)
+    weight_decay: float = 0.01  # main.py passes none: torch.optim.AdamW's default
+    batch_size: int = 256  # main.py: train_loader_F batch size
+    epoch_selection: Literal["last", "val"] = "last"  # official: best on test (an oracle, not offered)
+    fix_key_aliasing: bool = True  # clone the keys before training them (false: official shared storage)
+    template_list: tuple[str, ...] = ()  # explicit templates; default: dataset template, ImageNet the 7-ensemble
+    clip_logit_scale: float = 100.0  # the literal 100. of the official logits (= exp(logit_scale) of OpenAI CLIP)
+
+    def validate(self) -> None:
+        if self.augment_epoch < 1:
+            raise ValueError("augment_epoch must be >= 1")
+        if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise ValueError(f"rrc_scale must be (low, high) with 0 < low <= high <= 1, got {self.rrc_scale}")
+        if self.search_scale is not None and len(self.search_scale) != 2:
+            raise ValueError("search_scale must be [beta_scale, alpha_scale]")
+        if len(self.search_step) != 2 or min(self.search_step) < 1:
+            raise ValueError("search_step must be two positive integers [beta_steps, alpha_steps]")
+        if self.train_epoch is not None and self.train_epoch < 1:
+            raise ValueError("train_epoch must be >= 1")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("batch_size and lr must be positive")
+
+    def resolved(self, dataset: str) -> "TipAdapterConfig":
+        """This config with every ``None`` replaced by the official value for ``dataset``."""
+        row = OFFICIAL_HPARAMS.get(dataset, DEFAULT_HPARAMS)
+        return replace(self,
+                       init_alpha=row.init_alpha if self.init_alpha is None else self.init_alpha,
+                       search_scale=row.search_scale if self.search_scale is None else self.search_scale,
+                       train_epoch=row.train_epoch if self.train_epoch is None else self.train_epoch)
+
+
+def build_cache(features_per_view: torch.Tensor, labels: torch.Tensor,
+                n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``build_cache_model``: keys = normalise(mean over views of the raw features) ``[N, E]``; values = one-hot
+    labels ``[N, C]``."""
+    keys = features_per_view.mean(dim=0)
+    keys = keys / keys.norm(dim=-1, keepdim=True)
+    return keys, F.one_hot(labels, n_classes).to(keys.dtype)
+
+
+def tip_logits(features: torch.Tensor, affinity: torch.Tensor, text: torch.Tensor, values: torch.Tensor,
+               alpha: float, beta: float, scale: float = 100.0) -> torch.Tensor:
+    """Official arithmetic, operation for operation: ``100. * f @ W + ((-1) * (beta - beta * A)).exp() @ V * alpha``.
+
+    ``features`` are normalised ``[B, E]``, ``affinity`` = f K^T ``[B, N]``, ``text`` the normalised class features
+    ``[C, E]``.
+    """
+    cache_logits = ((-1) * (beta - beta * affinity)).exp() @ values
+    clip_logits = scale * features @ text.t()
+    return clip_logits + cache_logits * alpha
+
+
+def cls_acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """``utils.cls_acc``: top-1 accuracy in percent, through ``topk`` as the official code (same tie breaking)."""
+    pred = logits.topk(1, 1, True, True)[1].t()
+    correct = pred.eq(labels.view(1, -1).expand_as(pred))
+    return 100 * float(correct[:1].reshape(-1).float().sum(0, keepdim=True).item()) / labels.shape[0]
+
+
+def search_hp(affinity: torch.Tensor, features: torch.Tensor, text: torch.Tensor, values: torch.Tensor,
+              labels: torch.Tensor, search_scale: tuple[float, float], search_step: tuple[int, int],
+              scale: float = 100.0) -> tuple[float, float, float]:
+    """``utils.search_hp``: (best beta, best alpha, best accuracy) on the given (validation) features.
+
+    The cache logits do not depend on alpha, so they are computed once per beta; the values are those of the
+    official double loop.
+    """
+    beta_list = [i * (search_scale[0] - 0.1) / search_step[0] + 0.1 for i in range(search_step[0])]
+    alpha_list = [i * (search_scale[1] - 0.1) / search_step[1] + 0.1 for i in range(search_step[1])]
+    clip_logits = scale * features @ text.t()
+    best_acc, best_beta, best_alpha = 0.0, 0.0, 0.0
+    for beta in beta_list:
+        cache_logits = ((-1) * (beta - beta * affinity)).exp() @ values
+        for alpha in alpha_list:
+            acc = cls_acc(clip_logits + cache_logits * alpha, labels)
+            if acc > best_acc:
+                best_acc, best_beta, best_alpha = acc, beta, alpha
+    return best_beta, best_alpha, best_acc
+
+
+class TipAdapter(FeatureMethod):
+    """Training-free cache model (Tip-Adapter) or its fine-tuned keys (Tip-Adapter-F, ``finetune: true``)."""
+
+    Config = TipAdapterConfig
+
+    def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: TipAdapterConfig,
+                 context: MethodContext) -> None:
+        super().__init__(clip, classnames, config, context)
+        self.hp = config.resolved(context.dataset)
+        dim = clip.embed_dim
+        self.register_buffer("cache_keys", torch.zeros(0, dim))  # filled by prepare_fit: [N, E]
+        self.register_buffer("cache_values", torch.zeros(0, len(classnames)))  # [N, C]
+        self.adapter: nn.Linear | None = None  # Tip-Adapter-F: created by prepare_fit ([N, E] weight)
+        self.beta, self.alpha = float(self.hp.init_beta), float(self.hp.init_alpha)
+        self.search_outcome: dict[str, Any] = {}
+        self.fit_log: list[dict[str, float]] = []
+        self._text: torch.Tensor | None = None
+
+    @classmethod
+    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+        """No epochs in the runner's loop: the cache is built, and Tip-Adapter-F fine-tuned, in ``prepare_fit``."""
+        return {"epochs": 0}
+
+    @classmethod
+    def check_run(cls, run: Any, config: TipAdapterConfig) -> None:
+        if run.protocol != "fewshot":
+            raise ValueError(f"tip_adapter cannot classify classes absent from its cache (protocol {run.protocol!r}); "
+                             "it runs under 'fewshot' only")
+
+    # -- text -------------------------------------------------------------------------------------------------------
+    def templates(self) -> tuple[str, ...]:
+        """The dataset's template; the 7 ``IMAGENET_TEMPLATES_SELECT`` on ImageNet (``datasets/imagenet.py``)."""
+        if self.config.template_list:
+            return tuple(self.config.template_list)
+        if self.context.dataset == "imagenet":
+            return IMAGENET_TEMPLATES_SELECT
+        return (self.context.template,)
+
+    def text_features(self) -> torch.Tensor:
+        """``clip_classifier``: normalised class features ``[C, E]`` (frozen, computed once)."""
+        if self._text is None:
+            self._text = class_text_features(self.clip, self.classnames, self.templates())
+        return self._text
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        if tuple(classnames) != self.classnames:
+            raise ValueError("Tip-Adapter's cache holds the training classes only; it cannot score other classes")
+
+    # -- fit --------------------------------------------------------------------------------------------------------
+    def prepare_fit(self, data: FitData) -> None:
+        """Build the cache from augmented views, fine-tune the keys (Tip-Adapter-F), search alpha/beta on val."""
+        device = self.clip.device
+        views = [data.augmented_features("train", view, self.config.rrc_scale)
+                 for view in range(self.config.augment_epoch)]
+        labels = views[0][1]
+        if any(not torch.equal(v_labels, labels) for _, v_labels in views):
+            raise RuntimeError("augmented views disagree on the train labels (the cache passes must not shuffle)")
+        keys, values = build_cache(torch.stack([feats for feats, _ in views]).to(device), labels.to(device),
+                                   len(self.classnames))
+        self.cache_keys, self.cache_values = keys, values
+        val_feats, val_labels = data.features("val")
+        val_feats, val_labels = normalize(val_feats.to(device)), val_labels.to(device)
+        if self.config.finetune:
+            self._make_adapter()
+            self._finetune(data, val_feats, val_labels)
+        self._search(val_feats, val_labels)
+
+    def _make_adapter(self) -> None:
+        n_keys, dim = self.cache_keys.shape
+        weight = self.cache_keys.clone() if self.config.fix_key_aliasing else self.cache_keys
+        self.adapter = nn.Linear(dim, n_keys, bias=False, device="meta")  # no throw-away random init
+        self.adapter.weight = nn.Parameter(weight)  # without the clone, it shares the keys' storage (official)
+
+    def _finetune(self, data: FitData, val_feats: torch.Tensor, val_labels: torch.Tensor) -> None:
+        """``run_tip_adapter_F``'s loop on augmented features; keeps the last (or best-on-val) epoch."""
+        assert self.adapter is not None
+        hp, weight = self.hp, self.adapter.weight
+        optimizer = torch.optim.AdamW([weight], lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay)
+        steps_per_epoch = math.ceil(data.n_train / hp.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, hp.train_epoch * steps_per_epoch)
+        generator = torch.Generator().manual_seed(derive_seed("tip_adapter_f", self.context.seed))
+        best_acc, best_weight = -1.0, None
+        self.train()
+        for epoch in range(hp.train_epoch):
+            feats, labels = data.augmented_features("train", hp.augment_epoch + epoch, hp.rrc_scale)
+            feats, labels = feats.to(weight.device), labels.to(weight.device)
+            losses = []
+            for index in torch.randperm(len(labels), generator=generator).split(hp.batch_size):
+                out = self.feature_training_step(feats[index.to(weight.device)], labels[index.to(weight.device)])
+                optimizer.zero_grad()
+                out.loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(out.loss.detach()))
+            entry = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]}
+            if hp.epoch_selection == "val" and len(val_labels):
+                entry["val_acc"] = self._val_acc(val_feats, val_labels)
+                if entry["val_acc"] > best_acc:  # official criterion (strict), on val instead of test
+                    best_acc, best_weight = entry["val_acc"], weight.detach().clone()
+            self.fit_log.append(entry)
+        if best_weight is not None:
+            with torch.no_grad():
+                weight.copy_(best_weight)
+        self.eval()
+
+    @torch.no_grad()
+    def _val_acc(self, val_feats: torch.Tensor, val_labels: torch.Tensor) -> float:
+        logits = tip_logits(val_feats, self._affinity(val_feats), self.text_features(), self.cache_values,
+                            self.hp.init_alpha, self.hp.init_beta, self.hp.clip_logit_scale)
+        return cls_acc(logits, val_labels)
+
+    @torch.no_grad()
+    def _search(self, val_feats: torch.Tensor, val_labels: torch.Tensor) -> None:
+        if not self.hp.search_hp or len(val_labels) == 0:
+            reason = "search_hp is false" if not self.hp.search_hp else "no validation images"
+            self.search_outcome = {"searched": False, "reason": reason, "beta": self.beta, "alpha": self.alpha}
+            return
+        beta, alpha, acc = search_hp(self._affinity(val_feats), val_feats, self.text_features(), self.cache_values,
+                                     val_labels, self.hp.search_scale, self.hp.search_step,
+                                     self.hp.clip_logit_scale)
+        self.beta, self.alpha = beta, alpha
+        self.search_outcome = {"searched": True, "split": "val", "n_val": int(len(val_labels)), "beta": beta,
+                               "alpha": alpha, "val_accuracy": acc}
+
+    # -- logits -----------------------------------------------------------------------------------------------------
+    def _affinity(self, features: torch.Tensor) -> torch.Tensor:
+        """f K^T with the (fine-tuned) keys, ``[B, N]``."""
+        if self.adapter is not None:
+            return self.adapter(features)
+        return features @ self.cache_keys.t()
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Tip-Adapter logits with the selected alpha/beta (features un-normalised, as the cache holds them)."""
+        feats = normalize(features.to(self.cache_keys.dtype))
+        return tip_logits(feats, self._affinity(feats), self.text_features(), self.cache_values, self.alpha,
+                          self.beta, self.hp.clip_logit_scale)
+
+    def feature_training_step(self, features: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """One Tip-Adapter-F step: CE on ``tip`` with the fine-tuned keys and the initial alpha/beta."""
+        feats = normalize(features)
+        logits = tip_logits(feats, self._affinity(feats), self.text_features(), self.cache_values,
+                            self.hp.init_alpha, self.hp.init_beta, self.hp.clip_logit_scale)
+        loss = F.cross_entropy(logits, labels)
+        return StepOutput(loss, {"loss_ce": loss.detach()}, logits)
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        raise NotImplementedError("Tip-Adapter(-F) trains in prepare_fit on augmented features; keep optim.epochs 0")
+
+    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Official tensors: ``cache_keys`` ``[E, N]``, ``cache_values`` ``[N, C]`` and, for Tip-Adapter-F, the saved
+        ``adapter.weight`` ``[N, E]`` (``best_F_*.pt``)."""
+        self.cache_keys = state_dict["cache_keys"].t().contiguous().to(self.clip.device)
+        self.cache_values = state_dict["cache_values"].float().to(self.clip.device)
+        if self.config.finetune:
+            self._make_adapter()
+            with torch.no_grad():
+                self.adapter.weight.copy_(state_dict["adapter.weight"])

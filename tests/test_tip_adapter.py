@@ -1,0 +1,169 @@
+"""Tip-Adapter and Tip-Adapter-F against the official implementation (tests/fixtures/tip_adapter.*): cache, text
+classifier, logits at atol=rtol=1e-5, the alpha/beta search on val, Tip-Adapter-F's step (gradient at 1e-6); the
+key-aliasing option; the protocol restriction; end-to-end runs on the fake data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from baselines.templates import IMAGENET_TEMPLATES_SELECT
+from baselines.tip_adapter import TipAdapter, TipAdapterConfig, build_cache
+from frozen_clip.errors import ConfigError
+from frozen_clip.method import FitData, MethodContext
+from tests.conftest import FIXTURES, base_run
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+GRAD_TOL = dict(atol=1e-6, rtol=1e-6)
+
+
+def context(dataset: str = "oxford_pets") -> MethodContext:
+    return MethodContext(dataset=dataset, template="a photo of a {}, a type of pet.", protocol="fewshot", shots=2,
+                         seed=1, epochs=0)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_file(str(FIXTURES / "tip_adapter.safetensors")), json.loads((FIXTURES / "tip_adapter.json").read_text())
+
+
+def fixture_fit_data(tensors, requested: list) -> FitData:
+    """The fixture's given features behind the runner's FitData interface (view v -> stored view v mod 3)."""
+    views, labels = tensors["cache.features_per_view"], tensors["cache.labels"]
+
+    def features(split):
+        requested.append(split)
+        assert split == "val", "Tip-Adapter reads the val features only (train comes from augmented views)"
+        return tensors["val.features_in"], tensors["val.labels"]
+
+    def augmented(split, view, rrc_scale):
+        requested.append((split, view, tuple(rrc_scale)))
+        return views[view % views.shape[0]], labels
+    return FitData(classnames=(), n_train=len(labels), n_val=len(tensors["val.labels"]), features=features,
+                   augmented_features=augmented)
+
+
+def make(tiny_clip, golden, **options) -> TipAdapter:
+    _tensors, meta = golden
+    cfg = TipAdapterConfig(template_list=tuple(meta["templates"]), **options)
+    return TipAdapter(tiny_clip, meta["classnames"], cfg, context())
+
+
+def test_cache_and_text_classifier(tiny_clip, golden):
+    tensors, meta = golden
+    assert tuple(meta["templates"]) == IMAGENET_TEMPLATES_SELECT
+    keys, values = build_cache(tensors["cache.features_per_view"], tensors["cache.labels"], 6)
+    torch.testing.assert_close(keys.t(), tensors["cache_keys"], **TOL)
+    torch.testing.assert_close(values, tensors["cache_values"], atol=0, rtol=0)
+    torch.testing.assert_close(make(tiny_clip, golden).text_features().t(), tensors["clip_weights"], **TOL)
+
+
+def test_training_free_logits_and_val_search(tiny_clip, golden):
+    tensors, meta = golden
+    method = make(tiny_clip, golden, augment_epoch=3)
+    assert (method.beta, method.alpha) == (1.0, 1.17)  # OxfordPets' init_beta / init_alpha
+    requested: list = []
+    method.prepare_fit(fixture_fit_data(tensors, requested))
+    assert requested[:3] == [("train", v, (0.5, 1.0)) for v in range(3)] and requested[3:] == ["val"]
+    torch.testing.assert_close(method.cache_keys.t(), tensors["cache_keys"], **TOL)
+    assert method.search_outcome["searched"] and method.search_outcome["split"] == "val"
+    assert (method.beta, method.alpha) == pytest.approx(tuple(meta["beta_alpha"]["searched_on_val"]), abs=1e-12)
+    test_in = tensors["test.features_in"]
+    torch.testing.assert_close(method.logits_from_features(test_in), tensors["tip.searched.logits"], **TOL)
+    for key, (beta, alpha) in (("init", meta["beta_alpha"]["init"]), ("explicit", meta["beta_alpha"]["explicit"])):
+        method.beta, method.alpha = float(beta), float(alpha)
+        torch.testing.assert_close(method.logits_from_features(test_in), tensors[f"tip.{key}.logits"], **TOL)
+
+
+def test_no_val_split_keeps_the_initial_values(tiny_clip, golden):
+    tensors, _meta = golden
+    method = make(tiny_clip, golden, augment_epoch=3)
+    data = fixture_fit_data(tensors, [])
+    data.features = lambda split: (tensors["val.features_in"][:0], tensors["val.labels"][:0])
+    method.prepare_fit(data)
+    assert method.search_outcome == {"searched": False, "reason": "no validation images", "beta": 1.0, "alpha": 1.17}
+    torch.testing.assert_close(method.logits_from_features(tensors["test.features_in"]), tensors["tip.init.logits"],
+                               **TOL)
+
+
+def test_tip_adapter_f_step_matches_official(tiny_clip, golden):
+    tensors, _meta = golden
+    method = make(tiny_clip, golden, finetune=True)
+    method.load_official_state_dict({"cache_keys": tensors["cache_keys"], "cache_values": tensors["cache_values"],
+                                     "adapter.weight": tensors["cache_keys"].t()})
+    assert method.num_trainable() == 12 * 32
+    out = method.feature_training_step(tensors["tipF.features_in"], tensors["tipF.labels"])
+    torch.testing.assert_close(out.logits, tensors["tipF.logits"], **TOL)
+    torch.testing.assert_close(out.loss.reshape(1), tensors["tipF.loss"], **TOL)
+    out.loss.backward()
+    torch.testing.assert_close(method.adapter.weight.grad, tensors["tipF.grad.weight"], **GRAD_TOL)
+
+
+@pytest.mark.parametrize("fix", [True, False])
+def test_key_aliasing_option(tiny_clip, golden, fix):
+    tensors, _meta = golden
+    method = make(tiny_clip, golden, finetune=True, augment_epoch=3, train_epoch=2, batch_size=8,
+                  fix_key_aliasing=fix)
+    requested: list = []
+    method.prepare_fit(fixture_fit_data(tensors, requested))
+    assert [r[1] for r in requested if isinstance(r, tuple)] == [0, 1, 2, 3, 4]  # cache views, then one per epoch
+    assert [e["epoch"] for e in method.fit_log] == [1, 2]
+    trained = method.adapter.weight.detach()
+    initial = tensors["cache_keys"].t()
+    assert not torch.allclose(trained, initial, atol=1e-4)  # the keys trained (2 epochs x 2 steps)
+    if fix:
+        torch.testing.assert_close(method.cache_keys, initial, **TOL)  # the cache is left intact
+    else:
+        assert method.cache_keys.data_ptr() == trained.data_ptr()  # official: training rewrote the keys in place
+
+
+def test_val_epoch_selection_reads_val_only(tiny_clip, golden):
+    tensors, _meta = golden
+    method = make(tiny_clip, golden, finetune=True, augment_epoch=3, train_epoch=3, batch_size=8,
+                  epoch_selection="val")
+    requested: list = []
+    method.prepare_fit(fixture_fit_data(tensors, requested))
+    assert all("val_acc" in entry for entry in method.fit_log)
+    assert "test" not in requested
+
+
+def test_official_table_and_defaults(tiny_clip):
+    assert TipAdapterConfig().resolved("eurosat").train_epoch == 100
+    assert TipAdapterConfig().resolved("fgvc_aircraft").search_scale == (30.0, 30.0)
+    world = TipAdapterConfig().resolved("world_shapes")
+    assert (world.init_alpha, world.search_scale, world.train_epoch) == (1.17, (7.0, 3.0), 20)
+    method = TipAdapter(tiny_clip, ["a", "b"], TipAdapterConfig(), context("imagenet"))
+    assert method.templates() == IMAGENET_TEMPLATES_SELECT
+    with pytest.raises(ValueError, match="cannot score other classes"):
+        method.set_classnames(["a", "c"])
+
+
+@pytest.mark.parametrize("protocol", ["base2novel", "cross_dataset"])
+def test_unseen_class_protocols_are_rejected(data_root, tmp_path, protocol):
+    from jobs.config import resolve
+    extra = {"targets": ["caltech101"]} if protocol == "cross_dataset" else {}
+    with pytest.raises(ConfigError, match="impossible combination.*tip_adapter"):
+        resolve(base_run(data_root, tmp_path, method="tip_adapter", protocol=protocol, **extra), "t")
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_end_to_end(data_root, tmp_path, finetune):
+    from jobs.config import resolve
+    from jobs.execute import read_record, run_dir
+    from jobs.executors import execute_run
+    from jobs.grid import RunSpec
+    method = {"name": "tip_adapter", "finetune": finetune, "augment_epoch": 2, "train_epoch": 1, "batch_size": 12}
+    cfg = base_run(data_root, tmp_path / "res", method=method, protocol="fewshot")
+    del cfg["optim"]
+    resolved = resolve(cfg, "test")
+    assert resolved.optim.epochs == 0
+    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
+    assert outcome.status == "done", outcome.detail
+    record = read_record(run_dir(resolved))
+    assert 0 <= record["summary"]["accuracy"] <= 100
+    assert record["cost"]["trainable_params"] == (6 * 4 * 32 if finetune else 0)  # 24 keys x E=32
+    # cache views 0..1 (+ one training view) and val/test features all went through the runner's feature cache
+    assert record["cost"]["feature_cache"]["misses"] == (4 if finetune else 3) + 1
