@@ -228,6 +228,10 @@ class TipAdapter(FeatureMethod):
             raise ValueError("Tip-Adapter's cache holds the training classes only; it cannot score other classes")
 
     # -- fit --------------------------------------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        """The alpha/beta search (on val) and, for Tip-Adapter-F, the per-epoch fine-tuning log."""
+        return {"search": self.search_outcome, "fit_log": self.fit_log}
+
     def prepare_fit(self, data: FitData) -> None:
         """Build the cache from augmented views, fine-tune the keys (Tip-Adapter-F), search alpha/beta on val."""
         device = self.clip.device

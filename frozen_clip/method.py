@@ -102,6 +102,11 @@ class Method(nn.Module):
     def prepare_fit(self, data: FitData) -> None:
         """Called once before the gradient loop (closed-form fits, caches); default: nothing."""
 
+    def report(self) -> dict[str, Any]:
+        """What the method decided during fit (e.g. a searched hyper-parameter); stored as the record's
+        ``method_report``. Must be JSON-serialisable; default: nothing."""
+        return {}
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -211,6 +211,7 @@ class RunExecution:
                          "peak_memory_mb": round(peak_memory_mb(device), 1), "mfu": None,
                          "resumed_from_epoch": fit.resumed_from_epoch,
                          "feature_cache": {"hits": features.cache.hits, "misses": features.cache.misses}},
+                "method_report": method.report(),
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
                 "env": environment(device, precision)}

@@ -86,3 +86,11 @@ def test_feature_cache_keys_and_reuse(tmp_path):
     assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
     for key in parts:
         assert cache_key({**parts, key: "other"}) != cache_key(parts)
+
+
+def test_method_report_reaches_the_record(data_root, tmp_path):
+    rec = execute(base_run(data_root, tmp_path / "r", method="tip_adapter", protocol="fewshot", shots=4,
+                           optim={"epochs": 0}))
+    search = rec["method_report"]["search"]
+    assert search["searched"] is True and search["split"] == "val"  # chosen on val, never on test
+    assert rec["method_report"]["fit_log"] == []  # training-free Tip-Adapter
