@@ -7,6 +7,9 @@
 * :func:`scaled_branch` -- that expression, with the trick switchable (``grad_scale_trick: false`` gives the naive
   ``s * f(x)``: identical forward, parameter gradients ``s`` times smaller).
 * :func:`init_linear_like` -- the init schemes the ablations compare.
+* :func:`grad_scaled` -- the same sandwich without the forward scaling (parameters get ``factor`` x their gradient,
+  the input its exact one): RMAdapter's reconstruction path under ``rec_grad_scale: match``.
+* :func:`kaiming_linears_` -- MMA's init loop (kaiming-normal fan_out on every Linear, zero bias, in module order).
 """
 
 from __future__ import annotations
@@ -65,3 +68,29 @@ def zero_(weight: torch.Tensor) -> torch.Tensor:
 def fan_out_std(fan_out: int) -> float:
     """The std of :func:`kaiming_fan_out_` for a given fan_out."""
     return math.sqrt(2.0 / fan_out)
+
+
+def grad_scaled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``fn(x)`` whose parameters receive ``factor`` times their gradient while ``x`` receives its exact gradient.
+
+    Written ``gsl(fn(gsl(x, 1/factor)), factor)``: the same sandwich as :func:`scaled_branch` without the forward
+    multiplication by ``s``. RMAdapter uses it to put its reconstruction path on the adaptation branch's footing
+    (``rec_grad_scale: match``). ``factor == 1`` is plain ``fn(x)``.
+    """
+    if factor == 1.0:
+        return fn(x)
+    return grad_scale(fn(grad_scale(x, 1.0 / factor)), factor)
+
+
+def kaiming_linears_(module: nn.Module) -> nn.Module:
+    """Every ``nn.Linear`` under ``module``, in ``modules()`` order: :func:`kaiming_fan_out_` weight, zero bias.
+
+    The MMA init loop (``trainers/mmadapter.py`` ``_build_adapter``); the traversal order fixes the RNG draws, so a
+    seeded build reproduces the official initialisation bitwise when the Linears were created in the official order.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            kaiming_fan_out_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module

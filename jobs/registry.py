@@ -18,4 +18,6 @@ METHODS = Registry("method", {
     "clip_lora": "baselines.clip_lora:CLIPLoRA",
     "maple": "baselines.maple:MaPLe",
     "heba": "adapters.heba:HeBA",
+    "mma": "adapters.mma:MMA",
+    "rmadapter": "adapters.rmadapter:RMAdapter",
 })

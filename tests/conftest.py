@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+
+# Tiny models run fastest on one thread (and tests share a small machine); subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GOLDEN_BACKBONE = str(FIXTURES / "clip_tiny")  # the golden tiny OpenAI-style CLIP (fp16 weights), 32 px
