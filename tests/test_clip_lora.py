@@ -12,7 +12,7 @@ import torch
 from baselines.clip_lora import CLIPLoRA, CLIPLoRAConfig
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext, normalize
-from tests.conftest import base_run
+from tests.conftest import base_run, execute_resolved
 
 CLASSNAMES = ["great_pyrenees", "Abyssinian", "american bulldog", "sphynx"]
 INIT_TOL = dict(atol=1e-6, rtol=1e-6)
@@ -146,14 +146,10 @@ def test_recipe(data_root, tmp_path):
 
 def test_two_steps_end_to_end(data_root, tmp_path):
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
-    from jobs.executors import execute_run
-    from jobs.grid import RunSpec
     cfg = base_run(data_root, tmp_path / "res", method="clip_lora", optim={"iterations": 2, "batch_size": 6})
     resolved = resolve(cfg, "test")
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    record = read_record(run_dir(resolved))
+    from jobs.execute import run_dir
+    record = execute_resolved(resolved)
     assert record["history"][-1]["iterations"] == 2
     assert set(record["summary"]) == {"base", "novel", "hm"}
     assert record["cost"]["trainable_params"] == 2 * 3 * 2 * 2 * (32 + 64)  # 2 blocks, q/k/v, r = 2, both towers

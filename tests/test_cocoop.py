@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from baselines.cocoop import CoCoOp, CoCoOpConfig
 from frozen_clip.method import MethodContext, normalize
-from tests.conftest import FIXTURES, base_run
+from tests.conftest import FIXTURES, base_run, execute_resolved
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 GRAD_TOL = dict(atol=1e-6, rtol=1e-6)
@@ -111,15 +111,11 @@ def test_recipe_and_protocols(data_root, tmp_path):
 
 def test_two_steps_end_to_end(data_root, tmp_path, tiny_clip):
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
-    from jobs.executors import execute_run
-    from jobs.grid import RunSpec
     cfg = base_run(data_root, tmp_path / "res", method={"name": "cocoop", "batched_prompts": True},
                    optim={"epochs": 1, "batch_size": 6, "warmup_epochs": 0})
     resolved = resolve(cfg, "test")
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    record = read_record(run_dir(resolved))
+    from jobs.execute import run_dir
+    record = execute_resolved(resolved)
     assert record["history"][-1]["iterations"] == 2  # 3 base classes x 4 shots / batch 6
     assert set(record["summary"]) == {"base", "novel", "hm"}
     assert record["cost"]["trainable_params"] == 4 * 32 + 66 + 96

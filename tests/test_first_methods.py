@@ -10,10 +10,7 @@ from baselines.zeroshot import ZeroShotCLIP, ZeroShotConfig
 from frozen_clip.cache import FeatureCache, cache_key
 from frozen_clip.method import FitData, MethodContext, normalize
 from jobs.config import resolve
-from jobs.executors import execute_run
-from jobs.execute import read_record, run_dir
-from jobs.grid import RunSpec
-from tests.conftest import base_run
+from tests.conftest import base_run, execute_resolved
 
 
 def ctx(dataset: str = "oxford_pets") -> MethodContext:
@@ -22,10 +19,7 @@ def ctx(dataset: str = "oxford_pets") -> MethodContext:
 
 
 def execute(cfg: dict) -> dict:
-    resolved = resolve(cfg, "test")
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    return read_record(run_dir(resolved))
+    return execute_resolved(resolve(cfg, "test"))
 
 
 def test_zeroshot_ensemble_averages_normalised_template_features(tiny_clip):

@@ -18,7 +18,7 @@ from adapters.bottleneck import INIT_SCHEMES, BottleneckBlock, bottleneck_params
 from adapters.heba import HeBA, HeBAConfig, OFFICIAL_BUFFERS, effective_settings
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext, normalize
-from tests.conftest import FIXTURES, base_run
+from tests.conftest import FIXTURES, base_run, execute_resolved
 
 GOLDEN = load_file(str(FIXTURES / "heba.safetensors"))
 META = json.loads((FIXTURES / "heba.json").read_text())
@@ -498,16 +498,11 @@ def test_recipes_and_xd_presets(tiny_clip):
 # -- end to end ------------------------------------------------------------------------------------------------------
 def test_two_training_steps_and_eval_end_to_end(data_root, tmp_path):
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
-    from jobs.executors import execute_run
-    from jobs.grid import RunSpec
     raw = base_run(data_root, tmp_path / "results", method="heba",
                    optim={"epochs": 1, "iterations": 2, "batch_size": 4})
     resolved = resolve(raw, "test")
     assert resolved.optim.lr == 0.0075 and resolved.config["method"]["bottleneck_ratio"] == 4
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    record = read_record(run_dir(resolved))
+    record = execute_resolved(resolved)
     assert record["status"] == "done"
     assert record["history"][-1]["iterations"] == 2
     assert set(record["metrics"]) == {"base", "novel"}

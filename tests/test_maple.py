@@ -10,7 +10,7 @@ import torch
 from baselines.maple import MaPLe, MaPLeConfig
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext, normalize
-from tests.conftest import base_run
+from tests.conftest import base_run, execute_resolved
 
 CLASSNAMES = ["great_pyrenees", "Abyssinian", "american bulldog", "sphynx", "yorkshire_terrier"]
 
@@ -131,15 +131,10 @@ def test_recipes_per_protocol(data_root, tmp_path):
 
 def test_two_steps_end_to_end(data_root, tmp_path):
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
-    from jobs.executors import execute_run
-    from jobs.grid import RunSpec
     cfg = base_run(data_root, tmp_path / "res", method={"name": "maple", "prompt_depth": 2},
                    optim={"epochs": 1, "batch_size": 6, "warmup_epochs": 0})
     resolved = resolve(cfg, "test")
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    record = read_record(run_dir(resolved))
+    record = execute_resolved(resolved)
     assert record["history"][-1]["iterations"] == 2
     assert set(record["summary"]) == {"base", "novel", "hm"}
     assert record["cost"]["trainable_params"] == 2 * 32 + (32 * 64 + 64) + 2 * 32 + (32 * 64 + 64)

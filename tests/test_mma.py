@@ -17,7 +17,7 @@ from torch import nn
 from adapters.mma import MMA, MMAConfig, adapted_layers
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext
-from tests.conftest import FIXTURES, base_run
+from tests.conftest import FIXTURES, base_run, execute_resolved
 
 GOLDEN = load_file(str(FIXTURES / "mma.safetensors"))
 META = json.loads((FIXTURES / "mma.json").read_text())
@@ -331,16 +331,11 @@ def test_bad_options_are_config_errors():
 # -- end to end ------------------------------------------------------------------------------------------------------
 def test_two_training_steps_and_eval_end_to_end(data_root, tmp_path):
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
-    from jobs.executors import execute_run
-    from jobs.grid import RunSpec
     raw = base_run(data_root, tmp_path / "results", method={"name": "mma", "layers": [1, 2], "bottleneck_dim": 8},
                    optim={"epochs": 1, "iterations": 2, "batch_size": 4})
     resolved = resolve(raw, "test")
     assert resolved.optim.lr == 0.0015 and resolved.config["method"]["scale"] == 0.001
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    record = read_record(run_dir(resolved))
+    record = execute_resolved(resolved)
     assert record["status"] == "done"
     assert record["history"][-1]["iterations"] == 2
     assert set(record["metrics"]) == {"base", "novel"}

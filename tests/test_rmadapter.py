@@ -18,7 +18,7 @@ from adapters.mma import MMA, MMAConfig
 from adapters.rmadapter import AUX_TERMS, PRESETS, RMAdapter, RMAdapterConfig, preset_config, reconstruction_loss
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext, normalize
-from tests.conftest import base_run
+from tests.conftest import base_run, execute_resolved
 from tests.test_mma import CLASSNAMES, GOLDEN
 
 CONTEXT = MethodContext("oxford_pets", "a photo of a {}, a type of pet.", "base2novel", 16, 1, 5)
@@ -327,17 +327,12 @@ def test_base2novel_grid_has_mma_and_rmadapter_with_their_recipe():
 # -- end to end ------------------------------------------------------------------------------------------------------
 def test_two_training_steps_and_eval_end_to_end(data_root, tmp_path):
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
-    from jobs.executors import execute_run
-    from jobs.grid import RunSpec
     raw = base_run(data_root, tmp_path / "results", method={"name": "rmadapter", "layers": [1, 2],
                                                             "bottleneck_dim": 8},
                    optim={"epochs": 1, "iterations": 2, "batch_size": 4})
     resolved = resolve(raw, "test")
     assert resolved.optim.lr == 0.0015 and resolved.config["method"]["lambda_con_text"] == 25.0
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    record = read_record(run_dir(resolved))
+    record = execute_resolved(resolved)
     assert record["status"] == "done" and record["history"][-1]["iterations"] == 2
     assert set(record["metrics"]) == {"base", "novel"}
     assert set(record["aux_losses"]) == set(AUX_TERMS)

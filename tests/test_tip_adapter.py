@@ -14,7 +14,7 @@ from baselines.templates import IMAGENET_TEMPLATES_SELECT
 from baselines.tip_adapter import TipAdapter, TipAdapterConfig, build_cache
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import FitData, MethodContext
-from tests.conftest import FIXTURES, base_run
+from tests.conftest import FIXTURES, base_run, execute_resolved
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 GRAD_TOL = dict(atol=1e-6, rtol=1e-6)
@@ -152,17 +152,12 @@ def test_unseen_class_protocols_are_rejected(data_root, tmp_path, protocol):
 @pytest.mark.parametrize("finetune", [False, True])
 def test_end_to_end(data_root, tmp_path, finetune):
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
-    from jobs.executors import execute_run
-    from jobs.grid import RunSpec
     method = {"name": "tip_adapter", "finetune": finetune, "augment_epoch": 2, "train_epoch": 1, "batch_size": 12}
     cfg = base_run(data_root, tmp_path / "res", method=method, protocol="fewshot")
     del cfg["optim"]
     resolved = resolve(cfg, "test")
     assert resolved.optim.epochs == 0
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    record = read_record(run_dir(resolved))
+    record = execute_resolved(resolved)
     assert 0 <= record["summary"]["accuracy"] <= 100
     assert record["cost"]["trainable_params"] == (6 * 4 * 32 if finetune else 0)  # 24 keys x E=32
     # cache views 0..1 (+ one training view) and val/test features all went through the runner's feature cache
