@@ -45,15 +45,24 @@ def describe(spec: RunSpec) -> str:
     return f"{cfg['method']['name']} {cfg['dataset']} {cfg['protocol']} shots={cfg['shots']} seed={cfg['seed']}"
 
 
-def _status_rows(grid: Grid) -> list[tuple[RunSpec, Any]]:
+def run_states(grid: Grid) -> list[tuple[RunSpec, Any]]:
+    """The state of every run: records and locks on disk, and for submitted runs what the scheduler knows
+    (one ``sacct`` call; a job cancelled before it wrote a record is ``failed``, reason ``cancelled``)."""
     from jobs.execute import run_dir
-    from jobs.state import state_of
-    return [(spec, state_of(run_dir(spec.resolved))) for spec in grid.runs]
+    from jobs.state import read_submission, state_of
+    folders = [run_dir(spec.resolved) for spec in grid.runs]
+    job_ids = [str(sub.get("job_id")) for sub in map(read_submission, folders)
+               if sub and sub.get("executor") == "slurm" and sub.get("job_id")]
+    scheduler = None
+    if job_ids:
+        from jobs.slurm import scheduler_states
+        scheduler = scheduler_states(job_ids)
+    return [(spec, state_of(folder, scheduler)) for spec, folder in zip(grid.runs, folders)]
 
 
 def print_status(grid: Grid) -> int:
-    """``--status``: one line per run from the records on disk, then counts."""
-    rows = _status_rows(grid)
+    """``--status``: one line per run from the records on disk (and sacct for submitted runs), then counts."""
+    rows = run_states(grid)
     counts: dict[str, int] = {}
     for spec, state in rows:
         counts[state.status] = counts.get(state.status, 0) + 1
@@ -116,46 +125,82 @@ def launch_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would run; run nothing")
     parser.add_argument("--status", action="store_true", help="show the state of every run from the records")
     parser.add_argument("--workers", type=int, help="local executor: number of worker slots")
-    parser.add_argument("--retry-failed", action="store_true", help="(default behaviour) rerun failed runs")
+    parser.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a key of the executor block, e.g. partition=gpu timeout_min=240 "
+                             "additional_parameters.mail-type=END submitit.slurm_exclude=node3 (repeatable)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="rerun only the failed runs (default: failed and missing runs)")
+    parser.add_argument("--cancel", action="store_true", help="scancel the grid's queued and running Slurm jobs")
+    parser.add_argument("--wait", action="store_true", help="slurm: block until the submitted jobs have ended")
     parser.add_argument("--no-analysis", action="store_true", help="do not write LaTeX tables at the end")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 method.init=zero")
     args = parser.parse_args(argv)
     try:
-        grid = load_grid(args.grid, parse_overrides(args.overrides), args.executor)
+        grid = load_grid(args.grid, parse_overrides(args.overrides))
         if args.status:
             return print_status(grid)
+        if args.cancel:
+            return cancel_grid(grid)
         return _launch(grid, args)
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-def _launch(grid: Grid, args: argparse.Namespace) -> int:
-    from jobs.executors import parse_executor, run_inline, run_local
-    from jobs.state import state_of
-    from jobs.execute import run_dir
+def executor_block(grid: Grid, args: argparse.Namespace) -> dict[str, Any]:
+    """The grid's ``executor:`` block with the command line applied (``--executor``, ``--workers``,
+    ``--executor-opt``). When ``--executor`` names another kind than the file, the file's settings that the chosen
+    kind does not have (e.g. ``runs_per_gpu`` for slurm) are dropped, with a note."""
+    from jobs.config import merge
+    from jobs.executors import executor_fields
     block = dict(grid.executor)
+    if args.executor and args.executor != block.get("kind", "local"):
+        known = executor_fields(args.executor)
+        dropped = sorted(k for k in block if k not in known)
+        if dropped:
+            print(f"note: --executor {args.executor}: ignoring the grid's {block.get('kind', 'local')} settings "
+                  f"{dropped}")
+        block = {k: v for k, v in block.items() if k in known}
+    if args.executor:
+        block["kind"] = args.executor
     if args.workers is not None:
         block["workers"] = args.workers
-    executor = parse_executor(block, f"{grid.path}: executor")
-    pending = [spec for spec in grid.runs if state_of(run_dir(spec.resolved)).status != "done"]
-    print(f"{grid.name}: {len(grid.runs)} runs, {len(grid.runs) - len(pending)} already done, "
-          f"{len(pending)} to run (executor: {executor.kind})")
+    return merge(block, parse_overrides(args.executor_opt, "--executor-opt"))
+
+
+def _launch(grid: Grid, args: argparse.Namespace) -> int:
+    from jobs.executors import parse_executor, run_inline, run_local
+    where = f"{grid.path}: executor" + (" (with command-line options)" if args.executor_opt else "")
+    executor = parse_executor(executor_block(grid, args), where)
+    states = run_states(grid)
+    wanted = ("failed",) if args.retry_failed else ("failed", "missing")
+    pending = [spec for spec, state in states if state.status in wanted]
+    counts = {k: sum(state.status == k for _, state in states) for k in ("done", "queued", "running", "missing")}
+    print(f"{grid.name}: {len(grid.runs)} runs, {counts['done']} already done, "
+          + (f"{counts['queued'] + counts['running']} queued or running, " if counts["queued"] + counts["running"]
+             else "")
+          + (f"{counts['missing']} missing not retried (--retry-failed), " if args.retry_failed and counts["missing"]
+             else "")
+          + f"{len(pending)} to run (executor: {executor.kind})")
     if args.dry_run:
-        for spec in grid.runs:
-            mark = "run " if spec in pending else "done"
+        for spec, state in states:
+            mark = "run " if spec in pending else f"{state.status:4s}"
             print(f"  {mark} {spec.run_id} {describe(spec)}")
         return 0
     if not pending:
-        print("Nothing to run: every run is already done.")
+        print("Nothing to run: every run is already done." if counts["done"] == len(grid.runs)
+              else "Nothing to run now.")
         _finish(grid, args)
         return 0
     preflight(pending)
     start = time.perf_counter()
-    report = _progress_printer(len(pending))
     if executor.kind == "slurm":
         from jobs.slurm import submit_grid
-        return submit_grid(grid, pending, executor, args)
+        code = submit_grid(grid, pending, executor, args)
+        if args.wait:
+            _finish(grid, args)
+        return code
+    report = _progress_printer(len(pending))
     if executor.kind == "inline":
         outcomes = run_inline(pending, report)
     else:
@@ -168,6 +213,31 @@ def _launch(grid: Grid, args: argparse.Namespace) -> int:
     _finish(grid, args)
     if failed:
         return 2 if all(o.user_error for o in failed) else 1
+    return 0
+
+
+def cancel_grid(grid: Grid) -> int:
+    """``--cancel``: scancel the Slurm jobs of the grid's queued and running runs and mark their submissions
+    cancelled (``--status`` then shows them failed, reason ``cancelled``; ``--retry-failed`` reruns them)."""
+    import datetime as dt
+
+    from frozen_clip import atomic
+    from jobs.execute import run_dir
+    from jobs.slurm import cancel_jobs
+    from jobs.state import SUBMITTED_NAME, read_submission
+    targets = []
+    for spec, state in run_states(grid):
+        submission = read_submission(run_dir(spec.resolved))
+        if state.status in ("queued", "running") and submission and submission.get("executor") == "slurm":
+            targets.append((run_dir(spec.resolved), submission))
+    if not targets:
+        print(f"{grid.name}: no queued or running Slurm job to cancel")
+        return 0
+    cancel_jobs([str(sub["job_id"]) for _, sub in targets])
+    when = dt.datetime.now(dt.timezone.utc).isoformat()
+    for folder, submission in targets:
+        atomic.write_json(folder / SUBMITTED_NAME, {**submission, "cancelled_at": when})
+    print(f"{grid.name}: cancelled {len(targets)} jobs: {' '.join(str(sub['job_id']) for _, sub in targets)}")
     return 0
 
 
@@ -192,7 +262,7 @@ def run_main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(int(threads))
     try:
-        raw = _read_run_config(args.config) if args.config else {}
+        raw = read_run_config(args.config) if args.config else {}
         from jobs.config import merge
         raw = merge(raw, parse_overrides(args.overrides))
         resolved = resolve(raw, args.config or "command line")
@@ -209,7 +279,8 @@ def run_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _read_run_config(path: str) -> dict[str, Any]:
+def read_run_config(path: str) -> dict[str, Any]:
+    """A run config YAML file (e.g. a run folder's ``config.yaml``) as a mapping; :class:`ConfigError` if not."""
     import yaml
     file = Path(path)
     if not file.is_file():

@@ -40,7 +40,7 @@ class LocalConfig:
     kind: Literal["inline", "local", "slurm"] = "local"
     workers: int | None = None  # CPU slots when there is no GPU (default: 1)
     runs_per_gpu: int = 1  # several runs per GPU in the local pool
-    gpus: tuple[int, ...] | None = None  # GPU indices to use (default: all visible)
+    gpus: tuple[int, ...] | None = None  # GPU indices to use (default: all visible; [] = CPU workers only)
     threads_per_run: int | None = None  # torch threads per run (default: cores / slots)
 
     def validate(self) -> None:
@@ -61,13 +61,18 @@ class Outcome:
     user_error: bool = False
 
 
+# How long execute_run waits for a run's lock before concluding that another process runs it. Not 0: a
+# ``--status`` probe holds the lock for an instant, and a job starting in that instant must not skip its run.
+LOCK_GRACE_S = 2.0
+
+
 def execute_run(spec: RunSpec, log: Callable[[str], None] | None = None) -> Outcome:
     """Execute one run under its lock (in this process)."""
     folder = run_dir(spec.resolved)
     lock = run_lock(folder)
     start = time.perf_counter()
     try:
-        lock.acquire()
+        lock.acquire(timeout=LOCK_GRACE_S)
     except Timeout:
         return Outcome(spec.run_id, "skipped", "running in another process")
     try:
@@ -148,6 +153,9 @@ def _run_subprocess(spec: RunSpec, slot_env: dict[str, str]) -> Outcome:
     env = {**os.environ, **slot_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     with open(folder / "stdout.txt", "a") as out:
+        pinned = " ".join(f"{k}={v!r}" for k, v in sorted(slot_env.items()))
+        out.write(f"[{time.strftime('%H:%M:%S')}] local pool slot: {pinned}\n")
+        out.flush()
         proc = subprocess.run([sys.executable, "-m", "jobs.run", "--config", str(config_file)], env=env,
                               stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
     seconds = time.perf_counter() - start
@@ -157,6 +165,15 @@ def _run_subprocess(spec: RunSpec, slot_env: dict[str, str]) -> Outcome:
     failure = record.get("failure") or {}
     detail = failure.get("reason") or f"exit code {proc.returncode} (see {folder / 'stdout.txt'})"
     return Outcome(spec.run_id, "failed", detail, seconds, user_error=proc.returncode == 2)
+
+
+def executor_fields(kind: str) -> set[str]:
+    """The keys an ``executor:`` block of ``kind`` may have."""
+    import dataclasses
+    if kind == "slurm":
+        from jobs.slurm import SlurmConfig
+        return {f.name for f in dataclasses.fields(SlurmConfig)}
+    return {f.name for f in dataclasses.fields(LocalConfig)}
 
 
 def parse_executor(block: dict[str, Any], where: str) -> Any:

@@ -1,0 +1,330 @@
+"""The ``slurm`` executor: configuration, code snapshot, checkpoint/requeue bookkeeping and status (no cluster
+needed), then end to end against a real Slurm cluster (``bash .ci/slurm-up.sh``): a grid as one job array with
+submit-and-exit and ``--status``, a job cancelled mid-training reported failed and completed by ``--retry-failed``,
+and jobs requeued by Slurm or by submitit's timeout/preemption path resuming to metrics identical to an
+uninterrupted run.
+
+The cluster tests are skipped only when ``sinfo`` is not on PATH; with ``FCS_REQUIRE_SLURM=1`` (CI) they fail
+instead, and they fail whenever the cluster is not idle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from frozen_clip.errors import ConfigError
+from jobs.cli import launch_main
+from jobs.config import resolve
+from jobs.execute import RunExecution, run_dir
+from jobs.grid import RunSpec
+from jobs.slurm import (REQUEUES_NAME, SNAPSHOT_PACKAGES, SlurmConfig, SlurmRun, executor_parameters, make_executor,
+                        scheduler_states, snapshot_code)
+from jobs.state import from_scheduler, state_of
+from tests.conftest import base_run, write_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRE_SLURM = os.environ.get("FCS_REQUIRE_SLURM") == "1"
+
+
+def launch(*args: str) -> tuple[int, str]:
+    """``jobs/launch.py`` in this process; returns (exit code, stdout + stderr)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = launch_main([str(a) for a in args])
+    return code, out.getvalue()
+
+
+def write_grid(path: Path, base: dict, axes: dict | None = None, **executor) -> Path:
+    grid = {"name": path.stem, "base": base, "grid": axes or {},
+            "executor": {"kind": "slurm", "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10, **executor}}
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def folders(results: Path, name: str) -> list[Path]:
+    return sorted(p for p in (results / name).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def strip_times(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in entry.items() if k != "time_s"} for entry in history]
+
+
+# -- no cluster needed -----------------------------------------------------------------------------------------------
+def test_config_from_block_and_command_line(tmp_path):
+    from jobs.cli import executor_block
+    from jobs.executors import parse_executor
+    from jobs.grid import load_grid
+    data = tmp_path / "data"
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump({"name": "g", "base": base_run(data, tmp_path / "r"),
+                                         "executor": {"kind": "local", "runs_per_gpu": 2}}))
+    grid = load_grid(grid_file)
+    args = type("Args", (), {"executor": "slurm", "workers": None, "executor_opt": [
+        "partition=gpu", "timeout_min=30", "gpus_per_node=1", "array_parallelism=8", "max_requeues=5",
+        "additional_parameters.mail-type=END", "submitit.slurm_exclude=node3", "setup=[module load cuda]"]})()
+    cfg = parse_executor(executor_block(grid, args), "t")  # the local-only runs_per_gpu is dropped, with a note
+    assert isinstance(cfg, SlurmConfig) and cfg.partition == "gpu" and cfg.max_requeues == 5
+    params = executor_parameters(cfg, "fcs-g", ["cd /code"])
+    assert params == {"name": "fcs-g", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 1,
+                      "slurm_partition": "gpu", "slurm_array_parallelism": 8,
+                      "slurm_setup": ["cd /code", "module load cuda"],
+                      "slurm_additional_parameters": {"mail-type": "END"}, "slurm_exclude": "node3"}
+    code, out = launch("--grid", grid_file, "--executor", "slurm", "--executor-opt", "partitoin=gpu", "--dry-run")
+    assert code == 2 and "executor.partitoin" in out and "did you mean 'partition'" in out
+    code, out = launch("--grid", grid_file, "--executor", "slurm", "--executor-opt", "max_requeues=-1", "--dry-run")
+    assert code == 2 and "max_requeues must be >= 0" in out
+    code, out = launch("--grid", grid_file, "--executor", "slurm", "--executor-opt", "gpus_per_node=two", "--dry-run")
+    assert code == 2 and "executor.gpus_per_node" in out and "expected an integer" in out
+    code, out = launch("--grid", grid_file, "--executor", "slurm", "--dry-run")
+    assert code == 0 and "ignoring the grid's local settings ['runs_per_gpu']" in out and "1 to run" in out
+
+
+def test_snapshot_is_keyed_by_content_and_importable(tmp_path):
+    source = tmp_path / "src"
+    (source / "pkg").mkdir(parents=True)
+    (source / "pkg" / "__init__.py").write_text("VALUE = 1\n")
+    (source / "pkg" / "__pycache__").mkdir()
+    (source / "pkg" / "__pycache__" / "x.pyc").write_bytes(b"cache")
+    first = snapshot_code(tmp_path / "snaps", source, ["pkg"])
+    assert snapshot_code(tmp_path / "snaps", source, ["pkg"]) == first  # unchanged code: the same snapshot
+    (source / "pkg" / "__init__.py").write_text("VALUE = 2\n")
+    second = snapshot_code(tmp_path / "snaps", source, ["pkg"])
+    assert second != first and (first / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+    assert not (second / "pkg" / "__pycache__").exists()
+    import tomllib
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert sorted(SNAPSHOT_PACKAGES) == sorted(packages)  # the snapshot holds every package the suite installs
+    real = snapshot_code(tmp_path / "snaps")  # the suite itself: a job started there imports the snapshot
+    assert json.loads((real / "SNAPSHOT.json").read_text())["files"] > 20
+    out = subprocess.run([sys.executable, "-c", "import jobs; print(jobs.__file__)"], cwd=real, text=True,
+                         capture_output=True, env={**os.environ, "PYTHONPATH": str(real)}, check=True)
+    assert Path(out.stdout.strip()).resolve().is_relative_to(real.resolve())
+
+
+def resolved_spec(data: Path, results: Path, **overrides) -> RunSpec:
+    resolved = resolve(base_run(data, results, **overrides), "test")
+    RunExecution(resolved).write_config()
+    return RunSpec(resolved.run_id, resolved.config, resolved)
+
+
+def test_checkpoint_requeues_a_fresh_instance_holding_only_the_config_path(tmp_path):
+    import cloudpickle
+    spec = resolved_spec(tmp_path / "data", tmp_path / "r")
+    config_path = str(run_dir(spec.resolved) / "config.yaml")
+    job = SlurmRun(config_path, str(tmp_path), 3)
+    job.training_state = list(range(100_000))  # whatever a job holds in memory must not travel with the requeue
+    delayed = job.checkpoint()
+    fresh = delayed.function
+    assert fresh is not job and isinstance(fresh, SlurmRun) and not delayed.args and not delayed.kwargs
+    assert vars(fresh) == {"config_path": config_path, "workdir": str(tmp_path), "max_requeues": 3}
+    assert len(cloudpickle.dumps(delayed)) < 2_000
+    events = json.loads((run_dir(spec.resolved) / REQUEUES_NAME).read_text())["events"]
+    assert [e["event"] for e in events] == ["checkpoint"]
+
+
+def test_requeues_beyond_the_bound_fail_the_run_with_the_reason(tmp_path, monkeypatch):
+    spec = resolved_spec(tmp_path / "data", tmp_path / "r")
+    folder = run_dir(spec.resolved)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    result = SlurmRun(str(folder / "config.yaml"), str(tmp_path), 2)()
+    assert result.startswith("failed")
+    state = state_of(folder)
+    assert state.status == "failed" and "requeued 3 times, more than executor.max_requeues=2" in state.reason
+    assert not (folder / "log.txt").exists()  # nothing was executed
+    assert json.loads((folder / REQUEUES_NAME).read_text())["requeues"] == 3
+
+
+def test_status_of_submitted_runs(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "7_2"}))
+    assert state_of(folder).status == "queued" and state_of(folder).reason == "7_2"  # from disk alone
+    assert state_of(folder, {"7_2": "PENDING"}).status == "queued"
+    assert state_of(folder, {"7_2": "RUNNING"}).status == "running"
+    cancelled = state_of(folder, {"7_2": "CANCELLED by 0"})
+    assert cancelled.status == "failed" and cancelled.reason.startswith("cancelled")
+    assert from_scheduler("7_2", "TIMEOUT").reason == "slurm job 7_2 ended TIMEOUT without a record"
+    # a failed record older than the submission: the resubmitted run is queued; a newer one: failed
+    (folder / "record.json").write_text(json.dumps({"status": "failed", "failure": {"reason": "boom"}}))
+    os.utime(folder / "submitted.json", (1_000, 1_000))
+    os.utime(folder / "record.json", (2_000, 2_000))
+    assert state_of(folder).status == "failed" and state_of(folder).reason == "boom"
+    (folder / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "8_0"}))
+    os.utime(folder / "submitted.json", (3_000, 3_000))
+    assert state_of(folder).status == "queued"
+    (folder / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "8_0", "cancelled_at": "t"}))
+    assert state_of(folder).status == "failed" and "cancelled" in state_of(folder).reason
+
+
+# -- against a real cluster ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    """A running, idle Slurm cluster (skip only when Slurm is absent and not required)."""
+    if shutil.which("sinfo") is None:
+        if REQUIRE_SLURM:
+            pytest.fail("FCS_REQUIRE_SLURM=1 but sinfo is not on PATH (bring Slurm up with .ci/slurm-up.sh)")
+        pytest.skip("no Slurm here (sinfo not on PATH); `bash .ci/slurm-up.sh` brings one up")
+    deadline = time.time() + 30
+    while True:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.split() and set(out.stdout.split()) == {"idle"}:
+            return
+        if time.time() > deadline:
+            pytest.fail(f"the Slurm cluster is not idle: sinfo -> {out.stdout.strip()!r} {out.stderr.strip()!r}")
+        time.sleep(0.5)
+
+
+@pytest.fixture()
+def cleanup_jobs():
+    """Job ids to scancel at the end of a test, whatever happened."""
+    ids: list[str] = []
+    yield ids
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def submitted_job(folder: Path) -> str:
+    return json.loads((folder / "submitted.json").read_text())["job_id"]
+
+
+def release_requeued() -> None:
+    """Requeued jobs wait ~2 minutes (BeginTime) before Slurm restarts them; start them now instead."""
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        job_id, _, reason = line.partition(" ")
+        if reason.strip() == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+
+
+@pytest.mark.slurm
+def test_grid_as_one_array_submit_and_exit_status_and_records(slurm, tmp_path, cleanup_jobs):
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    results = tmp_path / "results"
+    grid = write_grid(tmp_path / "arr.yaml", base_run(data, results), {"method": ["zeroshot", "coop"],
+                                                                        "seed": [1, 2, 3]}, array_parallelism=2)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/launch.py"), "--grid", str(grid),
+                           "--executor-opt", "submitit.slurm_comment=fcs-test", "--executor-opt",
+                           "additional_parameters.begin=now"], capture_output=True, text=True, timeout=120)
+    launch_s = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    array_id = re.search(r"Slurm job array (\d+) \(\1_0 \.\. \1_5, at most 2 at a time\)", proc.stdout).group(1)
+    job_ids = [f"{array_id}_{i}" for i in range(6)]
+    cleanup_jobs.extend(job_ids)
+    code, status = launch("--grid", grid, "--status")  # the launcher has exited; most of the array is still queued
+    assert code == 0 and status.count("queued ") >= 2, (launch_s, status)
+    deadline = time.time() + 10  # sacct lists every task, pending ones collapsed as N_[2-5%2] and expanded
+    while set(scheduler_states(job_ids)) != set(job_ids):
+        assert time.time() < deadline, scheduler_states(job_ids)
+        time.sleep(0.2)
+    seen: set[str] = set()
+    deadline = time.time() + 150
+    while True:
+        code, status = launch("--grid", grid, "--status")
+        seen |= set(re.findall(r"^(\w+) +[0-9a-f]{16}", status, re.M))
+        if "6 runs: 6 done" in status:
+            break
+        assert time.time() < deadline and "failed" not in status, status
+        time.sleep(0.3)
+    assert {"queued", "running", "done"} <= seen
+    records = [json.loads((f / "record.json").read_text()) for f in folders(results, "arr")]
+    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    submissions = sorted((json.loads((f / "submitted.json").read_text()) for f in folders(results, "arr")),
+                         key=lambda s: s["array_index"])
+    assert [s["job_id"] for s in submissions] == job_ids and [s["array_index"] for s in submissions] == list(range(6))
+    script = (results / "arr" / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
+    for flag in ("--array=0-5%2", "--cpus-per-task=1", "--comment=fcs-test", "--begin=now", "--job-name=fcs-arr"):
+        assert f"#SBATCH {flag}\n" in script
+    snapshot = Path(submissions[0]["code"])
+    assert snapshot.parent.resolve() == (results / ".snapshots").resolve() and f"cd {snapshot}\n" in script
+    for folder in folders(results, "arr"):  # every job ran the snapshot, once, without requeue
+        events = json.loads((folder / REQUEUES_NAME).read_text())["events"]
+        assert [(e["event"], e["code"]) for e in events] == [("start", str(snapshot))]
+    spans = sorted((r["started_at"], r["finished_at"]) for r in records)  # at most array_parallelism at once
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 2
+
+
+@pytest.mark.slurm
+def test_cancel_retry_requeue_and_timeout_resume_to_identical_metrics(slurm, tmp_path, cleanup_jobs):
+    """Four copies of one run (results_dir is not part of the run id): A uninterrupted; B requeued by Slurm
+    (``scontrol requeue``: killed and restarted); C signalled as on timeout/preemption (``USR2``: submitit calls
+    ``checkpoint()`` and requeues); D cancelled mid-training (``scancel``), shown failed with the reason, then
+    completed by ``--retry-failed``. B, C, D resume from their checkpoints and end with A's metrics and history.
+    E (another run) is cancelled while queued with ``--cancel``, then rerun with ``--retry-failed --wait``."""
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6, counts=(16, 4, 5))
+    run = {"shots": 16, "optim": {"epochs": 80, "batch_size": 2}}
+    grids = {name: write_grid(tmp_path / f"{name}.yaml", base_run(data, tmp_path / name, **run), max_requeues=2)
+             for name in "DBCA"}
+    grids["E"] = write_grid(tmp_path / "E.yaml", base_run(data, tmp_path / "E", method="zeroshot"))
+    for name, grid in grids.items():
+        code, out = launch("--grid", grid)
+        assert code == 0, out
+    folder = {name: folders(tmp_path / name, name)[0] for name in grids}
+    cleanup_jobs.extend(submitted_job(folder[name]) for name in grids)
+    code, out = launch("--grid", grids["E"], "--cancel")
+    assert code == 0 and "cancelled 1 jobs" in out
+    interrupt = {"B": ["scontrol", "requeue"], "C": ["scancel", "--signal=USR2"], "D": ["scancel"]}
+    retried = False
+    deadline = time.time() + 150
+    while not all((folder[n] / "record.json").exists() for n in "ABCD"):
+        assert time.time() < deadline, {n: state_of(folder[n]) for n in "ABCD"}
+        for name in list(interrupt):
+            if (folder[name] / "checkpoints" / "last.pt").exists():  # mid-training: interrupt it
+                assert not (folder[name] / "record.json").exists()
+                subprocess.run([*interrupt.pop(name), submitted_job(folder[name])], check=True)
+        release_requeued()
+        if "D" not in interrupt and not retried:
+            code, status = launch("--grid", grids["D"], "--status")
+            if "1 runs: 1 failed" in status:
+                assert re.search(r"^failed +[0-9a-f]{16} .*cancelled \(slurm job \d+: CANCELLED", status, re.M)
+                code, out = launch("--grid", grids["D"], "--retry-failed")
+                assert code == 0 and "1 to run" in out, out
+                cleanup_jobs.append(submitted_job(folder["D"]))
+                retried = True
+        time.sleep(0.3)
+    records = {n: json.loads((folder[n] / "record.json").read_text()) for n in "ABCD"}
+    assert all(r["status"] == "done" for r in records.values()) and retried
+    for name in "BCD":
+        assert records[name]["cost"]["resumed_from_epoch"] >= 1, name
+        assert "resumed from" in (folder[name] / "log.txt").read_text()
+        assert records[name]["metrics"] == records["A"]["metrics"], name
+        assert strip_times(records[name]["history"]) == strip_times(records["A"]["history"]), name
+    requeues = {n: json.loads((folder[n] / REQUEUES_NAME).read_text()) for n in "ABCD"}
+    assert requeues["A"]["requeues"] == 0 and requeues["B"]["requeues"] == 1 and requeues["C"]["requeues"] == 1
+    assert [e["event"] for e in requeues["C"]["events"]] == ["start", "checkpoint", "start"]
+    assert len({e["job_id"] for e in requeues["D"]["events"]}) == 2  # cancelled job, then the retry's job
+    code, status = launch("--grid", grids["E"], "--status")
+    assert re.search(r"^failed +[0-9a-f]{16} .*cancelled", status, re.M) and not (folder["E"] / "log.txt").exists()
+    code, out = launch("--grid", grids["E"], "--retry-failed", "--wait", "--no-analysis")  # blocks until done
+    assert code == 0 and "1 to run" in out and "1 done" in out and "novel" in out, out  # then the results table
+    assert json.loads((folder["E"] / "record.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slurm
+def test_unknown_submitit_parameter_is_a_config_error(slurm, tmp_path):
+    with pytest.raises(ConfigError, match="partitoin"):
+        make_executor(SlurmConfig(submitit={"slurm_partitoin": "x"}), tmp_path / "%j", "t")
+
+
+def test_cluster_tests_fail_instead_of_skipping_when_slurm_is_required_but_absent(tmp_path):
+    """CI sets FCS_REQUIRE_SLURM=1: a missing cluster must turn the cluster tests red, not skip them."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+               "-k", "unknown_submitit_parameter"]
+    env = {**os.environ, "PATH": str(tmp_path)}  # no sinfo on PATH
+    required = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**env, "FCS_REQUIRE_SLURM": "1"})
+    assert required.returncode != 0 and "1 error" in required.stdout, required.stdout
+    assert "FCS_REQUIRE_SLURM=1 but sinfo is not on PATH" in required.stdout
