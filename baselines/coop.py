@@ -5,8 +5,12 @@ Prompts are ``[SOS] [V]_1 ... [V]_M [CLASS] . [EOS]`` (``end``), ``[SOS] [V]_1..
 embeddings; text features of all classes are recomputed every step. The context is shared (``csc: false``) or
 class-specific, initialised from the words of ``ctx_init`` (which then sets M) or from N(0, 0.02).
 
-Deviation (exact, on by default): the text sequence is cut to the longest prompt of the class set
-(``truncate_text``), which leaves features unchanged up to floating-point reduction order (protocol.md §9.5).
+Deviations (exact, on by default): the text sequence is cut to the longest prompt of the class set
+(``truncate_text``), which leaves features unchanged up to floating-point reduction order (protocol.md §9.5); with a
+shared context at the end (``csc: false``, ``class_token_position: end``) the positions ``[SOS] [V]_1..M`` are the
+same for every class, so the text tower runs them once instead of once per class (``shared_prefix``,
+:mod:`frozen_clip.shared_prefix`; exact under the causal mask). The training step can run on cached image features
+(``feature_training_step``): the image encoder is frozen.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
+from frozen_clip.shared_prefix import can_share, encode_text_shared_prefix
 
 
 def prompt_tokens(clip: FrozenCLIP, classnames: Sequence[str], prompt_prefix: str, n_ctx: int,
@@ -50,6 +55,7 @@ class CoOpConfig:
     class_token_position: Literal["end", "middle", "front"] = "end"  # CLASS_TOKEN_POSITION
     init_std: float = 0.02
     truncate_text: bool = True  # exact fast path: cut the text context to the longest prompt
+    shared_prefix: bool = True  # exact fast path: [SOS] + shared context encoded once, not per class (end position)
 
     def validate(self) -> None:
         if self.n_ctx <= 0 and not self.ctx_init:
@@ -132,17 +138,35 @@ class CoOp(Method):
             prompts.append(torch.cat(parts, dim=1))
         return torch.cat(prompts, dim=0)
 
+    def shares_prefix(self) -> bool:
+        """Whether :meth:`text_features` encodes ``[SOS] + context`` once for all classes (module docstring)."""
+        return (getattr(self.config, "shared_prefix", False) and self.ctx.dim() == 2
+                and self.config.class_token_position == "end" and can_share(self.clip))
+
     def text_features(self) -> torch.Tensor:
         """Un-normalised text features of all classes (recomputed: the context trains)."""
+        if self.shares_prefix():
+            prefix = torch.cat([self.token_prefix[:1], self.ctx.unsqueeze(0)], dim=1)  # SOS is the same for all
+            return encode_text_shared_prefix(self.clip, prefix, self.token_suffix, self.tokenized_prompts)
         return self.clip.encode_text_embeddings(self.prompt_embeddings(), self.tokenized_prompts)
 
     # -- forward -----------------------------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        image_features = self.clip.encode_image(images)
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Logits of frozen image features against the learned prompts (the image tower has nothing to train)."""
         return self.clip.logit_scale() * normalize(image_features) @ normalize(self.text_features()).t()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.clip.encode_image(images))
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        return StepOutput(loss, {"loss_ce": loss.detach()}, logits)
+
+    def feature_training_step(self, features: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """:meth:`training_step` on cached image features of the batch (the runner's exact fast path: CoOp's image
+        path is frozen, so the features of each epoch's augmented view are computed once and shared)."""
+        logits = self.logits_from_features(features)
         loss = F.cross_entropy(logits, labels)
         return StepOutput(loss, {"loss_ce": loss.detach()}, logits)
 

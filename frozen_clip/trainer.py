@@ -8,6 +8,13 @@ per-epoch re-seeding is the one deliberate difference from Dassl, which seeds on
 
 Evaluation happens once, after fit, on the last-epoch model (CoOp protocol); the trainer never sees test data
 before ``fit`` returns.
+
+Fast paths (:mod:`frozen_clip.fastpaths`): a training set wrapped in :class:`~frozen_clip.fastpaths.SeededViews`
+yields augmented view ``epoch - 1`` in each epoch (``fast.augment_views``: cycled over that many views); given
+:class:`~frozen_clip.fastpaths.FeatureViews`, a method whose step needs the images only through the frozen encoder
+trains on the cached features of that same view, in the same batch order, instead of encoding the images (exact:
+pinned by a test against the image path). On CUDA the first step's FLOPs are counted (open_clip's profiler
+convention, :mod:`frozen_clip.flops`) for the record's MFU; ``compile`` wraps the step in ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from frozen_clip import atomic
+from frozen_clip.fastpaths import FastPaths, FeatureRows, FeatureViews, supports_feature_training
 from frozen_clip.method import Method
 from frozen_clip.optim import OptimConfig, build_optimizer, lr_at, set_lr
 
@@ -68,6 +76,8 @@ class FitResult:
     images_seen: int = 0
     train_seconds: float = 0.0
     resumed_from_epoch: int = 0
+    trained_on_features: bool = False  # the head-only fast path ran (features of cached views, no image encoding)
+    flops_per_image: float | None = None  # model FLOPs of the first step / its batch (CUDA only, see flops.py)
 
 
 class Trainer:
@@ -75,7 +85,8 @@ class Trainer:
 
     def __init__(self, method: Method, optim: OptimConfig, *, seed: int, device: torch.device,
                  precision: str = "fp32", checkpoint_dir: Path | None = None, num_workers: int = 0,
-                 log: Callable[[str], None] = print, progress: bool | None = None) -> None:
+                 log: Callable[[str], None] = print, progress: bool | None = None,
+                 fast: FastPaths | None = None, count_flops: bool | None = None) -> None:
         self.method = method
         self.optim = optim
         self.seed = seed
@@ -85,6 +96,12 @@ class Trainer:
         self.num_workers = num_workers
         self.log = log
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.fast = fast or FastPaths()
+        self._feature_views: FeatureViews | None = None
+        self._count_next_step = False
+        # FLOPs of the first step for the record's MFU: by default on CUDA only (no peak to compare with on CPU)
+        self.count_flops = device.type == "cuda" if count_flops is None else count_flops
+        self._step_fn = self._compiled_step() if self.fast.compile and device.type == "cuda" else None
 
     # -- fit ----------------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
@@ -109,13 +126,22 @@ class Trainer:
         per_epoch = max(n_train // self.optim.batch_size, 1) if n_train >= self.optim.batch_size else 1
         return -(-self.optim.iterations // per_epoch)
 
-    def fit(self, train_set: Dataset) -> FitResult:
-        """Run the gradient loop (nothing if the method has no trainable parameters or epochs is 0)."""
+    def fit(self, train_set: Dataset, feature_views: FeatureViews | None = None) -> FitResult:
+        """Run the gradient loop (nothing if the method has no trainable parameters or epochs is 0).
+
+        ``feature_views``: cached features of the training views; used (when ``fast.feature_training`` is on and the
+        method trains on features alone) instead of encoding the images of ``train_set``.
+        """
         params = self.method.trainable_parameters()
         result = FitResult()
         epochs = self.n_epochs(len(train_set))
         if not params or epochs == 0:
             return result
+        use_features = (feature_views is not None and self.fast.feature_training
+                        and supports_feature_training(self.method))
+        self._feature_views = feature_views if use_features else None
+        result.trained_on_features = use_features
+        self._count_next_step = self.count_flops and self._step_fn is None
         optimizer = build_optimizer(self.optim, params.values())
         scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "amp_fp16")
         start_epoch, iteration = self._resume(optimizer, scaler, result)
@@ -135,12 +161,12 @@ class Trainer:
         sums: dict[str, float] = {}
         n_batches = 0
         lr = lr_at(self.optim, epoch, iteration, total)
-        for images, labels, _index in self._batches(train_set, epoch):
+        for images, labels, _index in self._batches(self._epoch_data(train_set, epoch), epoch):
             if self.optim.iterations is not None and iteration >= self.optim.iterations:
                 break
             lr = lr_at(self.optim, epoch, iteration, total)
             set_lr(optimizer, lr)
-            out = self._step(images.to(self.device), labels.to(self.device), optimizer, scaler)
+            out = self._counted_step(images.to(self.device), labels.to(self.device), optimizer, scaler, result)
             for key, value in {"loss": out.loss, **out.aux}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             n_batches += 1
@@ -155,6 +181,16 @@ class Trainer:
         self.log(f"epoch {epoch}: loss {entry['loss']:.4f} lr {lr:.3g} ({elapsed:.1f}s)")
         return iteration
 
+    def _epoch_data(self, train_set: Dataset, epoch: int) -> Dataset:
+        """The epoch's data: cached features of its augmented view (fast path) or the images of that view
+        (view ``epoch - 1``, or cycled over ``fast.augment_views``)."""
+        view = self.fast.view_of_epoch(epoch)
+        if self._feature_views is not None:
+            return FeatureRows(*self._feature_views.view(view))
+        if hasattr(train_set, "set_view"):
+            train_set.set_view(view)
+        return train_set
+
     def _batches(self, train_set: Dataset, epoch: int) -> Iterator:
         loader = self._loader(train_set, epoch)
         if not self.progress:
@@ -162,10 +198,28 @@ class Trainer:
         from tqdm import tqdm
         return iter(tqdm(loader, desc=f"epoch {epoch}", leave=False))
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+    def _compiled_step(self) -> Callable:
+        return torch.compile(self.method.training_step)
+
+    def _counted_step(self, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, result: FitResult):
+        """:meth:`_step`; the first step of a CUDA fit runs under the FLOP counter (which only observes)."""
+        if not self._count_next_step:
+            return self._step(inputs, labels, optimizer, scaler)
+        from torch.utils.flop_counter import FlopCounterMode
+        self._count_next_step = False
+        with FlopCounterMode(display=False) as counter:
+            out = self._step(inputs, labels, optimizer, scaler)
+        result.flops_per_image = counter.get_total_flops() / max(int(labels.shape[0]), 1)
+        return out
+
+    def _step(self, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler):
         with autocast_context(self.device, self.precision):
-            out = self.method.training_step(images, labels)
+            if self._feature_views is not None:
+                out = self.method.feature_training_step(inputs, labels)
+            else:
+                out = (self._step_fn or self.method.training_step)(inputs, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(out.loss).backward()
         if self.optim.grad_clip is not None:

@@ -8,7 +8,8 @@ A run config arrives as a nested mapping (from a grid file or ``key=value`` over
 :func:`resolve` validates every key and type (naming the source and the dotted key), fills the method's defaults
 and its paper recipe for the optimiser, checks impossible combinations, and returns a :class:`ResolvedRun` whose
 ``run_id`` is the hash of everything that can change the result. Keys that cannot (where results are written, the
-data root, the device, loader workers, the grid name) are kept in the config but left out of the hash.
+data root, the device, loader workers, the grid name, the exact speed switches of ``fast``) are kept in the config but
+left out of the hash.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any, Literal, Mapping
 from frozen_clip.backbone import resolve_backbone
 from frozen_clip.configtools import build, check_value, suggest, to_dict
 from frozen_clip.errors import ConfigError
+from frozen_clip.fastpaths import FastPaths, inexact_fast_settings
 from frozen_clip.optim import OptimConfig
 from jobs.registry import METHODS
 
-UNHASHED_KEYS = ("name", "data_root", "results_dir", "device", "num_workers")
+UNHASHED_KEYS = ("name", "data_root", "results_dir", "device", "num_workers", "fast")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class ResolvedRun:
     optim: OptimConfig
     config: dict[str, Any] = field(repr=False)
     run_id: str = ""
+    fast: FastPaths = field(default_factory=FastPaths)  # exact speed switches (frozen_clip/fastpaths.py)
 
     @property
     def hashed_config(self) -> dict[str, Any]:
@@ -72,6 +75,9 @@ class ResolvedRun:
 def run_id_of(config: Mapping[str, Any]) -> str:
     """16 hex chars of sha256 over the canonical JSON of the hashed keys."""
     hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    inexact = inexact_fast_settings(config.get("fast") or {})
+    if inexact:  # a speed switch that changes results (fast.augment_views) is part of the id when set
+        hashed["fast"] = inexact
     return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -108,7 +114,7 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
         raise ConfigError(f"{where}: a run config must be a mapping, got {type(raw).__name__}")
     method_name, method_options = _split_method(raw, where)
     cls = method_class(method_name, where)
-    top = {k: v for k, v in raw.items() if k not in ("method", "optim")}
+    top = {k: v for k, v in raw.items() if k not in ("method", "optim", "fast")}
     if "dataset" not in top:
         raise ConfigError(f"{where}: 'dataset' is required")
     run = build(RunConfig, top, where)
@@ -118,6 +124,10 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
         raise ConfigError(f"{where}: optim must be a mapping of optimiser settings")
     recipe = dict(cls.recipe(run.protocol, run.dataset, run.shots, method_config)) if hasattr(cls, "recipe") else {}
     optim = build(OptimConfig, {**recipe, **optim_raw}, where, prefix="optim.")
+    fast_raw = raw.get("fast", {}) or {}
+    if not isinstance(fast_raw, Mapping):
+        raise ConfigError(f"{where}: fast must be a mapping of speed switches")
+    fast = build(FastPaths, fast_raw, where, prefix="fast.")
     run = _resolve_targets(run, where)
     _check_dataset(run.dataset, where, "dataset")
     try:
@@ -132,8 +142,9 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
             raise ConfigError(f"{where}: impossible combination: {err}") from None
     config = to_dict(run)
     config["backbone"], config["pretrained"] = source.name, source.pretrained
-    config = {"method": {"name": method_name, **to_dict(method_config)}, **config, "optim": to_dict(optim)}
-    return ResolvedRun(run, method_name, method_config, optim, config, run_id_of(config))
+    config = {"method": {"name": method_name, **to_dict(method_config)}, **config, "optim": to_dict(optim),
+              "fast": to_dict(fast)}
+    return ResolvedRun(run, method_name, method_config, optim, config, run_id_of(config), fast)
 
 
 def _resolve_targets(run: RunConfig, where: str) -> RunConfig:

@@ -9,6 +9,13 @@ Order of work (the method never sees test data before fit ends):
 4. evaluate the last-epoch model once on each evaluation split (for novel classes or other datasets the method
    rebuilds its class-dependent state with ``set_classnames``);
 5. write ``record.json`` atomically: ``status: done``, or ``status: failed`` with the reason and traceback.
+
+Fast paths (the run's ``fast`` section, :mod:`frozen_clip.fastpaths`; all exact): training images are augmented per
+item under a seed of (manifest, view, item), so a head-only method trains on cached features of each epoch's view
+(``feature_training``); evaluation features are keyed by the evaluated items rather than by the manifest, so runs
+with other shots or seeds on the same test split reuse them (``shared_eval_features``); decoded images are kept as
+uint8 (``image_cache``, :mod:`frozen_clip.imagecache`). The record's ``cost`` carries images/s, peak memory, the
+model FLOPs per image of the first step and the MFU against the device's dense peak (None on CPU).
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.cache import FeatureCache
 from frozen_clip.errors import DataError, SuiteError
+from frozen_clip.fastpaths import FastPaths, FeatureViews, SeededViews, supports_feature_training
+from frozen_clip.flops import mfu, peak_flops
+from frozen_clip.imagecache import ImageCache, eval_dataset, items_hash, train_dataset
 from frozen_clip.method import FitData, Method, MethodContext
-from frozen_clip.trainer import Trainer, derive_seed, peak_memory_mb, seed_everything
+from frozen_clip.trainer import FitResult, Trainer, derive_seed, peak_memory_mb, seed_everything
 from frozen_clip.transforms import test_spec, train_spec
 from jobs.config import ResolvedRun, method_class
 from protocols import metrics
@@ -142,6 +152,8 @@ class RunExecution:
         self.folder = run_dir(resolved)
         self.timings: dict[str, float] = {}
         self._log_sink = log
+        self.fast: FastPaths = resolved.fast
+        self.images = ImageCache(cache_dir(resolved) / "images") if self.fast.image_cache else None
 
     def log(self, message: str) -> None:
         line = f"[{dt.datetime.now().strftime('%H:%M:%S')}] {message}"
@@ -194,11 +206,13 @@ class RunExecution:
         clip = load_backbone(run.backbone, run.pretrained, device)
         method = self._build_method(clip, manifests.fit)
         trainer = Trainer(method, self.resolved.optim, seed=run.seed, device=device, precision=precision,
-                          checkpoint_dir=self.folder / "checkpoints", num_workers=run.num_workers, log=self.log)
-        features = FeatureAccess(clip, cache_dir(self.resolved) / "features", device, self.resolved.optim)
+                          checkpoint_dir=self.folder / "checkpoints", num_workers=run.num_workers, log=self.log,
+                          fast=self.fast)
+        features = FeatureAccess(clip, cache_dir(self.resolved) / "features", device, self.resolved.optim,
+                                 self.fast, self.images)
         method.prepare_fit(features.fit_data(manifests.fit))
         t1 = time.perf_counter()
-        fit = trainer.fit(self._dataset(manifests.fit, "train", clip, train=True))
+        fit = trainer.fit(self._train_set(manifests.fit, clip), self._feature_views(method, features, manifests.fit))
         t2 = time.perf_counter()
         evaluation = self._evaluate(method, trainer, features, manifests)
         t3 = time.perf_counter()
@@ -208,9 +222,14 @@ class RunExecution:
                 "cost": {"trainable_params": method.num_trainable(), "time_setup_s": round(t1 - t0, 3),
                          "time_train_s": round(train_time, 3), "time_eval_s": round(t3 - t2, 3),
                          "images_per_s": round(fit.images_seen / train_time, 2) if fit.images_seen else None,
-                         "peak_memory_mb": round(peak_memory_mb(device), 1), "mfu": None,
+                         "peak_memory_mb": round(peak_memory_mb(device), 1),
+                         **self._flop_cost(fit, train_time, device, precision),
                          "resumed_from_epoch": fit.resumed_from_epoch,
-                         "feature_cache": {"hits": features.cache.hits, "misses": features.cache.misses}},
+                         "trained_on_cached_features": fit.trained_on_features,
+                         "feature_cache": {"hits": features.cache.hits, "misses": features.cache.misses},
+                         "view_cache": {"hits": features.view_cache.hits, "misses": features.view_cache.misses},
+                         "image_cache": None if self.images is None else {"hits": self.images.hits,
+                                                                          "misses": self.images.misses}},
                 "method_report": method.report(),
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
@@ -224,10 +243,32 @@ class RunExecution:
                                 shots=run.shots, seed=run.seed, epochs=self.resolved.optim.epochs)
         return cls(clip, fit.classnames, self.resolved.method_config, context).to(clip.device)
 
+    def _dataset(self, manifest: SplitManifest, split: str, clip: FrozenCLIP) -> ImageListDataset:
+        """Evaluation images of ``split`` under the test transform (through the image cache when on)."""
+        spec = test_spec(clip.image_size, clip.mean, clip.std)
+        return eval_dataset(self.images, manifest.dataset, getattr(manifest, split), Path(manifest.image_root), spec)
+
+    def _train_set(self, manifest: SplitManifest, clip: FrozenCLIP) -> SeededViews:
+        """Training images with per-item seeded augmentation (view ``epoch - 1`` in each epoch)."""
+        spec = train_spec(clip.image_size, clip.mean, clip.std)
+        images = train_dataset(self.images, manifest.dataset, manifest.train, Path(manifest.image_root), spec)
+        return SeededViews(images, manifest.content_hash)
+
+    def _feature_views(self, method: Method, features: "FeatureAccess", manifest: SplitManifest
+                       ) -> FeatureViews | None:
+        """Cached features of the training views, for head-only methods when ``fast.feature_training`` is on."""
+        if not (self.fast.feature_training and supports_feature_training(method)):
+            return None
+        scale = train_spec(method.clip.image_size, method.clip.mean, method.clip.std).rrc_scale
+        return FeatureViews(lambda view: features.augmented_features(manifest, "train", view, scale, True))
+
     @staticmethod
-    def _dataset(manifest: SplitManifest, split: str, clip: FrozenCLIP, train: bool = False) -> ImageListDataset:
-        spec = (train_spec if train else test_spec)(clip.image_size, clip.mean, clip.std)
-        return ImageListDataset(getattr(manifest, split), Path(manifest.image_root), spec.build())
+    def _flop_cost(fit: FitResult, train_time: float, device: torch.device, precision: str) -> dict[str, Any]:
+        """Model FLOPs per image (first step, CUDA only) and the MFU they give over the whole fit."""
+        if fit.flops_per_image is None or not fit.images_seen:
+            return {"flops_per_image": None, "mfu": None}
+        total = fit.flops_per_image * fit.images_seen
+        return {"flops_per_image": fit.flops_per_image, "mfu": mfu(total, train_time, peak_flops(device, precision))}
 
     def _evaluate(self, method: Method, trainer: Trainer, features: "FeatureAccess",
                   manifests: Manifests) -> dict[str, Any]:
@@ -251,45 +292,57 @@ class RunExecution:
 class FeatureAccess:
     """Frozen image features of split manifests through the feature cache."""
 
-    def __init__(self, clip: FrozenCLIP, root: Path, device: torch.device, optim: Any) -> None:
+    def __init__(self, clip: FrozenCLIP, root: Path, device: torch.device, optim: Any,
+                 fast: FastPaths | None = None, images: ImageCache | None = None) -> None:
         self.clip = clip
         self.cache = FeatureCache(root)
+        self.view_cache = FeatureCache(root)  # same store; own counters for the trainer's fast path
         self.device = device
         self.batch_size = max(optim.eval_batch_size, 64)
+        self.fast = fast or FastPaths()
+        self.images = images
 
     def _parts(self, manifest: SplitManifest, split: str, transform: str, view: int | None) -> dict[str, Any]:
         return {"backbone": self.clip.name, "pretrained": self.clip.pretrained, "transform": transform,
                 "dataset": manifest.dataset, "manifest": manifest.content_hash, "split": split, "view": view}
 
     def split_features(self, manifest: SplitManifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Test-transform features and labels of ``split`` of ``manifest``."""
+        """Test-transform features and labels of ``split`` of ``manifest``.
+
+        With ``fast.shared_eval_features`` the entry is keyed by the items themselves (paths and labels), not by
+        the manifest: every run evaluating the same test split, whatever its shots or seed, shares one entry.
+        """
         spec = test_spec(self.clip.image_size, self.clip.mean, self.clip.std)
         items = getattr(manifest, split)
         parts = self._parts(manifest, split, spec.signature(), None)
+        if self.fast.shared_eval_features:
+            parts = {**parts, "manifest": None, "split": None, "items": items_hash(items)}
 
-        def compute() -> dict[str, torch.Tensor]:
-            dataset = ImageListDataset(items, Path(manifest.image_root), spec.build())
-            return self._encode(dataset)
+        def compute() -> dict[str, torch.Tensor]:  # one pass; the features are cached, so the images are not
+            return self._encode(ImageListDataset(items, Path(manifest.image_root), spec.build()))
         entry = self.cache.get_or_compute(parts, compute)
         return entry["features"], entry["labels"]
 
-    def augmented_features(self, manifest: SplitManifest, split: str, view: int,
-                           rrc_scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features of the ``view``-th augmented pass (seeded by the view index) of ``split``."""
+    def augmented_features(self, manifest: SplitManifest, split: str, view: int, rrc_scale: tuple[float, float],
+                           for_trainer: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of augmented view ``view`` of ``split``: item ``i`` augmented under the seed of
+        (manifest, view, i) (:class:`~frozen_clip.fastpaths.SeededViews`), the images the trainer sees in epoch
+        ``view + 1``. ``for_trainer``: counted as the trainer's fast path (``view_cache`` in the record)."""
         spec = train_spec(self.clip.image_size, self.clip.mean, self.clip.std, rrc_scale)
         items = getattr(manifest, split)
-        parts = self._parts(manifest, split, spec.signature(), view)
+        parts = {**self._parts(manifest, split, spec.signature(), view), "augment": "per-item-seed"}
 
         def compute() -> dict[str, torch.Tensor]:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed("view", manifest.content_hash, view))
-                dataset = ImageListDataset(items, Path(manifest.image_root), spec.build())
-                return self._encode(dataset)
-        entry = self.cache.get_or_compute(parts, compute)
+            key = manifest.content_hash if split == "train" else f"{manifest.content_hash}-{split}"
+            images = train_dataset(self.images, manifest.dataset, items, Path(manifest.image_root), spec)
+            dataset = SeededViews(images, key)
+            dataset.set_view(view)
+            return self._encode(dataset)
+        entry = (self.view_cache if for_trainer else self.cache).get_or_compute(parts, compute)
         return entry["features"], entry["labels"]
 
     @torch.no_grad()
-    def _encode(self, dataset: ImageListDataset) -> dict[str, torch.Tensor]:
+    def _encode(self, dataset: torch.utils.data.Dataset) -> dict[str, torch.Tensor]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         feats, labels = [], []
         for images, target, _index in loader:

@@ -32,7 +32,8 @@ def test_method_recipe_then_user_overrides(data_root, tmp_path):
     resolved = resolve(base_run(data_root, tmp_path, optim={"lr": 0.05}), "t")
     assert resolved.optim.lr == 0.05 and resolved.optim.warmup_epochs == 1  # CoOp recipe kept where not set
     assert resolved.config["method"] == {"name": "coop", "n_ctx": 16, "ctx_init": "", "csc": False,
-                                         "class_token_position": "end", "init_std": 0.02, "truncate_text": True}
+                                         "class_token_position": "end", "init_std": 0.02, "truncate_text": True,
+                                         "shared_prefix": True}
 
 
 @pytest.mark.parametrize("override,message", [

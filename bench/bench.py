@@ -1,0 +1,318 @@
+"""``python -m bench.bench`` (or ``python bench/bench.py``): the suite's fast paths against official-style paths.
+
+Two benchmarks, written to ``bench/RESULTS.md`` (and ``--json``) with the machine description:
+
+1. **Training steps** (:mod:`bench.steps`) of HeBA, MMA, CoOp and CLIP-LoRA on ViT-B/16 shapes (random weights, no
+   download) and on the tiny model: steps/s and images/s of the suite's path against the reference path (full
+   77-token text every step, no caches, same batch and class count), measured side by side in one process and
+   reported as ratios; model FLOPs per step (torch's flop counter, open_clip's profiler convention) and MFU against
+   the device's dense peak (none on CPU).
+2. **Head-only grid** (:mod:`bench.grid`): linear probe, CLIP-Adapter, Tip-Adapter and Tip-Adapter-F x shots x
+   seeds through the real runner, sharing one feature pass, against runs that recompute every feature.
+
+``--quick``: the tiny model only, few repeats, a small grid (seconds; what the test runs). Timings on a shared
+machine vary: the load average at the start and end is recorded next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # ``python bench/bench.py``: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench.common import backbone, machine
+from bench.grid import GRID_METHODS, run_grid
+from bench.steps import STEP_METHODS, bench_method
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model only, few repeats, small grid")
+    parser.add_argument("--methods", default=",".join(STEP_METHODS), help="step-benchmark methods")
+    parser.add_argument("--backbones", default=None, help="tiny,vit_b16 (default; --quick: tiny)")
+    parser.add_argument("--classes", type=int, default=100, help="classes of the step benchmark")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per path (default 20 tiny, 2 B/16)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"],
+                        help="autocast on CUDA for the step benchmark (CPU: always fp32)")
+    parser.add_argument("--no-grid", action="store_true", help="skip the head-only grid")
+    parser.add_argument("--no-steps", action="store_true", help="skip the step benchmark")
+    parser.add_argument("--grid-methods", default=",".join(GRID_METHODS), help="head-only grid methods")
+    parser.add_argument("--grid-shots", default=None, help="default 1,2,4,8,16 (--quick: 1,2)")
+    parser.add_argument("--grid-seeds", default=None, help="default 1,2,3 (--quick: 1)")
+    parser.add_argument("--grid-epochs", default=None,
+                        help="epoch overrides, e.g. clip_adapter=20,tip_adapter_f=20 (default: the recipes')")
+    parser.add_argument("--grid-views", type=int, default=10,
+                        help="also run the grid with fast.augment_views=N (inexact, opt-in switch); 0 = skip")
+    parser.add_argument("--out", default=str(RESULTS), help="Markdown results file ('' = none)")
+    parser.add_argument("--json", default=None, help="also write the raw results as JSON")
+    parser.add_argument("--from-json", default=None,
+                        help="only re-render --out from saved --json files (comma-separated: merged in order)")
+    parser.add_argument("--tiny-threads", type=int, default=1,
+                        help="torch threads for the tiny model (its ops are too small to parallelise; on a shared "
+                             "machine two spinning threads make timings erratic); 0 = leave as is")
+    return parser.parse_args(argv)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _epochs(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}
+    pairs = (item.split("=") for item in text.split(",") if item)
+    return {key: int(value) for key, value in pairs}
+
+
+def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    """Run the selected benchmarks; returns the raw results (also written to ``--out``/``--json``)."""
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"),
+                               "machine": machine(), "device": str(device), "quick": bool(args.quick),
+                               "steps": [], "grid": None, "threads": {}}
+    default_threads = torch.get_num_threads()
+    try:
+        if not args.no_steps:
+            results["steps"] = _step_rows(args, device, default_threads, results, log)
+        if not args.no_grid:
+            _threads("tiny", args.tiny_threads, default_threads, results)  # the grid runs the tiny model
+            results["grid"] = _grid(args, log)
+    finally:
+        torch.set_num_threads(default_threads)
+    results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    results["load_average_end"] = machine()["load_average"]
+    if args.out:
+        Path(args.out).write_text(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return results
+
+
+def _step_rows(args: argparse.Namespace, device: torch.device, default_threads: int, results: dict[str, Any],
+               log) -> list[dict[str, Any]]:
+    rows = []
+    for name in (args.backbones or ("tiny" if args.quick else "tiny,vit_b16")).split(","):
+        _threads(name, args.tiny_threads, default_threads, results)
+        clip = backbone(name, device)
+        repeats = args.repeats or (3 if args.quick else (20 if name == "tiny" else 2))
+        for method, cached in _variants(args.methods.split(",")):
+            log(f"step benchmark: {method}{' (cached views)' if cached else ''} on {name} "
+                f"({args.classes} classes, {repeats} repeats)")
+            with _autocast(device, args.precision):
+                row = bench_method(method, name, clip, args.classes, repeats, precision=args.precision,
+                                   cached_features=cached)
+            log(f"  suite {row.seconds_fast:.4f}s  reference {row.seconds_reference:.4f}s  x{row.speedup:.2f}")
+            rows.append(row.as_dict())
+    return rows
+
+
+def _grid(args: argparse.Namespace, log) -> dict[str, Any]:
+    shots = _ints(args.grid_shots or ("1,2" if args.quick else "1,2,4,8,16"))
+    seeds = _ints(args.grid_seeds or ("1" if args.quick else "1,2,3"))
+    epochs = _epochs(args.grid_epochs) or ({"clip_adapter": 3, "tip_adapter_f": 2} if args.quick else {})
+    methods = tuple(args.grid_methods.split(","))
+    log(f"head-only grid: {list(methods)} x shots {shots} x seeds {seeds}")
+    grid = run_grid(methods, shots, seeds, n_classes=4 if args.quick else 10, image_px=64 if args.quick else 160,
+                    epochs=epochs, log=log, views=args.grid_views or None)
+    return grid.as_dict()
+
+
+def _threads(backbone_name: str, tiny_threads: int, default: int, results: dict[str, Any]) -> None:
+    """Set (and record) the torch thread count for a backbone's benchmark."""
+    threads = tiny_threads if backbone_name == "tiny" and tiny_threads > 0 else default
+    torch.set_num_threads(threads)
+    results["threads"][backbone_name] = threads
+
+
+def _variants(methods: list[str]) -> list[tuple[str, bool]]:
+    """Each method once; CoOp also with its batch's features from the per-view cache (bench.steps docstring)."""
+    out = []
+    for method in methods:
+        out.append((method, False))
+        if method == "coop":
+            out.append((method, True))
+    return out
+
+
+class _autocast:
+    """bf16 autocast on CUDA when asked; nothing on CPU (bf16 is slower than fp32 there, python-env.md §3)."""
+
+    def __init__(self, device: torch.device, precision: str) -> None:
+        self.ctx = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if device.type == "cuda" and precision == "amp_bf16" else None)
+
+    def __enter__(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+# -- report -----------------------------------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def step_table(rows: list[dict[str, Any]]) -> str:
+    """The step benchmark as a Markdown table."""
+    head = ("| backbone | method | classes | batch | text tokens (suite / ref) | suite s/step | ref s/step | "
+            "**speedup** | suite img/s | ref img/s | GFLOP/step (suite / ref) | FLOP ratio | MFU suite / ref | "
+            "peak MiB (suite / ref) | |Δ loss| |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['backbone']} | {r['method']}{' (cached views)' if r.get('cached_features') else ''} | "
+            f"{r['classes']} | {r['batch']} | {r['text_tokens_fast']} / "
+            f"{r['text_tokens_reference']} | {_fmt(r['seconds_fast'])} | {_fmt(r['seconds_reference'])} | "
+            f"**{r['speedup']:.2f}x** | {_fmt(r['images_per_s_fast'])} | {_fmt(r['images_per_s_reference'])} | "
+            f"{r['flops_fast'] / 1e9:.1f} / {r['flops_reference'] / 1e9:.1f} | "
+            f"{r['flops_reference'] / r['flops_fast']:.2f} | {_fmt(r['mfu_fast'])} / "
+            f"{_fmt(r['mfu_reference'])} | {_fmt(r['peak_mb_fast'])} / {_fmt(r['peak_mb_reference'])} | "
+            f"{r['loss_delta']:.1e} |")
+    return "\n".join(lines)
+
+
+def grid_table(grid: dict[str, Any]) -> str:
+    """The head-only grid as a Markdown table."""
+    views = grid.get("views")
+    encoded = grid.get("images_encoded") or {}
+    extra = f" suite + {views} views s | speedup |" if views else ""
+    enc = " images encoded (ref / suite" + (" / views" if views else "") + ") |"
+    lines = ["| method | runs | reference s | suite s | speedup |" + extra + enc,
+             "|---|---|---|---|---|" + ("---|---|" if views else "") + "---|"]
+    per_method_runs = grid["runs"] // max(len(grid["methods"]), 1)
+
+    def ratio(reference: float, other: float) -> str:
+        return f"{reference / other:.2f}x" if other else "n/a"
+    for method, t in grid["per_method_s"].items():
+        row = f"| {method} | {per_method_runs} | {t['reference']:.1f} | {t['suite']:.1f} | " \
+              f"{ratio(t['reference'], t['suite'])} |"
+        if views:
+            row += f" {t['views']:.1f} | {ratio(t['reference'], t['views'])} |"
+        counts = encoded.get(method, {})
+        row += " " + " / ".join(f"{counts.get(p, 0):,}" for p in ("reference", "suite", "views")[:3 if views else 2])
+        lines.append(row + " |")
+    total = (f"| **all** | {grid['runs']} | {grid['seconds_reference']:.1f} | {grid['seconds_suite']:.1f} | "
+             f"**{grid['speedup']:.2f}x** |")
+    if views:
+        total += f" {grid['seconds_views']:.1f} | **{grid['speedup_views']:.2f}x** |"
+    paths = ("reference", "suite", "views")[:3 if views else 2]
+    sums = {p: sum(c.get(p, 0) for c in encoded.values()) for p in paths}
+    total += " " + " / ".join(f"{sums[p]:,}" for p in paths)
+    if encoded and sums["suite"]:
+        total += f" (ratio {sums['reference'] / sums['suite']:.1f}x" + (
+            f" / {sums['reference'] / sums['views']:.1f}x)" if views and sums["views"] else ")")
+    lines.append(total + " |")
+    return "\n".join(lines)
+
+
+def _thread_text(results: dict[str, Any], m: dict[str, Any]) -> str:
+    threads = results.get("threads") or {}
+    if not threads:
+        return str(m["torch_threads"])
+    return ", ".join(f"{k} {v}" for k, v in threads.items())
+
+
+def report(results: dict[str, Any]) -> str:
+    """``RESULTS.md``: machine, how to reproduce, the tables."""
+    m = results["machine"]
+    out = [
+        "# Benchmark results", "",
+        f"Generated by `python -m bench.bench{' --quick' if results['quick'] else ''}` on {results['started']} "
+        f"(finished {results['finished']}).", "",
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, torch threads {_thread_text(results, m)}, "
+        f"GPU: {m['gpu'] or 'none'};"
+        f" {m['platform']}; Python {m['python']}, torch {m['torch']}. Device used: {results['device']}. "
+        f"Load average (1/5/15 min) at start {m['load_average']}, at end {results['load_average_end']} "
+        "(the machine is shared: other processes compete for the cores).", "",
+    ]
+    if len(results.get("runs", [])) > 1:
+        out += ["Merged from separate invocations: " + "; ".join(
+            f"{r['started']} to {r['finished']} (load {r['load_start']} -> {r['load_end']}, threads {r['threads']})"
+            for r in results["runs"]) + ".", ""]
+    if results["steps"]:
+        out += ["## Training steps: suite path vs official-style reference", "",
+                "Reference: the same method and weights on a backbone that encodes every prompt at the full 77-token "
+                "context every step, with the method's fast-path flags off (what the official implementations do); "
+                "same batch, labels, class count and RNG seed per step. One step = `training_step` + backward + "
+                "SGD step. Median over the timed repeats, the two paths interleaved in one process. GFLOP/step: "
+                "torch's flop counter on one step (open_clip's profiler convention: 2 FLOPs per multiply-add, "
+                "attention included); FLOP ratio = reference / suite FLOPs, the speedup to expect if time followed "
+                "FLOPs; "
+                "MFU = the suite path's model FLOPs / time / the device's dense peak "
+                "(n/a on CPU: no meaningful peak). |Δ loss|: first-step loss of the two paths (exactness check; "
+                "CLIP-LoRA's dropout masks differ in shape between the paths, so its losses differ slightly).", "",
+                step_table(results["steps"]), "",
+                "Reading the table: an exact fast path can only remove work the reference does for nothing "
+                "(padding positions after the longest prompt, image encodings already done by an earlier pass), so "
+                "the FLOP ratio is the ceiling of each speedup at these shapes, and the measured speedup tracks it "
+                "when the step is compute-bound (ViT-B/16). Where the image tower dominates the step, truncating "
+                "the text cannot give much: HeBA samples at most 6 x batch = 96 classes per step and runs 16 images "
+                "through 12 adapted blocks whose adapters at the 4D-wide MLP hidden state cost about as much as the "
+                "frozen blocks, so its ceiling is about 1.5x at ViT-B/16 shapes. CoOp encodes its shared `[SOS] + "
+                "context` positions once for all classes (`shared_prefix`; the token column gives the full prompt "
+                "length), and its image encoder is frozen: with the batch's features read from the per-view cache "
+                "(the runner's `fast.feature_training`, views shared by every run on the same split) its step is "
+                "text only. On the tiny model the steps "
+                "take milliseconds and Python overhead weighs more than FLOPs.", ""]
+    if results["grid"]:
+        g = results["grid"]
+        out += ["## Head-only grid: one feature pass vs recomputing features", "",
+                f"{', '.join(g['methods'])} x shots {list(g['shots'])} x seeds {list(g['seeds'])} "
+                f"({g['runs']} runs) on a generated {g['classes']}-class dataset of {g['image_px']} px JPEGs, tiny "
+                f"model, through the real runner. Epoch overrides: {g['epoch_overrides'] or 'none (the recipes)'}. "
+                "Reference: every run decodes and encodes every image it needs itself (no shared caches, CLIP-Adapter "
+                "through the image tower every step). Suite: the default fast paths, one shared cache. Runs "
+                f"alternate between the paths. Largest accuracy difference between the paths: "
+                f"{g['accuracy_max_delta']:.2g} points." + (
+                    f" Suite + {g['views']} views: the inexact opt-in switch `fast.augment_views: {g['views']}` "
+                    "(epochs cycle through that many cached augmented views; other training data, so accuracies "
+                    f"differ from the reference by up to {g['accuracy_views_max_delta']:.2g} points)."
+                    if g.get("views") else ""), "", grid_table(g), ""]
+    return "\n".join(out)
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several saved results as one (steps concatenated, the last grid, the first machine description)."""
+    merged = dict(parts[0])
+    merged["steps"] = [row for part in parts for row in part["steps"]]
+    merged["grid"] = next((p["grid"] for p in reversed(parts) if p["grid"]), None)
+    merged["finished"] = parts[-1]["finished"]
+    merged["load_average_end"] = parts[-1]["load_average_end"]
+    merged["quick"] = all(p["quick"] for p in parts)
+    merged["threads"] = {k: v for p in parts for k, v in (p.get("threads") or {}).items()}
+    merged["runs"] = [{"started": p["started"], "finished": p["finished"], "load_start": p["machine"]["load_average"],
+                       "load_end": p["load_average_end"], "threads": p.get("threads")} for p in parts]
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json:
+        Path(args.out).write_text(report(merge([json.loads(Path(p).read_text())
+                                                for p in args.from_json.split(",")])))
+        return 0
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""Head-only grid benchmark: many head-only runs from one feature pass, against runs that recompute features.
+
+A grid of head-only methods (linear probe, CLIP-Adapter, Tip-Adapter, Tip-Adapter-F) x shots x seeds runs twice
+through the real runner (:func:`jobs.executors.execute_run`) on a generated CoOp-layout dataset of JPEG files:
+
+* **reference** (what the official code does): every run encodes every image it needs itself, from the JPEG files:
+  CLIP-Adapter through the image tower at every step, Tip-Adapter its augmented passes, every run the test set
+  (``fast: {feature_training: false, shared_eval_features: false, image_cache: false}`` and a fresh cache folder
+  per run, so nothing is shared);
+* **suite**: the default fast paths with one shared cache folder: decoded images kept as uint8, each (manifest,
+  transform, view) encoded once and reused by every run that needs it, test features shared by every run on the
+  same test split, heads trained on cached features.
+
+Both grids produce the same accuracies (checked and reported: the fast paths are exact). Optionally a third path,
+**suite + views**, adds the one inexact switch, ``fast.augment_views: V``: epochs cycle through V cached augmented
+views instead of drawing a fresh one per epoch (Tip-Adapter's own cache uses 10 passes), so CLIP-Adapter's 200
+epochs need V feature passes instead of 200; its accuracies differ from the reference (other training data) and the
+difference is reported. Wall time of each path is reported per method, with the number of images each path pushed
+through the image encoder (counted at :meth:`FrozenCLIP.encode_image`): on the tiny model an encoding costs less
+than decoding the JPEG, but on ViT-B/16 it costs ~35 GFLOPs, and the encoding ratio is the speedup the grid tends
+to when encoding dominates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from contextlib import contextmanager
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench.common import TINY_CONFIG
+
+GRID_METHODS: dict[str, dict[str, Any]] = {
+    "linear_probe": {"name": "linear_probe"},
+    "clip_adapter": {"name": "clip_adapter"},
+    "tip_adapter": {"name": "tip_adapter"},
+    "tip_adapter_f": {"name": "tip_adapter", "finetune": True},
+}
+PALETTE = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 30), (200, 40, 200), (30, 200, 210),
+           (120, 70, 20), (250, 140, 0), (90, 90, 90), (255, 255, 255)]
+
+
+def write_dataset(root: Path, n_classes: int, counts: tuple[int, int, int], size: int, seed: int = 0) -> Path:
+    """A CoOp-layout ``caltech101`` (``caltech-101/101_ObjectCategories`` + split JSON) of JPEG files."""
+    from PIL import Image
+    rng = random.Random(seed)
+    base = root / "caltech-101"
+    lists: dict[str, list] = {"train": [], "val": [], "test": []}
+    for label in range(n_classes):
+        name = f"class_{label:03d}"
+        for split, count in zip(("train", "val", "test"), counts):
+            for i in range(count):
+                rel = f"{name}/{split}_{i:04d}.jpg"
+                path = base / "101_ObjectCategories" / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image = Image.new("RGB", (size, size * 3 // 4), tuple(rng.randrange(80) for _ in range(3)))
+                x, y = rng.randrange(size // 3), rng.randrange(size // 4)
+                image.paste(PALETTE[label % len(PALETTE)], (x, y, x + size // 2, y + size // 3))
+                image.save(path, quality=90)
+                lists[split].append([rel, label, name])
+    (base / "split_zhou_Caltech101.json").write_text(json.dumps(lists))
+    return root
+
+
+@dataclass
+class GridResult:
+    """Wall time of the grid on both paths, and whether their accuracies agree."""
+
+    runs: int
+    seconds_suite: float
+    seconds_reference: float
+    accuracy_max_delta: float
+    methods: tuple[str, ...]
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    classes: int
+    image_px: int
+    epoch_overrides: dict[str, int]
+    per_method_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    images_encoded: dict[str, dict[str, int]] = field(default_factory=dict)  # method -> path -> images
+    views: int | None = None  # fast.augment_views of the third path (None: not run)
+    seconds_views: float | None = None
+    accuracy_views_max_delta: float | None = None  # vs the reference: not exact, other training views
+
+    @property
+    def speedup(self) -> float:
+        return self.seconds_reference / self.seconds_suite
+
+    @property
+    def speedup_views(self) -> float | None:
+        return None if not self.seconds_views else self.seconds_reference / self.seconds_views
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+        return {**asdict(self), "speedup": self.speedup, "speedup_views": self.speedup_views}
+
+
+def _configs(data_root: Path, backbone: str, methods: tuple[str, ...], shots: tuple[int, ...],
+             seeds: tuple[int, ...], epochs: dict[str, int]) -> list[dict[str, Any]]:
+    runs = []
+    for shot in shots:
+        for seed in seeds:
+            for label in methods:
+                method = dict(GRID_METHODS[label])
+                if label == "tip_adapter_f" and "tip_adapter_f" in epochs:
+                    method["train_epoch"] = epochs["tip_adapter_f"]
+                cfg = {"method": method, "dataset": "caltech101", "data_root": str(data_root),
+                       "backbone": backbone, "pretrained": None, "protocol": "fewshot", "shots": shot,
+                       "seed": seed, "device": "cpu", "name": label}
+                if label == "clip_adapter" and "clip_adapter" in epochs:
+                    cfg["optim"] = {"epochs": epochs["clip_adapter"]}
+                runs.append(cfg)
+    return runs
+
+
+def _execute(cfg: dict[str, Any]) -> dict[str, Any]:
+    from jobs.config import resolve
+    from jobs.execute import read_record, run_dir
+    from jobs.executors import execute_run
+    from jobs.grid import RunSpec
+    resolved = resolve(cfg, "bench grid")
+    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
+    if outcome.status != "done":
+        raise RuntimeError(f"bench grid run failed: {outcome.detail}")
+    return read_record(run_dir(resolved))
+
+
+@contextmanager
+def counting_encodings(counts: dict[str, int], key: list[str]) -> Iterator[None]:
+    """Count the images passed through ``FrozenCLIP.encode_image`` into ``counts[key[0]]`` (instrumentation only:
+    the original method runs unchanged)."""
+    from frozen_clip.backbone import FrozenCLIP
+    original = FrozenCLIP.encode_image
+
+    def counted(self: FrozenCLIP, images: Any, taps: Any = None) -> Any:
+        counts[key[0]] = counts.get(key[0], 0) + int(images.shape[0])
+        return original(self, images, taps)
+    FrozenCLIP.encode_image = counted  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FrozenCLIP.encode_image = original  # type: ignore[method-assign]
+
+
+REFERENCE_FAST = {"feature_training": False, "shared_eval_features": False, "image_cache": False}
+
+
+def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, ...] = (1, 2, 4, 8, 16),
+             seeds: tuple[int, ...] = (1, 2, 3), n_classes: int = 10, image_px: int = 160,
+             epochs: dict[str, int] | None = None, workdir: Path | None = None,
+             log=print, views: int | None = None) -> GridResult:
+    """Run the grid on both paths (and the ``views`` path if given), alternating, and compare time and accuracy."""
+    epochs = dict(epochs or {})
+    work = Path(workdir or tempfile.mkdtemp(prefix="bench-grid-"))
+    data = write_dataset(work / "data", n_classes, (max(shots) + 4, 4, 20), image_px)
+    backbone = work / "bench-tiny.json"
+    backbone.write_text(json.dumps(TINY_CONFIG))
+    configs = _configs(data, str(backbone), methods, shots, seeds, epochs)
+    paths = {"reference": REFERENCE_FAST, "suite": {}, **({"views": {"augment_views": views}} if views else {})}
+    times: dict[str, dict[str, float]] = {path: {"total": 0.0} for path in paths}
+    accuracy: dict[str, list[float]] = {path: [] for path in paths}
+    _execute({**configs[0], "results_dir": str(work / "warmup"), "seed": 999})  # imports, tokenizer, first call
+    encoded: dict[str, int] = {}
+    current = [""]
+    with counting_encodings(encoded, current):
+        for i, cfg in enumerate(configs):  # run by run, alternating paths, so machine load hits both alike
+            for path in (list(paths) if i % 2 == 0 else list(paths)[::-1]):
+                results = work / path / (f"run{i}" if path == "reference" else "shared")
+                run_cfg = {**cfg, "results_dir": str(results), "fast": paths[path]}
+                label = cfg["name"]
+                current[0] = f"{label}/{path}"
+                start = time.perf_counter()
+                record = _execute(run_cfg)
+                elapsed = time.perf_counter() - start
+                times[path][label] = times[path].get(label, 0.0) + elapsed
+                times[path]["total"] += elapsed
+                accuracy[path].append(record["summary"]["accuracy"])
+    log(f"grid: {len(configs)} runs, " + ", ".join(f"{p} {times[p]['total']:.1f}s" for p in paths))
+    shutil.rmtree(work, ignore_errors=True) if workdir is None else None
+    def max_delta(path: str) -> float:
+        return max(abs(a - b) for a, b in zip(accuracy["reference"], accuracy[path]))
+    return GridResult(len(configs), times["suite"]["total"], times["reference"]["total"], max_delta("suite"),
+                      tuple(methods), tuple(shots), tuple(seeds), n_classes, image_px, epochs,
+                      {m: {p: round(times[p][m], 2) for p in times} for m in methods},
+                      {m: {p: encoded.get(f"{m}/{p}", 0) for p in paths} for m in methods}, views,
+                      times["views"]["total"] if views else None, max_delta("views") if views else None)

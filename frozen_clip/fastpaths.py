@@ -1,0 +1,138 @@
+"""The run's exact speed switches, and the deterministic augmentation that makes feature caching exact.
+
+**Switches** (:class:`FastPaths`, the run config's ``fast:`` section). Each one is exact: it changes where and how
+often work is done, never what is computed (up to fp32 reduction order; every one is pinned by a test comparing it
+with the slow path to 1e-5). Hence the section is not part of the run id (like ``num_workers``), and every switch is
+on by default except ``compile``, which is off because graph compilation reorders floating-point operations and
+costs minutes of compile time on short runs. The one exception is ``augment_views``, off by default: it changes the
+training data (epochs cycle through a fixed number of augmented views instead of drawing a fresh one each epoch, as
+Tip-Adapter's cache does), so when set it is part of the run id (:func:`inexact_fast_settings`).
+
+Method-side fast paths are fields of each method's config, because whether they are exact depends on the method:
+``truncate_text`` (text cut to the longest prompt: HeBA, MMA, CoOp, CoCoOp, MaPLe; CLIP-LoRA always truncates) and
+CoOp's ``shared_prefix`` (:mod:`frozen_clip.shared_prefix`).
+
+**Augmentation seeded per item** (:class:`SeededViews`). The ``v``-th augmented view of training item ``i`` is drawn
+under ``torch.manual_seed(derive_seed("view", key, v, i))`` with ``key`` the split manifest's content hash (which
+includes the split seed), inside a forked RNG. A view is therefore a pure function of (manifest, view, item):
+independent of the batch order, the batch size, the number of loader workers and of what else consumed random
+numbers. The trainer draws view ``epoch - 1`` in epoch ``epoch``, so the features of a head-only method's epoch can
+be computed once, cached, and reused by every run on the same manifest, transform and backbone
+(:class:`FeatureViews`), and a run that trains on those cached features sees exactly the images the slow path sees.
+Official Dassl loaders draw crops from a process-global stream instead; the distribution of crops is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """Speed switches of a run (config section ``fast``): the exact ones are not hashed into the run id."""
+
+    feature_training: bool = True  # head-only methods (frozen image path) train on cached per-view features
+    shared_eval_features: bool = True  # eval features keyed by the split's items, shared by every manifest/run
+    image_cache: bool = True  # decoded images kept as uint8 (train: full resolution; eval: resized + cropped)
+    compile: bool = False  # torch.compile the training step on CUDA (ignored on CPU); reorders fp operations
+    # NOT exact, off by default (hashed when set): epoch e trains on augmented view (e - 1) mod augment_views, so a
+    # head-only method needs only that many feature passes however many epochs it runs (official: a fresh view per
+    # epoch). The image path and the cached-feature path still see the same images.
+    augment_views: int | None = None
+
+    def validate(self) -> None:
+        if self.augment_views is not None and self.augment_views < 1:
+            raise ValueError(f"augment_views must be null or >= 1, got {self.augment_views}")
+
+    def view_of_epoch(self, epoch: int) -> int:
+        """The augmented view trained on in ``epoch`` (1-based)."""
+        view = epoch - 1
+        return view if self.augment_views is None else view % self.augment_views
+
+
+#: switches that change results; :func:`inexact_fast_settings` puts them into the run id when set
+INEXACT_FAST_FIELDS = ("augment_views",)
+
+
+def inexact_fast_settings(fast: dict[str, Any]) -> dict[str, Any]:
+    """The result-changing switches of a ``fast`` config section that are set (not None)."""
+    return {k: fast[k] for k in INEXACT_FAST_FIELDS if fast.get(k) is not None}
+
+
+def view_seed(key: str, view: int, index: int) -> int:
+    """The seed of augmented view ``view`` of item ``index`` of the split identified by ``key``."""
+    from frozen_clip.trainer import derive_seed
+    return derive_seed("view", key, view, index)
+
+
+class SeededViews(Dataset):
+    """``dataset[i]`` drawn under a seed of (key, view, i): deterministic augmented views (module docstring).
+
+    Args:
+        dataset: returns ``(image, label, index)`` and draws its augmentation from the torch CPU generator.
+        key: identifies the split (the manifest's content hash).
+    """
+
+    def __init__(self, dataset: Dataset, key: str) -> None:
+        self.dataset = dataset
+        self.key = key
+        self.view = 0
+
+    def set_view(self, view: int) -> None:
+        """Select the augmented view that ``__getitem__`` returns (the trainer uses ``epoch - 1``)."""
+        self.view = int(view)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.key, self.view, index))
+            return self.dataset[index]
+
+
+class FeatureRows(Dataset):
+    """Rows of cached features as ``(feature, label, index)``: the shape of an image dataset, without images."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels")
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return self.features[index], int(self.labels[index]), index
+
+
+@dataclass(frozen=True)
+class FeatureViews:
+    """Where a head-only method's training features come from: ``view(v) -> (features [N, E], labels [N])``.
+
+    ``view(v)`` must return the image features of exactly the images :class:`SeededViews` yields for view ``v``
+    (the runner's :meth:`jobs.execute.FeatureAccess.augmented_features` with the training transform).
+    """
+
+    view: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def supports_feature_training(method: Any) -> bool:
+    """Whether ``method``'s training step depends on the images only through the frozen image encoder, so that it can
+    run on cached features of the batch (``feature_training_step(features, labels)``). Either:
+
+    * a :class:`~frozen_clip.method.FeatureMethod` whose ``training_step`` is the generic ``encode_image`` +
+      ``feature_training_step`` (zero-shot, linear probe, CLIP-Adapter), or
+    * a class that defines ``feature_training_step`` **itself** (CoOp: frozen image encoder, learned prompts). A
+      subclass that inherits it is not trusted, because it may read the images otherwise (CoCoOp's meta-net).
+    """
+    from frozen_clip.method import FeatureMethod
+    cls = type(method)
+    if isinstance(method, FeatureMethod):
+        return method.frozen_image_path and cls.training_step is FeatureMethod.training_step
+    return "feature_training_step" in cls.__dict__

@@ -1,0 +1,47 @@
+"""The benchmark runs end to end in --quick mode on the tiny model and writes its report (timings are never
+asserted: they depend on the machine and its load)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.bench import parse_args, report, run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_bench_writes_the_report_structure(tmp_path):
+    out, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    args = parse_args(["--quick", "--methods", "heba,coop", "--repeats", "1", "--grid-methods",
+                       "clip_adapter", "--grid-shots", "1", "--grid-epochs", "clip_adapter=2",
+                       "--out", str(out), "--json", str(raw)])
+    results = run(args, log=lambda _msg: None)
+    rows = results["steps"]
+    assert [(r["method"], r["cached_features"]) for r in rows] == [("heba", False), ("coop", False),
+                                                                   ("coop", True)]
+    for row in rows:
+        assert row["backbone"] == "tiny" and row["classes"] == 100
+        assert row["seconds_fast"] > 0 and row["seconds_reference"] > 0 and row["speedup"] > 0
+        assert row["text_tokens_reference"] == 77 and row["text_tokens_fast"] < 77
+        assert row["flops_reference"] > row["flops_fast"] > 0  # the reference runs 77-token prompts
+        assert row["loss_delta"] < 1e-5  # same weights, same seed: the fast path is exact
+        assert row["mfu_fast"] is None and row["peak_mb_fast"] is None  # CPU: no peak, no per-call memory
+    grid = results["grid"]
+    assert grid["runs"] == 1 and grid["accuracy_max_delta"] < 1e-9 and grid["views"] == 10
+    assert set(grid["per_method_s"]) == {"clip_adapter"} and grid["speedup_views"] > 0
+    counts = grid["images_encoded"]["clip_adapter"]
+    assert min(counts.values()) > 0 and set(counts) == {"reference", "suite", "views"}
+    text = out.read_text()
+    for heading in ("# Benchmark results", "## Training steps", "## Head-only grid", "Load average", "coop (cached"):
+        assert heading in text
+    assert json.loads(raw.read_text())["machine"]["cpu_count"] >= 1
+    assert report(results) == text
+
+
+def test_script_entry_point_runs_from_a_checkout():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench.py"), "--help"], capture_output=True,
+                          text=True, cwd=REPO.parent, timeout=120)
+    assert done.returncode == 0 and "--quick" in done.stdout
