@@ -20,6 +20,7 @@ convention, :mod:`frozen_clip.flops`) for the record's MFU; ``compile`` wraps th
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import resource
 import sys
@@ -78,6 +79,10 @@ class FitResult:
     resumed_from_epoch: int = 0
     trained_on_features: bool = False  # the head-only fast path ran (features of cached views, no image encoding)
     flops_per_image: float | None = None  # model FLOPs of the first step / its batch (CUDA only, see flops.py)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run fails (a record of chance-level metrics would pass for a result)."""
 
 
 class Trainer:
@@ -167,6 +172,11 @@ class Trainer:
             lr = lr_at(self.optim, epoch, iteration, total)
             set_lr(optimizer, lr)
             out = self._counted_step(images.to(self.device), labels.to(self.device), optimizer, scaler, result)
+            loss = float(out.loss.detach())
+            if not math.isfinite(loss) and not scaler.is_enabled():  # fp16 autocast: GradScaler skips such steps
+                raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch}, iteration {iteration + 1} "
+                                       f"(aux: { {k: float(v) for k, v in out.aux.items()} }); lower optim.lr, set "
+                                       "optim.grad_clip, or check the method's loss weights for this backbone")
             for key, value in {"loss": out.loss, **out.aux}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             n_batches += 1

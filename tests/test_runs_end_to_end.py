@@ -186,3 +186,16 @@ def test_bad_data_exit_2_and_finished_runs_untouched(tmp_path, kind):
     assert not [p for p in (tmp_path / "results").glob("e2e/*") if p not in {q.parents[0] for q in finished}
                 and (p / "record.json").exists()]
 
+
+def test_diverged_training_fails_the_run_with_the_reason(data_root, tmp_path):
+    """A loss that becomes NaN/inf fails the run (a 'done' record with chance-level metrics would pass for a result)."""
+    from jobs.config import resolve
+    from jobs.execute import read_record, run_dir
+    from jobs.executors import execute_run
+    from jobs.grid import RunSpec
+    resolved = resolve(base_run(data_root, tmp_path, optim={"lr": 1e30, "epochs": 3}), "t")
+    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
+    record = read_record(run_dir(resolved))
+    assert outcome.status == "failed" and record["status"] == "failed"
+    assert record["failure"]["reason"].startswith("TrainingDiverged: the training loss became")
+    assert "metrics" not in record or not record.get("metrics")
