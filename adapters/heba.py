@@ -283,6 +283,16 @@ class HeBA(Method):
         """Whether the text context is truncated (exact only when no operation mixes a token with later ones)."""
         return self.config.truncate_text and self.config.text_adapter != "conv1d"
 
+    def report(self) -> dict[str, Any]:
+        """The settings the run actually used (record's ``method_report``): on cross-dataset / DG protocols an XD
+        preset replaces the config's layers, scale and boost, which the config alone does not show."""
+        preset = self.config.xd_preset if self.context.protocol in XD_PROTOCOLS else "none"
+        return {"xd_preset": preset,
+                "text_layers": [i + 1 for i in self.settings.text_layers],
+                "visual_layers": [i + 1 for i in self.settings.visual_layers],
+                "scale": self.settings.scale, "boost_factor": self.settings.boost_factor,
+                "novel_scale": self.config.novel_scale}
+
     def current_scale(self) -> float:
         """Base scale of this forward: the novel scale only at evaluation on another class set (when configured)."""
         novel = self.config.novel_scale

@@ -487,6 +487,11 @@ def test_recipes_and_xd_presets(tiny_clip):
     method = tiny(tiny_clip, protocol="cross_dataset")
     train_logits(method)
     assert method.last_step.scales["text"][0] in (0.05, 0.5)  # the preset's scale (x10 when boosted)
+    n_text = len(tiny_clip.text.transformer.resblocks)
+    report = method.report()  # the record shows what the preset replaced (the config still says 0.025 / 2.25)
+    assert report["xd_preset"] == "xd_intended" and (report["scale"], report["boost_factor"]) == (0.05, 10.0)
+    assert report["text_layers"] == list(range(max(n_text - 4, 0) + 1, n_text + 1))
+    assert tiny(tiny_clip).report()["xd_preset"] == "none" and tiny(tiny_clip).report()["scale"] == 0.025
     from jobs.config import resolve
     raw = {"method": {"name": "heba", "scale": 0.03}, "dataset": "imagenet", "protocol": "cross_dataset"}
     with pytest.raises(ConfigError, match="set method.xd_preset: none"):
