@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up a real single-node Slurm cluster (munge, MariaDB + slurmdbd for accounting, slurmctld, slurmd) from the
-# Debian 12 packages, as root, without systemd. Facts and measured times: /work/shared/ops/slurm.md (the suite's copy
-# of the recipe is this script).
+# Debian 12 packages, as root, without systemd. Facts and measured times: docs/cluster.md (the recipe
+# itself is this script).
 #
 # Idempotent: packages already installed are not reinstalled, daemons whose PID file names a live process are left
 # running, the database user and the cluster registration are only created when missing. Prints the time of each
@@ -146,7 +146,7 @@ step "slurmdbd ready, cluster '$CLUSTER' registered"
 alive /run/slurmctld.pid || /usr/sbin/slurmctld
 alive /run/slurmd.pid || /usr/sbin/slurmd
 wait_for 30 "slurmctld" scontrol ping
-# a node left down or drained by an earlier, interrupted session is returned to service
+# a node left down or drained by an earlier, interrupted run of this script is returned to service
 state="$(sinfo -h -N -n "$HOST" -o %t 2>/dev/null || true)"
 case "$state" in
   *drain*|*down*|*drng*|*fail*) scontrol update NodeName="$HOST" State=RESUME || true ;;
