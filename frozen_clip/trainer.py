@@ -172,13 +172,14 @@ class Trainer:
             lr = lr_at(self.optim, epoch, iteration, total)
             set_lr(optimizer, lr)
             out = self._counted_step(images.to(self.device), labels.to(self.device), optimizer, scaler, result)
-            loss = float(out.loss.detach())
-            if not math.isfinite(loss) and not scaler.is_enabled():  # fp16 autocast: GradScaler skips such steps
-                raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch}, iteration {iteration + 1} "
-                                       f"(aux: { {k: float(v) for k, v in out.aux.items()} }); lower optim.lr, set "
-                                       "optim.grad_clip, or check the method's loss weights for this backbone")
-            for key, value in {"loss": out.loss, **out.aux}.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            values = {key: float(value.detach()) for key, value in {"loss": out.loss, **out.aux}.items()}
+            if not math.isfinite(values["loss"]) and not scaler.is_enabled():  # fp16: GradScaler skips such steps
+                aux = {k: v for k, v in values.items() if k != "loss"}
+                raise TrainingDiverged(f"the training loss became {values['loss']} at epoch {epoch}, iteration "
+                                       f"{iteration + 1} (aux: {aux}); lower optim.lr, set optim.grad_clip, or check "
+                                       "the method's loss weights for this backbone")
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
             n_batches += 1
             iteration += 1
             result.images_seen += int(labels.shape[0])

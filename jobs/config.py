@@ -108,6 +108,14 @@ def _check_dataset(key: str, where: str, field_name: str) -> None:
         raise ConfigError(f"{where}: {field_name}: {err}") from None
 
 
+def _section(raw: Mapping[str, Any], key: str, what: str, where: str) -> Mapping[str, Any]:
+    """The nested mapping ``raw[key]`` ({} when absent or null); ConfigError when it is not a mapping."""
+    section = raw.get(key, {}) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where}: {key} must be a mapping of {what}")
+    return section
+
+
 def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
     """Validate and resolve a raw nested run config; ``where`` names the source (file, command line)."""
     if not isinstance(raw, Mapping):
@@ -119,15 +127,10 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
         raise ConfigError(f"{where}: 'dataset' is required")
     run = build(RunConfig, top, where)
     method_config = build(cls.Config, method_options, where, prefix="method.")
-    optim_raw = raw.get("optim", {}) or {}
-    if not isinstance(optim_raw, Mapping):
-        raise ConfigError(f"{where}: optim must be a mapping of optimiser settings")
+    optim_raw = _section(raw, "optim", "optimiser settings", where)
     recipe = dict(cls.recipe(run.protocol, run.dataset, run.shots, method_config)) if hasattr(cls, "recipe") else {}
     optim = build(OptimConfig, {**recipe, **optim_raw}, where, prefix="optim.")
-    fast_raw = raw.get("fast", {}) or {}
-    if not isinstance(fast_raw, Mapping):
-        raise ConfigError(f"{where}: fast must be a mapping of speed switches")
-    fast = build(FastPaths, fast_raw, where, prefix="fast.")
+    fast = build(FastPaths, _section(raw, "fast", "speed switches", where), where, prefix="fast.")
     run = _resolve_targets(run, where)
     _check_dataset(run.dataset, where, "dataset")
     try:

@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from frozen_clip import atomic
+from frozen_clip.backbone import CLIP_MEAN, CLIP_STD
 from protocols import world
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_INPUT = 32
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 64,
@@ -241,7 +241,7 @@ def save(folder: str | Path, state: dict[str, torch.Tensor]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    atomic.write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     save_file(state, str(folder / WEIGHTS_FILE))
     (folder / WEIGHTS_FILE).chmod(0o644)  # safetensors writes through a private temporary file
     return folder / WEIGHTS_FILE

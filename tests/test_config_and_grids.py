@@ -49,6 +49,8 @@ def test_method_recipe_then_user_overrides(data_root, tmp_path):
     ({"method": "linear_probe"}, "impossible combination"),
     ({"method": {"name": "coop", "class_token_position": "left"}}, "method.class_token_position"),
     ({"optim": {"epochs": 2, "warmup_epochs": 3}}, "warmup_epochs"),
+    ({"optim": [0.01]}, "optim must be a mapping of optimiser settings"),
+    ({"fast": "on"}, "fast must be a mapping of speed switches"),
 ])
 def test_bad_configs_name_the_key(data_root, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
