@@ -16,7 +16,8 @@ Datasets (:data:`WORLD_SPECS`; one folder each under the world root, ``images/<c
 * ``world_shapes`` (8 shapes) and its domain shifts ``world_shapes_outline`` / ``_noise`` / ``_palette`` (the same
   scenes rendered as outlines, with heavy noise, or in a palette never seen in pretraining): the DG protocol;
 * ``world_patterns`` (8 fill patterns on a large square), ``world_sizes`` (24 size+colour pairs),
-  ``world_objects`` (16 colour+shape pairs; base = pairs seen in pretraining, novel = held-out pairs).
+  ``world_objects`` (16 colour+shape pairs; base = pairs seen in pretraining, novel = held-out pairs),
+  ``world_hues`` (16 fine-grained hues: the pretraining colours and 8 in-between hues pretraining never named).
 
 :func:`ensure_world` generates everything once into ``$FCS_CACHE/world-v1`` (``FCS_CACHE`` defaults to
 ``~/.cache/frozen-clip-suite``): into a temporary folder renamed atomically, under a file lock, with a completion
@@ -39,6 +40,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from frozen_clip.atomic import write_text
 from frozen_clip.errors import DataError
 from protocols.datasets import DatasetSpec
 
@@ -70,6 +72,11 @@ SHIFTED_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (120, 135, 60), "orange": (70, 170, 160), "yellow": (175, 150, 210), "green": (170, 95, 110),
     "blue": (200, 175, 120), "purple": (95, 125, 145), "pink": (155, 200, 120), "brown": (215, 160, 150),
 }
+MIXED_COLORS: dict[str, tuple[str, str]] = {
+    # the in-between hues of ``world_hues``: never rendered or named in pretraining, each the RGB mean of two colours
+    "red orange": ("red", "orange"), "yellow orange": ("yellow", "orange"), "yellow green": ("yellow", "green"),
+    "blue green": ("blue", "green"), "blue purple": ("blue", "purple"), "red purple": ("red", "purple"),
+    "pink purple": ("pink", "purple"), "brown red": ("brown", "red")}
 RARE_COLOR_NAMES: dict[str, str] = {
     # used for 3 % of colour mentions in pretraining captions (fine-grained vocabulary the model knows poorly)
     "red": "crimson", "orange": "amber", "yellow": "golden", "green": "emerald",
@@ -96,6 +103,18 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (c, OBJECT_SHAPES[(i + j) % 4]) for i, c in enumerate(OBJECT_COLORS) for j in (2, 3))
 """Colour+shape pairs never rendered in pretraining: the novel classes of ``world_objects`` (each colour and each
 shape is held out twice, so every word of a novel class is known, only the combination is new)."""
+
+
+
+
+def _mixed(a: str, b: str) -> tuple[int, int, int]:
+    mean = [round((x + y) / 2) for x, y in zip(COLORS[a], COLORS[b])]
+    return mean[0], mean[1], mean[2]
+
+
+RENDER_COLORS: dict[str, tuple[int, int, int]] = {**COLORS, **{k: _mixed(*ab) for k, ab in MIXED_COLORS.items()}}
+"""Every colour a ``photo`` scene can have: the pretraining colours (the only ones :func:`random_scene` draws) and
+the mixed hues that only ``world_hues`` fixes."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +161,13 @@ class WorldDataset:
                            len(self.classes), notes=self.notes)
 
 
+def _hue_classes() -> tuple[tuple[str, Mapping[str, str]], ...]:
+    # pure and mixed hues alternate, so the base half (labels 0-7) and the novel half both hold 4 of each
+    fixed = {"pattern": "solid", "size": "large", "position": "center"}
+    names = [n for pair in zip(COLORS, MIXED_COLORS) for n in pair]
+    return tuple((n, {"color": n, **fixed}) for n in names)
+
+
 def _object_classes() -> tuple[tuple[str, Mapping[str, str]], ...]:
     pairs = [(c, s) for c in OBJECT_COLORS for s in OBJECT_SHAPES]
     seen = [p for p in pairs if p not in HELD_OUT_PAIRS]
@@ -171,6 +197,11 @@ WORLD_DATASETS: tuple[WorldDataset, ...] = (
     WorldDataset("world_objects", "WorldObjects", "a photo of a {}.", _object_classes(),
                  notes="16 colour+shape pairs; labels 0-7 (base) were seen in pretraining, 8-15 (novel) are "
                        "HELD_OUT_PAIRS, never rendered in pretraining"),
+    WorldDataset("world_hues", "WorldHues", "a photo of a {} object.", _hue_classes(),
+                 notes="16 fine-grained hues on a large solid object: the 8 pretraining colours alternating with the "
+                       "8 MIXED_COLORS, whose compound names ('red orange') pretraining never used, so zero-shot can "
+                       "only compose them while the image features separate them: the dataset where adaptation "
+                       "gains most"),
 )
 _BY_KEY: dict[str, WorldDataset] = {d.key: d for d in WORLD_DATASETS}
 
@@ -179,9 +210,9 @@ WORLD_SPECS: dict[str, DatasetSpec] = {d.key: d.spec() for d in WORLD_DATASETS}
 WORLD_DG_TARGETS: dict[str, tuple[str, ...]] = {
     "world_shapes": ("world_shapes_outline", "world_shapes_noise", "world_shapes_palette")}
 """Domain-generalisation targets of each world source (same classes, shifted rendering)."""
+_IN_DOMAIN = ("world_shapes", "world_patterns", "world_sizes", "world_objects", "world_hues")
 WORLD_XD_TARGETS: dict[str, tuple[str, ...]] = {
-    src: tuple(k for k in ("world_shapes", "world_patterns", "world_sizes", "world_objects") if k != src)
-    for src in ("world_shapes", "world_patterns", "world_sizes", "world_objects")}
+    src: tuple(k for k in _IN_DOMAIN if k != src) for src in _IN_DOMAIN}
 """Cross-dataset targets of each in-domain world source (the other in-domain world datasets)."""
 
 
@@ -247,7 +278,7 @@ def _details(scene: Scene, rng: np.random.Generator) -> _Details:
     lo, hi = SIZES[scene.size]
     dx, dy = POSITIONS[scene.position]
     palette, backgrounds = (SHIFTED_COLORS, SHIFTED_BACKGROUNDS) if scene.style == "palette" else \
-        (COLORS, BACKGROUNDS)
+        (RENDER_COLORS, BACKGROUNDS)
     color = np.clip(np.asarray(palette[scene.color], np.float64) + rng.normal(0, 10, 3), 0, 255)
     mix = rng.uniform(0.45, 0.6)
     toward = 255.0 if rng.random() < 0.5 else 0.0
@@ -510,19 +541,44 @@ def _marker(seed: int, per_class: tuple[int, int, int]) -> dict[str, object]:
     return {"version": WORLD_VERSION, "seed": seed, "per_class": list(per_class), "datasets": sorted(_BY_KEY)}
 
 
-def _check_marker(root: Path, expected: dict[str, object]) -> bool:
-    """True if ``root`` holds a complete world with ``expected`` parameters; DataError if it holds another one."""
+def _read_marker(root: Path) -> dict[str, object] | None:
     path = root / COMPLETE_MARKER
     if not path.is_file():
-        return False
+        return None
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
+        found: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise DataError(f"world marker {path} is unreadable ({err}); delete {root} to regenerate") from err
-    if found != expected:
+    return found
+
+
+def _missing_datasets(root: Path, expected: dict[str, object]) -> list[str] | None:
+    """None if ``root`` holds no complete world; else the expected datasets it lacks (a world written before they
+    were added). DataError if it holds a world with other parameters."""
+    found = _read_marker(root)
+    if found is None:
+        return None
+    held = found.get("datasets")
+    same_params = {k: v for k, v in found.items() if k != "datasets"} == \
+        {k: v for k, v in expected.items() if k != "datasets"}
+    if not same_params or not isinstance(held, list) or not set(held) <= set(_BY_KEY):
         raise DataError(f"{root} holds a world generated with {found}, not {expected}; pass another root or "
                         f"delete it to regenerate")
-    return True
+    return [k for k in _BY_KEY if k not in held]
+
+
+def _add_datasets(root: Path, keys: Sequence[str], seed: int, expected: dict[str, object]) -> None:
+    """Generate ``keys`` into a temporary sibling, move each folder into ``root``, then rewrite the marker."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        generate_world(tmp, seed, tuple(expected["per_class"]), datasets=keys)  # type: ignore[arg-type]
+        for key in keys:
+            target = root / _BY_KEY[key].folder
+            shutil.rmtree(target, ignore_errors=True)  # a folder left by an interrupted earlier attempt
+            os.rename(tmp / _BY_KEY[key].folder, target)
+        write_text(root / COMPLETE_MARKER, json.dumps(expected, indent=1) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_world(root: str | Path | None = None, seed: int = DEFAULT_SEED, *,
@@ -531,8 +587,9 @@ def ensure_world(root: str | Path | None = None, seed: int = DEFAULT_SEED, *,
 
     ``root`` defaults to :func:`default_root`. Generation runs under a file lock (``<root>.lock``) into a temporary
     sibling folder, writes the completion marker last, and renames the folder into place, so concurrent callers
-    and interrupted runs never see a partial world. ``per_class`` (train, val, test images per class) is a size
-    knob for tests.
+    and interrupted runs never see a partial world. A complete world written before some datasets were added to
+    :data:`WORLD_DATASETS` is extended with just those (the others stay byte for byte). ``per_class`` (train, val,
+    test images per class) is a size knob for tests.
 
     Raises:
         DataError: ``root`` exists but is not a complete world with these parameters (never overwritten).
@@ -541,11 +598,15 @@ def ensure_world(root: str | Path | None = None, seed: int = DEFAULT_SEED, *,
 
     root = Path(root).expanduser() if root is not None else default_root(seed)
     expected = _marker(seed, tuple(per_class))
-    if _check_marker(root, expected):
+    if _missing_datasets(root, expected) == []:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
-        if _check_marker(root, expected):
+        missing = _missing_datasets(root, expected)
+        if missing == []:
+            return root
+        if missing:
+            _add_datasets(root, missing, seed, expected)
             return root
         if root.exists() and any(root.iterdir()):
             raise DataError(f"{root} exists, is not empty and holds no complete world ({COMPLETE_MARKER} missing); "
