@@ -17,7 +17,8 @@ Datasets (:data:`WORLD_SPECS`; one folder each under the world root, ``images/<c
   scenes rendered as outlines, with heavy noise, or in a palette never seen in pretraining): the DG protocol;
 * ``world_patterns`` (8 fill patterns on a large square), ``world_sizes`` (24 size+colour pairs),
   ``world_objects`` (16 colour+shape pairs; base = pairs seen in pretraining, novel = held-out pairs),
-  ``world_hues`` (16 fine-grained hues: the pretraining colours and 8 in-between hues pretraining never named).
+  ``world_hues`` (16 fine-grained hues: the pretraining colours and 8 in-between hues pretraining never named) and
+  its outline shift ``world_hues_outline``.
 
 :func:`ensure_world` generates everything once into ``$FCS_CACHE/world-v1`` (``FCS_CACHE`` defaults to
 ``~/.cache/frozen-clip-suite``): into a temporary folder renamed atomically, under a file lock, with a completion
@@ -202,13 +203,17 @@ WORLD_DATASETS: tuple[WorldDataset, ...] = (
                        "8 MIXED_COLORS, whose compound names ('red orange') pretraining never used, so zero-shot can "
                        "only compose them while the image features separate them: the dataset where adaptation "
                        "gains most"),
+    WorldDataset("world_hues_outline", "WorldHuesOutline", "a photo of a {} object.", _hue_classes(), style="outline",
+                 scenes_of="world_hues", notes="domain shift of world_hues (same scenes): outlines in the hue, no "
+                                               "fill (pretraining saw 6 % outlines)"),
 )
 _BY_KEY: dict[str, WorldDataset] = {d.key: d for d in WORLD_DATASETS}
 
 WORLD_SPECS: dict[str, DatasetSpec] = {d.key: d.spec() for d in WORLD_DATASETS}
 """The world datasets as suite dataset specs (``protocols.datasets.get_spec`` reads this lazily)."""
 WORLD_DG_TARGETS: dict[str, tuple[str, ...]] = {
-    "world_shapes": ("world_shapes_outline", "world_shapes_noise", "world_shapes_palette")}
+    "world_shapes": ("world_shapes_outline", "world_shapes_noise", "world_shapes_palette"),
+    "world_hues": ("world_hues_outline",)}
 """Domain-generalisation targets of each world source (same classes, shifted rendering)."""
 _IN_DOMAIN = ("world_shapes", "world_patterns", "world_sizes", "world_objects", "world_hues")
 WORLD_XD_TARGETS: dict[str, tuple[str, ...]] = {

@@ -41,8 +41,10 @@ def test_specs_are_registered_in_the_coop_layout() -> None:
         assert spec.split_file == f"split_zhou_{spec.dassl_name}.json"
     for source, targets in {**world.WORLD_DG_TARGETS, **world.WORLD_XD_TARGETS}.items():
         assert {source, *targets} <= set(world.WORLD_SPECS)
-    for target in world.WORLD_DG_TARGETS["world_shapes"]:
-        assert world._BY_KEY[target].classes == world._BY_KEY["world_shapes"].classes
+    for source, targets in world.WORLD_DG_TARGETS.items():
+        for target in targets:
+            assert world._BY_KEY[target].classes == world._BY_KEY[source].classes
+            assert world._BY_KEY[target].scenes_of == source
 
 
 def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
