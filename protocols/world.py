@@ -106,8 +106,6 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = tuple(
 shape is held out twice, so every word of a novel class is known, only the combination is new)."""
 
 
-
-
 def _mixed(a: str, b: str) -> tuple[int, int, int]:
     mean = [round((x + y) / 2) for x, y in zip(COLORS[a], COLORS[b])]
     return mean[0], mean[1], mean[2]
@@ -572,16 +570,17 @@ def _missing_datasets(root: Path, expected: dict[str, object]) -> list[str] | No
     return [k for k in _BY_KEY if k not in held]
 
 
-def _add_datasets(root: Path, keys: Sequence[str], seed: int, expected: dict[str, object]) -> None:
+def _add_datasets(root: Path, keys: Sequence[str], seed: int, per_class: tuple[int, int, int],
+                  marker: dict[str, object]) -> None:
     """Generate ``keys`` into a temporary sibling, move each folder into ``root``, then rewrite the marker."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        generate_world(tmp, seed, tuple(expected["per_class"]), datasets=keys)  # type: ignore[arg-type]
+        generate_world(tmp, seed, per_class, datasets=keys)
         for key in keys:
             target = root / _BY_KEY[key].folder
             shutil.rmtree(target, ignore_errors=True)  # a folder left by an interrupted earlier attempt
             os.rename(tmp / _BY_KEY[key].folder, target)
-        write_text(root / COMPLETE_MARKER, json.dumps(expected, indent=1) + "\n")
+        write_text(root / COMPLETE_MARKER, json.dumps(marker, indent=1) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -611,7 +610,7 @@ def ensure_world(root: str | Path | None = None, seed: int = DEFAULT_SEED, *,
         if missing == []:
             return root
         if missing:
-            _add_datasets(root, missing, seed, expected)
+            _add_datasets(root, missing, seed, tuple(per_class), expected)
             return root
         if root.exists() and any(root.iterdir()):
             raise DataError(f"{root} exists, is not empty and holds no complete world ({COMPLETE_MARKER} missing); "
