@@ -11,7 +11,8 @@ Two benchmarks, written to ``bench/RESULTS.md`` (and ``--json``) with the machin
    seeds through the real runner, sharing one feature pass, against runs that recompute every feature.
 
 ``--quick``: the tiny model only, few repeats, a small grid (seconds; what the test runs). Timings on a shared
-machine vary: the load average at the start and end is recorded next to the numbers.
+machine vary: the load average at the start and end is recorded next to the numbers. The raw results behind
+``RESULTS.md`` are kept in ``bench/raw/`` (``--json``); ``--from-json`` re-renders the report from them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny model only, few repeats, small grid")
     parser.add_argument("--methods", default=",".join(STEP_METHODS), help="step-benchmark methods")
     parser.add_argument("--backbones", default=None, help="tiny,vit_b16 (default; --quick: tiny)")
-    parser.add_argument("--classes", type=int, default=100, help="classes of the step benchmark")
+    parser.add_argument("--classes", default="100",
+                        help="class counts of the step benchmark, comma-separated (1000: ImageNet-sized)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per path (default 20 tiny, 2 B/16)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"],
@@ -57,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(RESULTS), help="Markdown results file ('' = none)")
     parser.add_argument("--json", default=None, help="also write the raw results as JSON")
     parser.add_argument("--from-json", default=None,
-                        help="only re-render --out from saved --json files (comma-separated: merged in order)")
+                        help="only re-render --out from saved --json files (comma-separated: merged in order; "
+                             "bench/raw/ holds the files behind RESULTS.md)")
     parser.add_argument("--tiny-threads", type=int, default=1,
                         help="torch threads for the tiny model (its ops are too small to parallelise; on a shared "
                              "machine two spinning threads make timings erratic); 0 = leave as is")
@@ -107,14 +110,15 @@ def _step_rows(args: argparse.Namespace, device: torch.device, default_threads: 
         _threads(name, args.tiny_threads, default_threads, results)
         clip = backbone(name, device)
         repeats = args.repeats or (3 if args.quick else (20 if name == "tiny" else 2))
-        for method, cached in _variants(args.methods.split(",")):
-            log(f"step benchmark: {method}{' (cached views)' if cached else ''} on {name} "
-                f"({args.classes} classes, {repeats} repeats)")
-            with _autocast(device, args.precision):
-                row = bench_method(method, name, clip, args.classes, repeats, precision=args.precision,
-                                   cached_features=cached)
-            log(f"  suite {row.seconds_fast:.4f}s  reference {row.seconds_reference:.4f}s  x{row.speedup:.2f}")
-            rows.append(row.as_dict())
+        for classes in _ints(args.classes):
+            for method, cached in _variants(args.methods.split(",")):
+                log(f"step benchmark: {method}{' (cached views)' if cached else ''} on {name} "
+                    f"({classes} classes, {repeats} repeats)")
+                with _autocast(device, args.precision):
+                    row = bench_method(method, name, clip, classes, repeats, precision=args.precision,
+                                       cached_features=cached)
+                log(f"  suite {row.seconds_fast:.4f}s  reference {row.seconds_reference:.4f}s  x{row.speedup:.2f}")
+                rows.append(row.as_dict())
     return rows
 
 
@@ -262,17 +266,19 @@ def report(results: dict[str, Any]) -> str:
                 "CLIP-LoRA's dropout masks differ in shape between the paths, so its losses differ slightly).", "",
                 step_table(results["steps"]), "",
                 "Reading the table: an exact fast path can only remove work the reference does for nothing "
-                "(padding positions after the longest prompt, image encodings already done by an earlier pass), so "
-                "the FLOP ratio is the ceiling of each speedup at these shapes, and the measured speedup tracks it "
-                "when the step is compute-bound (ViT-B/16). Where the image tower dominates the step, truncating "
-                "the text cannot give much: HeBA samples at most 6 x batch = 96 classes per step and runs 16 images "
-                "through 12 adapted blocks whose adapters at the 4D-wide MLP hidden state cost about as much as the "
-                "frozen blocks, so its ceiling is about 1.5x at ViT-B/16 shapes. CoOp encodes its shared `[SOS] + "
+                "(padding positions after the longest prompt, image encodings already done by an earlier pass). "
+                "The FLOP ratio is the speedup if time followed FLOPs; where the measured speedup exceeds it, the "
+                "removed work (77-token text batches) ran at fewer FLOP/s than the work that remains. HeBA samples "
+                "at most 6 x batch = 96 classes per step and runs 16 images through 12 adapted blocks whose adapters "
+                "at the 4D-wide MLP hidden state cost about as much as the frozen blocks, so text is a minority of "
+                "its FLOPs at any class count. CoOp encodes its shared `[SOS] + "
                 "context` positions once for all classes (`shared_prefix`; the token column gives the full prompt "
                 "length), and its image encoder is frozen: with the batch's features read from the per-view cache "
                 "(the runner's `fast.feature_training`, views shared by every run on the same split) its step is "
-                "text only. On the tiny model the steps "
-                "take milliseconds and Python overhead weighs more than FLOPs.", ""]
+                "text only. With 1000 classes (ImageNet-sized) the reference encodes 1000 prompts at 77 tokens "
+                "every step, so the ratios of the methods that encode every class (CoOp, MMA, CLIP-LoRA) grow; "
+                "HeBA's do not, because it encodes only the classes it samples for the step. On the tiny model the "
+                "steps take milliseconds and Python overhead weighs more than FLOPs.", ""]
     if results["grid"]:
         g = results["grid"]
         out += ["## Head-only grid: one feature pass vs recomputing features", "",
@@ -286,7 +292,19 @@ def report(results: dict[str, Any]) -> str:
                     f" Suite + {g['views']} views: the inexact opt-in switch `fast.augment_views: {g['views']}` "
                     "(epochs cycle through that many cached augmented views; other training data, so accuracies "
                     f"differ from the reference by up to {g['accuracy_views_max_delta']:.2g} points)."
-                    if g.get("views") else ""), "", grid_table(g), ""]
+                    if g.get("views") else ""), "", grid_table(g), "",
+                "Reading the grid: the last column counts the images each path passed through the image tower. "
+                "The exact suite path saves the linear probe's and Tip-Adapter(-F)'s feature passes (test features "
+                "shared by every run, un-augmented train features shared by runs on the same split), but "
+                "CLIP-Adapter's 200 epochs of augmented views dominate the count, and an exact cache can reuse them "
+                "neither within a run (each epoch draws a new view) nor across this grid's runs (views are drawn per "
+                "split manifest, and every run here has its own shots and seed: only runs on the same split, such as "
+                "a hyper-parameter sweep, share them). It even encodes a few more: a cached view holds every "
+                "training item, including those the reference's dropped last batch leaves out. On the tiny model a "
+                "feature pass is cheap (decoding a JPEG and a 32 px forward), so the methods' own work (the linear "
+                "probe's regularisation search: 25 L-BFGS fits per run in CoOp's lpclip protocol, identical in both "
+                "paths) weighs as much as encoding. Cycling through cached views (`fast.augment_views`, inexact) is "
+                "what cuts CLIP-Adapter's encodings."]
     return "\n".join(out)
 
 

@@ -15,15 +15,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_quick_bench_writes_the_report_structure(tmp_path):
     out, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
-    args = parse_args(["--quick", "--methods", "heba,coop", "--repeats", "1", "--grid-methods",
-                       "clip_adapter", "--grid-shots", "1", "--grid-epochs", "clip_adapter=2",
+    args = parse_args(["--quick", "--methods", "heba,coop", "--classes", "100,120", "--repeats", "1",
+                       "--grid-methods", "clip_adapter", "--grid-shots", "1", "--grid-epochs", "clip_adapter=2",
                        "--out", str(out), "--json", str(raw)])
     results = run(args, log=lambda _msg: None)
     rows = results["steps"]
-    assert [(r["method"], r["cached_features"]) for r in rows] == [("heba", False), ("coop", False),
-                                                                   ("coop", True)]
+    variants = [("heba", False), ("coop", False), ("coop", True)]
+    assert [(r["classes"], r["method"], r["cached_features"]) for r in rows] == [
+        (n, *v) for n in (100, 120) for v in variants]
     for row in rows:
-        assert row["backbone"] == "tiny" and row["classes"] == 100
+        assert row["backbone"] == "tiny"
         assert row["seconds_fast"] > 0 and row["seconds_reference"] > 0 and row["speedup"] > 0
         assert row["text_tokens_reference"] == 77 and row["text_tokens_fast"] < 77
         assert row["flops_reference"] > row["flops_fast"] > 0  # the reference runs 77-token prompts
