@@ -174,6 +174,7 @@ def _object_classes() -> tuple[tuple[str, Mapping[str, str]], ...]:
 
 
 _SHAPE_CLASSES = tuple((s, {"shape": s}) for s in SHAPES)
+_HUE_CLASSES = _hue_classes()
 _SHIFT_NOTES = {"outline": "outlines in the object colour, no fill (pretraining saw 6 % outlines)",
                 "noise": f"Gaussian pixel noise sigma {NOISE_SIGMA:g}/255 (pretraining saw 6 % noisy images)",
                 "palette": "object and background colours from a palette never seen in pretraining"}
@@ -196,12 +197,12 @@ WORLD_DATASETS: tuple[WorldDataset, ...] = (
     WorldDataset("world_objects", "WorldObjects", "a photo of a {}.", _object_classes(),
                  notes="16 colour+shape pairs; labels 0-7 (base) were seen in pretraining, 8-15 (novel) are "
                        "HELD_OUT_PAIRS, never rendered in pretraining"),
-    WorldDataset("world_hues", "WorldHues", "a photo of a {} object.", _hue_classes(),
+    WorldDataset("world_hues", "WorldHues", "a photo of a {} object.", _HUE_CLASSES,
                  notes="16 fine-grained hues on a large solid object: the 8 pretraining colours alternating with the "
                        "8 MIXED_COLORS, whose compound names ('red orange') pretraining never used, so zero-shot can "
                        "only compose them while the image features separate them: the dataset where adaptation "
                        "gains most"),
-    WorldDataset("world_hues_outline", "WorldHuesOutline", "a photo of a {} object.", _hue_classes(), style="outline",
+    WorldDataset("world_hues_outline", "WorldHuesOutline", "a photo of a {} object.", _HUE_CLASSES, style="outline",
                  scenes_of="world_hues", notes="domain shift of world_hues (same scenes): outlines in the hue, no "
                                                "fill (pretraining saw 6 % outlines)"),
 )
