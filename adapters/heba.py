@@ -37,6 +37,10 @@ Deviations from the official code, all named options or harmless:
   adapters (``linear``, ``conv1d_causal``) under the causal mask (protocol.md §9.5); **automatically off for
   ``text_adapter: conv1d``**, whose symmetric kernel lets every token see the next one (padding included), so the
   full 77-token context is encoded as the official LwEIB-style code would.
+* ``text_buckets`` (3): with truncation on, the step's prompts are grouped by length into at most that many
+  batches, each cut to its own longest prompt (:func:`frozen_clip.backbone.length_buckets`), so the many short class
+  names do not pay for the padding of the longest. Exact for the same reason as truncation (the adapters act on
+  each prompt alone); 1 = one batch cut to the longest prompt.
 * ``novel_scale`` (null = official): ``ADAPTER_SCALE_NOVEL`` is dead in the official code (``use_novel_scale`` is
   hard-coded False), so novel classes are evaluated with the base scale. A float applies the paper's intended
   novel scale at evaluation whenever the class set differs from the one the method was trained on.
@@ -57,7 +61,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -86,6 +90,9 @@ class HeBAConfig:
     Layer numbers are 1-based like the official ``ADAPTER_START``/``ADAPTER_END`` (block k has index k+1).
     """
 
+    #: exact speed switches left out of the run id (a run with other buckets computes the same result)
+    UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("text_buckets",)
+
     bottleneck_ratio: int = 4  # RobustAdapterBlock(reduction=4): D -> D/4 at both points; any divisor of D and 4D
     init: InitScheme = "official"  # heba.py L86-87: kaiming-normal fan_out on `up`, PyTorch default elsewhere
     visual_adapter: Literal["conv", "linear"] = "conv"  # official: 1x1 -> dw 3x3 -> GELU -> 1x1 on the patch grid
@@ -105,6 +112,7 @@ class HeBAConfig:
     cupl_file: str | None = None  # JSON {classname: [descriptions]}, required by prompts: cupl
     novel_scale: float | None = None  # None = official (ADAPTER_SCALE_NOVEL is dead); float = paper's intent
     truncate_text: bool = True  # exact fast path; never applied with text_adapter conv1d (module docstring)
+    text_buckets: int = 3  # exact fast path: prompts grouped by length, each group truncated to its own longest
     xd_preset: Literal["xd_intended", "xd_literal_rename", "none"] = "xd_intended"  # spec §4.2 (GUESS)
 
     def validate(self) -> None:
@@ -117,6 +125,8 @@ class HeBAConfig:
             layers = getattr(self, name)
             if layers is not None and (not layers or min(layers) < 1 or len(set(layers)) != len(layers)):
                 raise ValueError(f"{name} must be null or distinct 1-based layer numbers, got {list(layers)}")
+        if self.text_buckets < 1:
+            raise ValueError(f"text_buckets must be >= 1 (1 = one batch), got {self.text_buckets}")
         if self.scale <= 0 or self.boost_factor <= 0 or (self.novel_scale is not None and self.novel_scale <= 0):
             raise ValueError("scale, boost_factor and novel_scale must be positive (the gsl trick divides by s)")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -331,7 +341,7 @@ class HeBA(Method):
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Adapted, un-normalised text features of token ids ``[N, context]`` (draws the text scales)."""
         taps = self.taps("text", self.draw_scales("text"))
-        return self.clip.encode_text(ids, taps, truncate=self.truncates_text)
+        return self.clip.encode_text(ids, taps, truncate=self.truncates_text, buckets=self.config.text_buckets)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Adapted, un-normalised image features (draws the image scales)."""
@@ -377,7 +387,7 @@ class HeBA(Method):
         template_ids = torch.randint(0, self.tk_prompts.shape[1], (1, len(classes)))[0].to(classes.device)
         text_scales = self.draw_scales("text")  # text before image: the official RNG order
         text = self.clip.encode_text(self.tk_prompts[classes, template_ids], self.taps("text", text_scales),
-                                     truncate=self.truncates_text)
+                                     truncate=self.truncates_text, buckets=self.config.text_buckets)
         image_scales = self.draw_scales("visual")
         image = self.clip.encode_image(images, self.taps("visual", image_scales))
         logits = self.clip.logit_scale() * normalize(image) @ normalize(text).t()

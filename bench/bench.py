@@ -175,6 +175,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _tokens(row: dict[str, Any]) -> str:
+    """The suite's text length: the longest prompt, and the mean positions per prompt when length-bucketed."""
+    mean = row.get("text_positions_fast")
+    return f"{row['text_tokens_fast']}" + ("" if mean is None else f" ({mean:.1f} avg)")
+
+
 def step_table(rows: list[dict[str, Any]]) -> str:
     """The step benchmark as a Markdown table."""
     head = ("| backbone | method | classes | batch | text tokens (suite / ref) | suite s/step | ref s/step | "
@@ -184,7 +190,7 @@ def step_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['backbone']} | {r['method']}{' (cached views)' if r.get('cached_features') else ''} | "
-            f"{r['classes']} | {r['batch']} | {r['text_tokens_fast']} / "
+            f"{r['classes']} | {r['batch']} | {_tokens(r)} / "
             f"{r['text_tokens_reference']} | {_fmt(r['seconds_fast'])} | {_fmt(r['seconds_reference'])} | "
             f"**{r['speedup']:.2f}x** | {_fmt(r['images_per_s_fast'])} | {_fmt(r['images_per_s_reference'])} | "
             f"{r['flops_fast'] / 1e9:.1f} / {r['flops_reference'] / 1e9:.1f} | "
@@ -266,12 +272,15 @@ def report(results: dict[str, Any]) -> str:
                 "CLIP-LoRA's dropout masks differ in shape between the paths, so its losses differ slightly).", "",
                 step_table(results["steps"]), "",
                 "Reading the table: an exact fast path can only remove work the reference does for nothing "
-                "(padding positions after the longest prompt, image encodings already done by an earlier pass). "
+                "(padding positions after each prompt's EOT, image encodings already done by an earlier pass). "
                 "The FLOP ratio is the speedup if time followed FLOPs; where the measured speedup exceeds it, the "
                 "removed work (77-token text batches) ran at fewer FLOP/s than the work that remains. HeBA samples "
                 "at most 6 x batch = 96 classes per step and runs 16 images through 12 adapted blocks whose adapters "
                 "at the 4D-wide MLP hidden state cost about as much as the frozen blocks, so text is a minority of "
-                "its FLOPs at any class count. CoOp encodes its shared `[SOS] + "
+                "its FLOPs at any class count; it groups the step's prompts by length into up to 3 batches "
+                "(`text_buckets`; the token column gives the longest prompt and the mean positions per prompt), "
+                "which cuts text FLOPs by a third but adds a text-tower pass per bucket, a wash where per-operation "
+                "overhead dominates (the tiny model's millisecond steps). CoOp encodes its shared `[SOS] + "
                 "context` positions once for all classes (`shared_prefix`; the token column gives the full prompt "
                 "length), and its image encoder is frozen: with the batch's features read from the per-view cache "
                 "(the runner's `fast.feature_training`, views shared by every run on the same split) its step is "
@@ -309,9 +318,17 @@ def report(results: dict[str, Any]) -> str:
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several saved results as one (steps concatenated, the last grid, the first machine description)."""
+    """Several saved results as one (steps concatenated, the last grid, the first machine description).
+
+    A step row measured again in a later part (same backbone, method, class count and feature caching) replaces
+    the earlier one, in the earlier one's place: re-measuring one method does not mean re-running the rest.
+    """
     merged = dict(parts[0])
-    merged["steps"] = [row for part in parts for row in part["steps"]]
+    rows: dict[tuple, dict[str, Any]] = {}
+    for part in parts:
+        for row in part["steps"]:
+            rows[(row["backbone"], row["method"], row["classes"], row.get("cached_features", False))] = row
+    merged["steps"] = list(rows.values())
     merged["grid"] = next((p["grid"] for p in reversed(parts) if p["grid"]), None)
     merged["finished"] = parts[-1]["finished"]
     merged["load_average_end"] = parts[-1]["load_average_end"]

@@ -24,7 +24,7 @@ import torch
 
 from bench.common import FullContextCLIP, Interleaved, peak_memory_of
 from frozen_clip import flops
-from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.backbone import FrozenCLIP, length_buckets
 from frozen_clip.fastpaths import supports_feature_training
 from frozen_clip.method import Method, MethodContext
 
@@ -93,6 +93,7 @@ class StepResult:
     peak_mb_reference: float | None
     repeats: int
     cached_features: bool = False
+    text_positions_fast: float | None = None  # mean positions run per prompt when the prompts are length-bucketed
     mfu_fast: float | None = None
     mfu_reference: float | None = None
 
@@ -142,6 +143,18 @@ def text_tokens(method: Method, clip: FrozenCLIP) -> int:
     return clip.text.context_length
 
 
+def bucketed_positions(method: Method, clip: FrozenCLIP) -> float | None:
+    """Mean token positions per prompt the suite runs for all class prompts when the method groups its prompts by
+    length (HeBA's ``text_buckets``); None when it runs one batch."""
+    buckets = getattr(method.config, "text_buckets", 1)
+    ids = getattr(method, "tk_prompts", None)
+    if buckets <= 1 or not isinstance(ids, torch.Tensor) or not getattr(method, "truncates_text", False):
+        return None
+    ids = ids.reshape(-1, ids.shape[-1])
+    groups = length_buckets(ids.argmax(dim=-1) + 1, buckets)
+    return sum(len(rows) * length for rows, length in groups) / ids.shape[0]
+
+
 def bench_method(name: str, backbone_name: str, clip: FrozenCLIP, n_classes: int, repeats: int,
                  batch: int | None = None, precision: str = "fp32", cached_features: bool = False) -> StepResult:
     """Time ``name``'s training step on both paths, interleaved; count each path's FLOPs on its first step.
@@ -176,7 +189,8 @@ def bench_method(name: str, backbone_name: str, clip: FrozenCLIP, n_classes: int
     result = StepResult(backbone_name, name, n_classes, batch, text_tokens(fast, clip),
                         text_tokens(ref, reference_clip), timer.median("fast"), timer.median("reference"),
                         timer.spread("fast"), timer.spread("reference"), flops_fast, flops_ref,
-                        abs(loss_fast - loss_ref), peak_fast, peak_ref, repeats, cached_features)
+                        abs(loss_fast - loss_ref), peak_fast, peak_ref, repeats, cached_features,
+                        bucketed_positions(fast, clip))
     peak = flops.peak_flops(device, precision)
     # MFU counts the model FLOPs the step needs (the fast path's) against each path's time
     result.mfu_fast = flops.mfu(flops_fast, result.seconds_fast, peak)

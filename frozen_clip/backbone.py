@@ -269,20 +269,70 @@ class FrozenCLIP(nn.Module):
         """Frozen token embeddings ``[N, L, D]``."""
         return self.text.token_embedding(ids)
 
-    def encode_text(self, ids: torch.Tensor, taps: Taps | None = None, truncate: bool = True) -> torch.Tensor:
-        """Un-normalised text features ``[N, E]`` from token ids; truncated to the longest prompt when ``truncate``."""
+    def encode_text(self, ids: torch.Tensor, taps: Taps | None = None, truncate: bool = True,
+                    buckets: int = 1) -> torch.Tensor:
+        """Un-normalised text features ``[N, E]`` from token ids; truncated to the longest prompt when ``truncate``.
+
+        ``buckets > 1`` (with ``truncate``): the prompts are grouped by length into at most that many batches, each
+        truncated to its own longest prompt (:func:`length_buckets`), so short prompts do not pay for the padding
+        of long ones. Exact for the same reason as truncation (causal tower), provided every tap acts on each
+        prompt independently (no statistics over the batch, no per-batch state); the taps run once per bucket.
+        """
         if not self.text.supports_embedding_path():
             if taps:
                 raise ConfigError(f"text taps are not supported for backbone {self.name!r}")
             return self.model.encode_text(ids)
-        if truncate:
+        if not truncate:
+            return self.text.forward_embeddings(self.token_embedding(ids), ids, taps or Taps())
+        if buckets <= 1 or ids.shape[0] < 2:
             ids = self.truncate(ids)
-        return self.text.forward_embeddings(self.token_embedding(ids), ids, taps or Taps())
+            return self.text.forward_embeddings(self.token_embedding(ids), ids, taps or Taps())
+        groups = length_buckets(ids.argmax(dim=-1) + 1, buckets)
+        feats = [self.text.forward_embeddings(self.token_embedding(ids[rows, :length]), ids[rows, :length],
+                                              taps or Taps()) for rows, length in groups]
+        order = torch.cat([rows for rows, _ in groups])
+        return torch.cat(feats)[torch.argsort(order)]  # back to the input order
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,
                                taps: Taps | None = None) -> torch.Tensor:
         """Text features from (possibly learned) token embeddings ``[N, L, D]``; ``ids`` ``[N, L]`` locate the EOT."""
         return self.text.forward_embeddings(embeddings, ids, taps or Taps())
+
+
+def length_buckets(lengths: torch.Tensor, max_buckets: int) -> list[tuple[torch.Tensor, int]]:
+    """Split prompts into at most ``max_buckets`` groups of similar length, minimising the padded positions.
+
+    ``lengths``: tokens each prompt needs (EOT position + 1). Returns ``(row indices, bucket length)`` per group,
+    longest first. The groups are contiguous ranges of the distinct lengths (there are few: at most the context
+    length), and the cut points come from a small dynamic programme over them, so a bucket is only opened where
+    it removes padding.
+    """
+    values, counts = torch.unique(lengths.cpu(), sorted=True, return_counts=True)
+    vals, cnts = values.tolist(), counts.tolist()
+    m = len(vals)
+    prefix = [0]
+    for c in cnts:
+        prefix.append(prefix[-1] + c)
+    # best[k][j]: fewest padded positions covering distinct lengths [0, j) with k buckets; cut[k][j]: last start
+    inf = float("inf")
+    best = [[inf] * (m + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (m + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, m + 1):
+            for i in range(j):
+                cost = best[k - 1][i] + (prefix[j] - prefix[i]) * vals[j - 1]
+                if cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    k = min(range(1, max_buckets + 1), key=lambda n: (best[n][m], n))
+    groups, j = [], m
+    while j > 0:
+        i = cut[k][j]
+        lo, hi = vals[i], vals[j - 1]
+        rows = ((lengths >= lo) & (lengths <= hi)).nonzero().flatten()
+        groups.append((rows, int(hi)))
+        j, k = i, k - 1
+    return groups
 
 
 def load_backbone(name: str, pretrained: str | None, device: str | torch.device = "cpu") -> FrozenCLIP:

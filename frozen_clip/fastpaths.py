@@ -9,8 +9,9 @@ training data (epochs cycle through a fixed number of augmented views instead of
 Tip-Adapter's cache does), so when set it is part of the run id (:func:`inexact_fast_settings`).
 
 Method-side fast paths are fields of each method's config, because whether they are exact depends on the method:
-``truncate_text`` (text cut to the longest prompt: HeBA, MMA, CoOp, CoCoOp, MaPLe; CLIP-LoRA always truncates) and
-CoOp's ``shared_prefix`` (:mod:`frozen_clip.shared_prefix`).
+``truncate_text`` (text cut to the longest prompt: HeBA, MMA, CoOp, CoCoOp, MaPLe; CLIP-LoRA always truncates),
+HeBA's ``text_buckets`` (prompts grouped by length, each group cut to its own longest) and CoOp's ``shared_prefix``
+(:mod:`frozen_clip.shared_prefix`).
 
 **Augmentation seeded per item** (:class:`SeededViews`). The ``v``-th augmented view of training item ``i`` is drawn
 under ``torch.manual_seed(derive_seed("view", key, v, i))`` with ``key`` the split manifest's content hash (which

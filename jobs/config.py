@@ -8,8 +8,8 @@ A run config arrives as a nested mapping (from a grid file or ``key=value`` over
 :func:`resolve` validates every key and type (naming the source and the dotted key), fills the method's defaults
 and its paper recipe for the optimiser, checks impossible combinations, and returns a :class:`ResolvedRun` whose
 ``run_id`` is the hash of everything that can change the result. Keys that cannot (where results are written, the
-data root, the device, loader workers, the grid name, the exact speed switches of ``fast``) are kept in the config but
-left out of the hash.
+data root, the device, loader workers, the grid name, the exact speed switches of ``fast`` and those a method config
+lists in its ``UNHASHED_FIELDS``) are kept in the config but left out of the hash.
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ class ResolvedRun:
 def run_id_of(config: Mapping[str, Any]) -> str:
     """16 hex chars of sha256 over the canonical JSON of the hashed keys."""
     hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    method = hashed.get("method")
+    if isinstance(method, Mapping) and method.get("name") in METHODS:
+        exact = getattr(METHODS.get(method["name"]).Config, "UNHASHED_FIELDS", ())
+        hashed["method"] = {k: v for k, v in method.items() if k not in exact}
     inexact = inexact_fast_settings(config.get("fast") or {})
     if inexact:  # a speed switch that changes results (fast.augment_views) is part of the id when set
         hashed["fast"] = inexact

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.bench import parse_args, report, run
+from bench.bench import merge, parse_args, report, run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,3 +46,17 @@ def test_script_entry_point_runs_from_a_checkout():
     done = subprocess.run([sys.executable, str(REPO / "bench" / "bench.py"), "--help"], capture_output=True,
                           text=True, cwd=REPO.parent, timeout=120)
     assert done.returncode == 0 and "--quick" in done.stdout
+
+
+def test_merge_replaces_a_re_measured_step_row_in_place():
+    def part(started: str, rows: list[tuple[str, str, float]], grid=None) -> dict:
+        return {"started": started, "finished": started, "load_average_end": [0.0], "quick": False,
+                "machine": {"load_average": [0.0]}, "threads": {}, "grid": grid,
+                "steps": [{"backbone": b, "method": m, "classes": 100, "cached_features": False, "speedup": x}
+                          for b, m, x in rows]}
+    old = part("t1", [("tiny", "heba", 2.0), ("tiny", "coop", 4.0)], grid={"runs": 60})
+    new = part("t2", [("tiny", "heba", 2.5), ("vit_b16", "heba", 2.2)])
+    merged = merge([old, new])
+    assert [(r["backbone"], r["method"], r["speedup"]) for r in merged["steps"]] == [
+        ("tiny", "heba", 2.5), ("tiny", "coop", 4.0), ("vit_b16", "heba", 2.2)]
+    assert merged["grid"] == {"runs": 60} and merged["finished"] == "t2" and len(merged["runs"]) == 2

@@ -9,6 +9,7 @@ per-item augmentation they rest on, the FLOP model against torch's flop counter,
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from bench.common import FullContextCLIP
 from bench.steps import build_method, class_names
 from frozen_clip import flops
+from frozen_clip.backbone import length_buckets
 from frozen_clip.errors import ConfigError
 from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training
 from frozen_clip.imagecache import ImageCache, eval_dataset, train_dataset
@@ -65,7 +67,7 @@ def _grads(method, images, labels, seed: int) -> tuple[torch.Tensor, dict[str, t
     return out.logits.detach(), dict(zip(params, grads))
 
 
-@pytest.mark.parametrize("name,overrides", [("heba", {}), ("mma", {}), ("coop", {}),
+@pytest.mark.parametrize("name,overrides", [("heba", {}), ("heba", {"text_buckets": 1}), ("mma", {}), ("coop", {}),
                                             ("clip_lora", {"dropout_rate": 0.0})])
 def test_truncated_text_equals_full_context(tiny_clip, name, overrides):
     fast, ref = _pair(name, tiny_clip, **overrides)
@@ -82,6 +84,34 @@ def test_truncated_text_equals_full_context(tiny_clip, name, overrides):
     fast.eval(), ref.eval()
     with torch.no_grad():
         assert torch.allclose(fast(images), ref(images), atol=TOL, rtol=TOL)
+
+
+def test_length_buckets_partition_the_prompts_with_the_least_padding():
+    gen = torch.Generator().manual_seed(3)
+    lengths = torch.randint(5, 20, (40,), generator=gen)
+    for max_buckets in (1, 2, 3, 5):
+        groups = length_buckets(lengths, max_buckets)
+        rows = torch.cat([r for r, _ in groups])
+        assert sorted(rows.tolist()) == list(range(40)) and len(groups) <= max_buckets
+        assert all(int(lengths[r].max()) == length for r, length in groups)  # each group cut to its own longest
+        padded = sum(len(r) * length for r, length in groups)
+        # brute force over every way to cut the distinct lengths into at most max_buckets ranges
+        values = sorted(set(lengths.tolist()))
+        best = min(sum(int((lengths <= hi).sum() - (lengths < lo).sum()) * hi for lo, hi in zip(
+            [values[0]] + [values[c] for c in cuts], [values[c - 1] for c in cuts] + [values[-1]]))
+                   for k in range(max_buckets) for cuts in itertools.combinations(range(1, len(values)), k))
+        assert padded == best
+
+
+def test_heba_text_buckets_split_the_step_prompts_and_match_one_batch(tiny_clip):
+    """The bucketed text features equal the single truncated batch, and the default really uses several buckets."""
+    fast, _ = _pair("heba", tiny_clip, n_classes=40)
+    ids = fast.tk_prompts[:, 0]
+    assert len(length_buckets(ids.argmax(dim=-1) + 1, fast.config.text_buckets)) > 1
+    taps = fast.taps("text", [0.025] * fast.n_blocks["text"])
+    bucketed = tiny_clip.encode_text(ids, taps, buckets=fast.config.text_buckets)
+    single = tiny_clip.encode_text(ids, taps, buckets=1)
+    assert torch.allclose(bucketed, single, atol=TOL, rtol=TOL)
 
 
 def test_full_context_backbone_really_runs_77_tokens(tiny_clip):
@@ -216,6 +246,18 @@ def test_fast_section_is_validated_and_unhashed(data_root, tmp_path):
         resolve({**cfg, "fast": {"image_cach": False}}, "t")
     with pytest.raises(ConfigError, match="fast.compile"):
         resolve({**cfg, "fast": {"compile": "yes"}}, "t")
+
+
+def test_method_speed_switches_listed_as_unhashed_keep_the_run_id(data_root, tmp_path):
+    cfg = {**base_run(data_root, tmp_path), "method": {"name": "heba"}}
+    plain = resolve(cfg, "t")
+    one = resolve({**cfg, "method": {"name": "heba", "text_buckets": 1}}, "t")
+    assert one.method_config.text_buckets == 1 and one.config["method"]["text_buckets"] == 1
+    assert one.run_id == plain.run_id  # exact switch: same result, same run
+    other = resolve({**cfg, "method": {"name": "heba", "bottleneck_ratio": 8}}, "t")
+    assert other.run_id != plain.run_id  # a result-changing option still is part of the id
+    with pytest.raises(ConfigError, match="text_buckets"):
+        resolve({**cfg, "method": {"name": "heba", "text_buckets": 0}}, "t")
 
 
 def test_compile_switch_falls_back_on_cpu(data_root, tmp_path):
