@@ -21,7 +21,7 @@ from bench.steps import build_method, class_names
 from frozen_clip import flops
 from frozen_clip.backbone import length_buckets
 from frozen_clip.errors import ConfigError
-from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training
+from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training, view_seed
 from frozen_clip.imagecache import ImageCache, eval_dataset, train_dataset
 from frozen_clip.method import MethodContext
 from frozen_clip import transforms
@@ -135,6 +135,9 @@ def test_seeded_views_do_not_depend_on_order_or_global_rng(data_root):
     assert all(torch.equal(forward[i], backward[i]) for i in range(len(views)))
     views.set_view(4)
     assert not torch.equal(views[0][0], forward[0])  # another epoch, another crop
+    plain = ImageListDataset(manifest.train, manifest.image_root, spec.build())
+    torch.manual_seed(view_seed(manifest.content_hash, 3, 1))  # the definition: view 3 of item 1 under this seed
+    assert torch.equal(plain[1][0], forward[1])
 
 
 @pytest.mark.parametrize("method,other", [("clip_adapter", {"residual_ratio": 0.5}), ("coop", {"n_ctx": 4})])
