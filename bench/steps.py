@@ -120,7 +120,9 @@ def _stepper(method: Method, images: torch.Tensor, labels: torch.Tensor,
             features = method.clip.encode_image(images)
 
     def step(seed: int) -> float:
-        torch.manual_seed(seed)  # same class sampling / boosts in both paths
+        # same class sampling / boosts in both paths; the CPU generator alone (what the methods draw from), since
+        # torch.manual_seed also queues accelerator seeding that records a stack trace, inside the timed step
+        torch.default_generator.manual_seed(seed)
         if cached_features:
             out = method.feature_training_step(features, labels)
         else:
