@@ -63,6 +63,9 @@ class ImageCache:
         self.max_decoded_mb = max_decoded_mb
         self.hits = 0
         self.misses = 0
+        # the last full-resolution entry read, kept between epochs: a run reads its training split once per epoch,
+        # and unpickling the entry each time cost as much as the epoch's crops on small images
+        self._decoded_memo: tuple[str, list[np.ndarray]] | None = None
 
     def _key(self, parts: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -92,6 +95,11 @@ class ImageCache:
     def decoded(self, dataset: str, items: Sequence[Item], image_root: Path) -> list[np.ndarray] | None:
         """Full-resolution RGB uint8 arrays ``[H, W, 3]`` of ``items``; None if the split is over the size limit."""
         parts = {"kind": "decoded", "dataset": dataset, "items": items_hash(items), "n": len(items)}
+        key = self._key(parts)
+        if self._decoded_memo is not None and self._decoded_memo[0] == key:
+            self.hits += 1
+            return self._decoded_memo[1]
+        self._decoded_memo = None  # released before another entry is read: at most one entry held in memory
 
         def build(path: Path) -> bool:
             arrays, total = [], 0
@@ -105,7 +113,10 @@ class ImageCache:
 
         def load(path: Path) -> list[np.ndarray]:
             return [t.numpy() for t in torch.load(path, weights_only=True)]
-        return self._get_or_build(parts, ".pt", build, load)
+        arrays = self._get_or_build(parts, ".pt", build, load)
+        if arrays is not None:
+            self._decoded_memo = (key, arrays)
+        return arrays
 
     # -- evaluation crops -----------------------------------------------------------------------------------------
     def resized(self, dataset: str, items: Sequence[Item], image_root: Path, spec: TransformSpec) -> np.ndarray:

@@ -195,6 +195,11 @@ def test_image_cache_gives_the_same_tensors(data_root, tmp_path):
     eval_dataset(again, "oxford_pets", manifest.test, root, test)
     train_dataset(again, "oxford_pets", manifest.train, root, train)
     assert (again.hits, again.misses) == (2, 0)
+    first = train_dataset(again, "oxford_pets", manifest.train, root, train).arrays
+    for entry in (tmp_path / "images").glob("*.pt"):
+        entry.unlink()  # the next epoch's read is served from memory, not from the file
+    assert train_dataset(again, "oxford_pets", manifest.train, root, train).arrays is first
+    assert train_dataset(again, "oxford_pets", manifest.val, root, train).arrays is not first  # another entry
     small = ImageCache(tmp_path / "small", max_decoded_mb=1e-4)  # over the limit: falls back to the files
     assert type(train_dataset(small, "oxford_pets", manifest.train, root, train)) is ImageListDataset
     assert type(train_dataset(small, "oxford_pets", manifest.train, root, train)) is ImageListDataset
