@@ -16,7 +16,7 @@ machine vary: the load average at the start and end is recorded next to the numb
 order given, a later measurement of the same step row replacing an earlier one. The current report::
 
     python -m bench.bench --out bench/RESULTS.md --from-json bench/raw/2026-11-24-vit_b16.json,\
-        bench/raw/2026-11-24b-vit_b16.json,bench/raw/2026-11-24c-tiny.json
+        bench/raw/2026-11-24b-vit_b16.json,bench/raw/2026-11-24c-tiny.json,bench/raw/2026-11-24d-grid.json
 """
 
 from __future__ import annotations
