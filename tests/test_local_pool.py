@@ -43,7 +43,7 @@ def test_two_cpu_workers_run_a_queue_at_most_two_at_a_time_without_barrier(tmp_p
     grid = tmp_path / "pool.yaml"
     grid.write_text(yaml.safe_dump({
         "name": "pool", "base": base_run(data, tmp_path / "results", shots=16, optim={"batch_size": 2}),
-        "variants": [{"method": "coop", "optim.epochs": 80}, {"method": "zeroshot", "seed": [1, 2, 3]}],
+        "variants": [{"method": "coop", "optim.epochs": 300}, {"method": "zeroshot", "seed": [1, 2, 3]}],
         "executor": {"kind": "local", "workers": 2, "gpus": []}}))
     out = launch(grid)
     assert out.returncode == 0, out.stdout + out.stderr
