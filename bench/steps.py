@@ -145,7 +145,7 @@ def text_tokens(method: Method, clip: FrozenCLIP) -> int:
     return clip.text.context_length
 
 
-def bucketed_positions(method: Method, clip: FrozenCLIP) -> float | None:
+def bucketed_positions(method: Method) -> float | None:
     """Mean token positions per prompt the suite runs for all class prompts when the method groups its prompts by
     length (HeBA's ``text_buckets``); None when it runs one batch."""
     buckets = getattr(method.config, "text_buckets", 1)
@@ -192,7 +192,7 @@ def bench_method(name: str, backbone_name: str, clip: FrozenCLIP, n_classes: int
                         text_tokens(ref, reference_clip), timer.median("fast"), timer.median("reference"),
                         timer.spread("fast"), timer.spread("reference"), flops_fast, flops_ref,
                         abs(loss_fast - loss_ref), peak_fast, peak_ref, repeats, cached_features,
-                        bucketed_positions(fast, clip))
+                        bucketed_positions(fast))
     peak = flops.peak_flops(device, precision)
     # MFU counts the model FLOPs the step needs (the fast path's) against each path's time
     result.mfu_fast = flops.mfu(flops_fast, result.seconds_fast, peak)

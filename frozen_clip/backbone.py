@@ -282,14 +282,16 @@ class FrozenCLIP(nn.Module):
             if taps:
                 raise ConfigError(f"text taps are not supported for backbone {self.name!r}")
             return self.model.encode_text(ids)
+        taps = taps or Taps()
+
+        def run(part: torch.Tensor) -> torch.Tensor:
+            return self.text.forward_embeddings(self.token_embedding(part), part, taps)
         if not truncate:
-            return self.text.forward_embeddings(self.token_embedding(ids), ids, taps or Taps())
+            return run(ids)
         if buckets <= 1 or ids.shape[0] < 2:
-            ids = self.truncate(ids)
-            return self.text.forward_embeddings(self.token_embedding(ids), ids, taps or Taps())
+            return run(self.truncate(ids))
         groups = length_buckets(ids.argmax(dim=-1) + 1, buckets)
-        feats = [self.text.forward_embeddings(self.token_embedding(ids[rows, :length]), ids[rows, :length],
-                                              taps or Taps()) for rows, length in groups]
+        feats = [run(ids[rows, :length]) for rows, length in groups]
         order = torch.cat([rows for rows, _ in groups])
         return torch.cat(feats)[torch.argsort(order)]  # back to the input order
 
