@@ -41,6 +41,10 @@ Deviations from the official code, all named options or harmless:
   batches, each cut to its own longest prompt (:func:`frozen_clip.backbone.length_buckets`), so the many short class
   names do not pay for the padding of the longest. Exact for the same reason as truncation (the adapters act on
   each prompt alone); 1 = one batch cut to the longest prompt.
+* ``share_text_prefix`` (on): the positions every prompt of a text batch shares (``[SOS] a photo of a``) run once
+  and the rest of each prompt attends to them (:mod:`frozen_clip.shared_prefix`). Exact only with the per-token
+  ``linear`` text adapter (a causal convolution would mix prefix tokens into the first suffix tokens through a
+  path the shared run does not see), so it applies only there, with truncation on.
 * ``novel_scale`` (null = official): ``ADAPTER_SCALE_NOVEL`` is dead in the official code (``use_novel_scale`` is
   hard-coded False), so novel classes are evaluated with the base scale. A float applies the paper's intended
   novel scale at evaluation whenever the class set differs from the one the method was trained on.
@@ -91,7 +95,7 @@ class HeBAConfig:
     """
 
     #: exact speed switches left out of the run id (a run with other buckets computes the same result)
-    UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("text_buckets",)
+    UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("text_buckets", "share_text_prefix")
 
     bottleneck_ratio: int = 4  # RobustAdapterBlock(reduction=4): D -> D/4 at both points; any divisor of D and 4D
     init: InitScheme = "official"  # heba.py L86-87: kaiming-normal fan_out on `up`, PyTorch default elsewhere
@@ -113,6 +117,7 @@ class HeBAConfig:
     novel_scale: float | None = None  # None = official (ADAPTER_SCALE_NOVEL is dead); float = paper's intent
     truncate_text: bool = True  # exact fast path; never applied with text_adapter conv1d (module docstring)
     text_buckets: int = 3  # exact fast path: prompts grouped by length, each group truncated to its own longest
+    share_text_prefix: bool = True  # exact fast path: the positions all prompts share run once (linear adapter)
     xd_preset: Literal["xd_intended", "xd_literal_rename", "none"] = "xd_intended"  # spec §4.2 (GUESS)
 
     def validate(self) -> None:
@@ -293,6 +298,16 @@ class HeBA(Method):
         """Whether the text context is truncated (exact only when no operation mixes a token with later ones)."""
         return self.config.truncate_text and self.config.text_adapter != "conv1d"
 
+    @property
+    def shares_text_prefix(self) -> bool:
+        """Whether the shared prompt positions run once (exact only for the per-token ``linear`` text adapter)."""
+        return self.config.share_text_prefix and self.truncates_text and self.config.text_adapter == "linear"
+
+    def _encode_text_tapped(self, ids: torch.Tensor, scales: list[float]) -> torch.Tensor:
+        """Adapted text features of ``ids`` with the per-block ``scales``, through the exact fast paths."""
+        return self.clip.encode_text(ids, self.taps("text", scales), truncate=self.truncates_text,
+                                     buckets=self.config.text_buckets, share_prefix=self.shares_text_prefix)
+
     def report(self) -> dict[str, Any]:
         """The settings the run actually used (record's ``method_report``): on cross-dataset / DG protocols an XD
         preset replaces the config's layers, scale and boost, which the config alone does not show."""
@@ -340,8 +355,7 @@ class HeBA(Method):
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Adapted, un-normalised text features of token ids ``[N, context]`` (draws the text scales)."""
-        taps = self.taps("text", self.draw_scales("text"))
-        return self.clip.encode_text(ids, taps, truncate=self.truncates_text, buckets=self.config.text_buckets)
+        return self._encode_text_tapped(ids, self.draw_scales("text"))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Adapted, un-normalised image features (draws the image scales)."""
@@ -386,8 +400,7 @@ class HeBA(Method):
         classes, targets = self.select_classes(labels)
         template_ids = torch.randint(0, self.tk_prompts.shape[1], (1, len(classes)))[0].to(classes.device)
         text_scales = self.draw_scales("text")  # text before image: the official RNG order
-        text = self.clip.encode_text(self.tk_prompts[classes, template_ids], self.taps("text", text_scales),
-                                     truncate=self.truncates_text, buckets=self.config.text_buckets)
+        text = self._encode_text_tapped(self.tk_prompts[classes, template_ids], text_scales)
         image_scales = self.draw_scales("visual")
         image = self.clip.encode_image(images, self.taps("visual", image_scales))
         logits = self.clip.logit_scale() * normalize(image) @ normalize(text).t()

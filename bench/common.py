@@ -102,7 +102,7 @@ class FullContextCLIP(FrozenCLIP):
         return ids if missing <= 0 else torch.nn.functional.pad(ids, (0, missing))
 
     def encode_text(self, ids: torch.Tensor, taps: Taps | None = None, truncate: bool = True,
-                    buckets: int = 1) -> torch.Tensor:
+                    buckets: int = 1, share_prefix: bool = False) -> torch.Tensor:
         return super().encode_text(self._pad_ids(ids), taps, truncate=False)
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,

@@ -26,11 +26,12 @@ from bench.common import FullContextCLIP, Interleaved, peak_memory_of
 from frozen_clip import flops
 from frozen_clip.backbone import FrozenCLIP, length_buckets
 from frozen_clip.fastpaths import supports_feature_training
+from frozen_clip.shared_prefix import common_prefix_length
 from frozen_clip.method import Method, MethodContext
 
 #: the methods of the step benchmark, with the fields that switch their fast paths off
 FAST_FLAGS: dict[str, dict[str, Any]] = {
-    "heba": {"truncate_text": False},
+    "heba": {"truncate_text": False, "share_text_prefix": False},
     "mma": {"truncate_text": False},
     "coop": {"truncate_text": False, "shared_prefix": False},
     "clip_lora": {},  # CLIP-LoRA always truncates; the reference backbone restores the full context
@@ -147,14 +148,16 @@ def text_tokens(method: Method, clip: FrozenCLIP) -> int:
 
 def bucketed_positions(method: Method) -> float | None:
     """Mean token positions per prompt the suite runs for all class prompts when the method groups its prompts by
-    length (HeBA's ``text_buckets``); None when it runs one batch."""
+    length (HeBA's ``text_buckets``), counting positions all prompts share once when it runs them once
+    (``share_text_prefix``); None when it runs one batch."""
     buckets = getattr(method.config, "text_buckets", 1)
     ids = getattr(method, "tk_prompts", None)
     if buckets <= 1 or not isinstance(ids, torch.Tensor) or not getattr(method, "truncates_text", False):
         return None
     ids = ids.reshape(-1, ids.shape[-1])
+    shared = common_prefix_length(ids) if getattr(method, "shares_text_prefix", False) else 0
     groups = length_buckets(ids.argmax(dim=-1) + 1, buckets)
-    return sum(len(rows) * length for rows, length in groups) / ids.shape[0]
+    return (shared + sum(len(rows) * (length - shared) for rows, length in groups)) / ids.shape[0]
 
 
 def bench_method(name: str, backbone_name: str, clip: FrozenCLIP, n_classes: int, repeats: int,

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from frozen_clip.errors import ConfigError
+from frozen_clip.shared_prefix import common_prefix_length, shared_prefix_hidden, taps_are_per_token, tower_can_share
 from frozen_clip.taps import Taps
 from frozen_clip.towers import TextTower, visual_forward
 
@@ -270,19 +271,27 @@ class FrozenCLIP(nn.Module):
         return self.text.token_embedding(ids)
 
     def encode_text(self, ids: torch.Tensor, taps: Taps | None = None, truncate: bool = True,
-                    buckets: int = 1) -> torch.Tensor:
+                    buckets: int = 1, share_prefix: bool = False) -> torch.Tensor:
         """Un-normalised text features ``[N, E]`` from token ids; truncated to the longest prompt when ``truncate``.
 
         ``buckets > 1`` (with ``truncate``): the prompts are grouped by length into at most that many batches, each
         truncated to its own longest prompt (:func:`length_buckets`), so short prompts do not pay for the padding
         of long ones. Exact for the same reason as truncation (causal tower), provided every tap acts on each
         prompt independently (no statistics over the batch, no per-batch state); the taps run once per bucket.
+
+        ``share_prefix`` (with ``truncate``): the token positions all prompts share (e.g. ``[SOS] a photo of a``)
+        run once, the rest of each prompt attends to them (:mod:`frozen_clip.shared_prefix`). Exact provided every
+        tap acts on each token alone; ignored where nothing is shared or the tower or taps do not allow it.
         """
         if not self.text.supports_embedding_path():
             if taps:
                 raise ConfigError(f"text taps are not supported for backbone {self.name!r}")
             return self.model.encode_text(ids)
         taps = taps or Taps()
+        if truncate and share_prefix and ids.shape[0] > 1:
+            n_prefix = common_prefix_length(ids)
+            if n_prefix > 0 and tower_can_share(self.text) and taps_are_per_token(taps):
+                return self._encode_shared_prefix(ids, taps, max(buckets, 1), n_prefix)
 
         def run(part: torch.Tensor) -> torch.Tensor:
             return self.text.forward_embeddings(self.token_embedding(part), part, taps)
@@ -292,13 +301,29 @@ class FrozenCLIP(nn.Module):
             return run(self.truncate(ids))
         groups = length_buckets(ids.argmax(dim=-1) + 1, buckets)
         feats = [run(ids[rows, :length]) for rows, length in groups]
-        order = torch.cat([rows for rows, _ in groups])
-        return torch.cat(feats)[torch.argsort(order)]  # back to the input order
+        return _in_input_order(feats, groups)
+
+    def _encode_shared_prefix(self, ids: torch.Tensor, taps: Taps, buckets: int, n_prefix: int) -> torch.Tensor:
+        """:meth:`encode_text` with the first ``n_prefix`` positions run once, the rest in length buckets."""
+        groups = length_buckets(ids.argmax(dim=-1) + 1, buckets)
+        suffixes = [self.token_embedding(ids[rows, n_prefix:length]) for rows, length in groups]
+        hidden = shared_prefix_hidden(self.text, self.token_embedding(ids[:1, :n_prefix]), suffixes, taps)
+        feats = []
+        for (rows, _), states in zip(groups, hidden):
+            eot = ids[rows].argmax(dim=-1) - n_prefix
+            feats.append(self.text.project(states[torch.arange(len(rows), device=states.device), eot]))
+        return _in_input_order(feats, groups)
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,
                                taps: Taps | None = None) -> torch.Tensor:
         """Text features from (possibly learned) token embeddings ``[N, L, D]``; ``ids`` ``[N, L]`` locate the EOT."""
         return self.text.forward_embeddings(embeddings, ids, taps or Taps())
+
+
+def _in_input_order(feats: list[torch.Tensor], groups: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    """Concatenate per-group features and put the rows back in the input order (groups from :func:`length_buckets`)."""
+    order = torch.cat([rows for rows, _ in groups])
+    return torch.cat(feats)[torch.argsort(order)]
 
 
 def length_buckets(lengths: torch.Tensor, max_buckets: int) -> list[tuple[torch.Tensor, int]]:

@@ -1,26 +1,40 @@
 """The text tower on prompts that share a prefix: the shared positions are computed once, not once per class.
 
 CoOp's prompts (``csc: false``, class token at the end) are ``[SOS] [V]_1 .. [V]_M [CLASS] . [EOS]``: the first
-``1 + M`` positions are the same for every class. Under the causal mask the state at position ``t`` depends only on
-positions ``<= t``, and every other operation of a block is per token, so the hidden states of the shared positions
-are identical for all classes at every layer. This module runs them once (batch 1) and lets the class-specific
-suffixes attend to the shared keys and values, which is exact up to floating-point reduction order (pinned against
-:meth:`~frozen_clip.backbone.FrozenCLIP.encode_text_embeddings` by a test) and turns the text cost of C classes from
-``C x (P + S)`` positions into ``P + C x S``.
+``1 + M`` positions are the same for every class; HeBA's are ``[SOS] a photo of a [CLASS], a photo of a [CLASS].``
+with the first 5 the same. Under the causal mask the state at position ``t`` depends only on positions ``<= t``, and
+every other operation of a block is per token, so the hidden states of the shared positions are identical for all
+classes at every layer. This module runs them once (batch 1) and lets the class-specific suffixes attend to the
+shared keys and values, which is exact up to floating-point reduction order (pinned against
+:meth:`~frozen_clip.backbone.FrozenCLIP.encode_text_embeddings` by tests) and turns the text cost of C classes from
+``C x (P + S)`` positions into ``P + C x S``. The suffixes may come in several groups of different lengths (HeBA's
+length buckets), all attending to the one prefix.
 
-Mirrors :func:`frozen_clip.towers.block_forward` without taps: ``x + ls_1(attn(ln_1(x)))``, then
+Mirrors :func:`frozen_clip.towers.block_forward`: ``x + ls_1(attn(ln_1(x)))``, then
 ``x + ls_2(c_proj(gelu(c_fc(ln_2(x)))))``; attention is the block's own ``nn.MultiheadAttention`` weights (fused
 ``in_proj``, ``out_proj``) through ``scaled_dot_product_attention`` with the tower's additive causal mask sliced to
-the positions in use. Requires the EOT of every prompt to lie in the suffix.
+the positions in use. Taps at the per-token points (``block_in``, ``attn_in``, ``mlp_hidden``, ``block_out``) run on
+the prefix and on each suffix group separately, which is exact only when they act on each token alone (HeBA's
+per-token linear adapters; not a convolution over positions); ``tower_in`` and ``attn`` taps are refused. Requires
+the EOT of every prompt to lie in the suffix.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.taps import Taps, TapSite, apply
+
+if TYPE_CHECKING:  # backbone imports this module for FrozenCLIP.encode_text(share_prefix=True)
+    from frozen_clip.backbone import FrozenCLIP
+    from frozen_clip.towers import TextTower
+
+#: tap points that act on each token alone, hence can run on the prefix and the suffixes separately
+PER_TOKEN_POINTS = ("block_in", "attn_in", "mlp_hidden", "block_out")
 
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -35,61 +49,105 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, length, n_heads * d)
 
 
-def _attention(attn: nn.MultiheadAttention, a_prefix: torch.Tensor, a_suffix: torch.Tensor,
-               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal self-attention of ``[prefix; suffix]`` with the prefix computed once (batch 1)."""
-    n_prefix, n_cls = a_prefix.shape[1], a_suffix.shape[0]
-    q_p, k_p, v_p = F.linear(a_prefix, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q_s, k_s, v_s = F.linear(a_suffix, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    h = attn.num_heads
-    out_p = F.scaled_dot_product_attention(_heads(q_p, h), _heads(k_p, h), _heads(v_p, h),
-                                           attn_mask=mask[:n_prefix, :n_prefix])
-    keys = torch.cat([k_p.expand(n_cls, -1, -1), k_s], dim=1)
-    values = torch.cat([v_p.expand(n_cls, -1, -1), v_s], dim=1)
-    out_s = F.scaled_dot_product_attention(_heads(q_s, h), _heads(keys, h), _heads(values, h),
-                                           attn_mask=mask[n_prefix:, :])
+def _attention(attn: nn.MultiheadAttention, parts: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+    """Causal self-attention of ``[prefix; suffix_g]`` for every group g, the prefix computed once (batch 1).
+
+    ``parts``: the attention inputs ``[prefix [1, P, D], suffix_1 [C_1, S_1, D], ...]``; returns the outputs in the
+    same order."""
+    n_prefix, h = parts[0].shape[1], attn.num_heads
+    q_p, k_p, v_p = F.linear(parts[0], attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    outs = [F.scaled_dot_product_attention(_heads(q_p, h), _heads(k_p, h), _heads(v_p, h),
+                                           attn_mask=mask[:n_prefix, :n_prefix])]
+    for a_suffix in parts[1:]:
+        n_cls, n_suffix = a_suffix.shape[:2]
+        q_s, k_s, v_s = F.linear(a_suffix, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        keys = torch.cat([k_p.expand(n_cls, -1, -1), k_s], dim=1)
+        values = torch.cat([v_p.expand(n_cls, -1, -1), v_s], dim=1)
+        outs.append(F.scaled_dot_product_attention(_heads(q_s, h), _heads(keys, h), _heads(values, h),
+                                                   attn_mask=mask[n_prefix:n_prefix + n_suffix,
+                                                                  :n_prefix + n_suffix]))
     project = attn.out_proj
-    return F.linear(_merge(out_p), project.weight, project.bias), F.linear(_merge(out_s), project.weight,
-                                                                           project.bias)
+    return [F.linear(_merge(out), project.weight, project.bias) for out in outs]
 
 
-def _mlp(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return blk.ls_2(blk.mlp.c_proj(blk.mlp.gelu(blk.mlp.c_fc(blk.ln_2(x)))))
+def _block(blk: nn.Module, xs: list[torch.Tensor], mask: torch.Tensor, taps: Taps,
+           site: TapSite) -> list[torch.Tensor]:
+    """One residual attention block on ``[prefix, suffix_1, ...]``, taps applied to each part (block_forward)."""
+    tower, layer = site.tower, site.layer
+    xs = [apply(taps.get("block_in", tower, layer), x, site) for x in xs]
+    x_in = xs
+    outs = _attention(blk.attn, [apply(taps.get("attn_in", tower, layer), blk.ln_1(x), site) for x in xs], mask)
+    xs = [x + blk.ls_1(out) for x, out in zip(xs, outs)]
+    hidden = [apply(taps.get("mlp_hidden", tower, layer), blk.mlp.c_fc(blk.ln_2(x)), site) for x in xs]
+    xs = [x + blk.ls_2(blk.mlp.c_proj(blk.mlp.gelu(h))) for x, h in zip(xs, hidden)]
+    return [apply(taps.get("block_out", tower, layer), x, site, x0) for x, x0 in zip(xs, x_in)]
 
 
 def can_share(clip: FrozenCLIP) -> bool:
     """Whether the backbone's text tower is the plain causal ``ResidualAttentionBlock`` stack this module mirrors."""
+    return tower_can_share(clip.text)
+
+
+def tower_can_share(text: TextTower) -> bool:
+    """:func:`can_share` for a :class:`~frozen_clip.towers.TextTower`."""
     from open_clip.transformer import ResidualAttentionBlock
-    text = clip.text
     return text.supports_embedding_path() and all(
         isinstance(blk, ResidualAttentionBlock) and isinstance(blk.attn, nn.MultiheadAttention)
         and blk.attn._qkv_same_embed_dim and blk.attn.batch_first for blk in text.transformer.resblocks)
 
 
+def taps_are_per_token(taps: Taps) -> bool:
+    """Whether every text tap sits at a per-token point (:data:`PER_TOKEN_POINTS`): no ``tower_in``, no ``attn``."""
+    return taps.points("text") <= set(PER_TOKEN_POINTS)
+
+
+def common_prefix_length(ids: torch.Tensor) -> int:
+    """Positions every row of ``ids`` ``[N, L]`` shares, capped at the first EOT (which must lie in a suffix)."""
+    same = (ids == ids[:1]).all(dim=0).long()
+    shared = int(same.cumprod(dim=0).sum())
+    return min(shared, int(ids.argmax(dim=-1).min()))
+
+
+def shared_prefix_hidden(text: TextTower, prefix: torch.Tensor, suffixes: list[torch.Tensor],
+                         taps: Taps | None = None) -> list[torch.Tensor]:
+    """Final hidden states (after ``ln_final``) of each suffix group ``[C_g, S_g, D]`` behind the shared ``prefix``.
+
+    Args:
+        prefix: the shared token embeddings ``[1, P, D]``.
+        suffixes: per group, the token embeddings of the positions after the prefix.
+        taps: text taps at per-token points only (:func:`taps_are_per_token`).
+    """
+    taps = taps or Taps()
+    if not taps_are_per_token(taps):
+        raise ValueError("a shared text prefix needs taps at per-token points only "
+                         f"({', '.join(PER_TOKEN_POINTS)}); tower_in and attn taps see whole prompts")
+    n_prefix = prefix.shape[1]
+    length = n_prefix + max(s.shape[1] for s in suffixes)
+    cast = text.transformer.get_cast_dtype()
+    pos = text.positional_embedding[:length].to(cast)
+    xs = [prefix.to(cast) + pos[:n_prefix]] + [s.to(cast) + pos[n_prefix:n_prefix + s.shape[1]] for s in suffixes]
+    mask = text.attn_mask[:length, :length].to(cast)
+    blocks = text.transformer.resblocks
+    for layer, blk in enumerate(blocks):
+        xs = _block(blk, xs, mask, taps, TapSite("text", layer, len(blocks), text.width))
+    return [text.ln_final(x) for x in xs[1:]]
+
+
 def encode_text_shared_prefix(clip: FrozenCLIP, prefix: torch.Tensor, suffix: torch.Tensor,
-                              ids: torch.Tensor) -> torch.Tensor:
+                              ids: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
     """Text features ``[C, E]`` of the prompts ``[prefix; suffix_c]``.
 
     Args:
         prefix: the shared token embeddings ``[P, D]`` (or ``[1, P, D]``), e.g. SOS + CoOp's context.
         suffix: the per-class token embeddings ``[C, S, D]`` (class name, ".", EOS, padding).
         ids: the token ids ``[C, P + S]`` of the whole prompts (they locate the EOT, which must be in the suffix).
+        taps: text taps at per-token points only.
     """
-    text = clip.text
     prefix = prefix.unsqueeze(0) if prefix.dim() == 2 else prefix
-    n_prefix, n_suffix = prefix.shape[1], suffix.shape[1]
-    length = n_prefix + n_suffix
+    n_prefix = prefix.shape[1]
     eot = ids.argmax(dim=-1)
     if int(eot.min()) < n_prefix:
         raise ValueError(f"an EOT lies in the shared prefix (position {int(eot.min())} < {n_prefix})")
-    cast = text.transformer.get_cast_dtype()
-    pos = text.positional_embedding[:length].to(cast)
-    x_p, x_s = prefix.to(cast) + pos[:n_prefix], suffix.to(cast) + pos[n_prefix:]
-    mask = text.attn_mask[:length, :length].to(cast)
-    for blk in text.transformer.resblocks:
-        out_p, out_s = _attention(blk.attn, blk.ln_1(x_p), blk.ln_1(x_s), mask)
-        x_p, x_s = x_p + blk.ls_1(out_p), x_s + blk.ls_1(out_s)
-        x_p, x_s = x_p + _mlp(blk, x_p), x_s + _mlp(blk, x_s)
-    x_s = text.ln_final(x_s)
-    pooled = x_s[torch.arange(x_s.shape[0], device=x_s.device), eot - n_prefix]
-    return text.project(pooled)
+    (hidden,) = shared_prefix_hidden(clip.text, prefix, [suffix], taps)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot - n_prefix]
+    return clip.text.project(pooled)

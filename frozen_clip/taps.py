@@ -69,6 +69,10 @@ class Taps:
         """The functions registered at one site (empty list if none)."""
         return self._fns.get((point, tower, layer), [])
 
+    def points(self, tower: str) -> set[str]:
+        """The points of ``tower`` where at least one function is registered."""
+        return {key[0] for key, fns in self._fns.items() if fns and key[1] == tower}
+
     def has_tower(self, tower: str) -> bool:
         """Whether any tap touches ``tower`` (an untapped tower can take open_clip's own forward)."""
         return any(key[1] == tower for key, fns in self._fns.items() if fns)

@@ -24,6 +24,8 @@ from frozen_clip.errors import ConfigError
 from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training, view_seed
 from frozen_clip.imagecache import ImageCache, eval_dataset, train_dataset
 from frozen_clip.method import MethodContext
+from frozen_clip.shared_prefix import common_prefix_length
+from frozen_clip.taps import Taps
 from frozen_clip import transforms
 from jobs.config import method_class, resolve
 from jobs.execute import read_record, run_dir
@@ -67,7 +69,8 @@ def _grads(method, images, labels, seed: int) -> tuple[torch.Tensor, dict[str, t
     return out.logits.detach(), dict(zip(params, grads))
 
 
-@pytest.mark.parametrize("name,overrides", [("heba", {}), ("heba", {"text_buckets": 1}), ("mma", {}), ("coop", {}),
+@pytest.mark.parametrize("name,overrides", [("heba", {}), ("heba", {"text_buckets": 1}),
+                                            ("heba", {"share_text_prefix": False}), ("mma", {}), ("coop", {}),
                                             ("clip_lora", {"dropout_rate": 0.0})])
 def test_truncated_text_equals_full_context(tiny_clip, name, overrides):
     fast, ref = _pair(name, tiny_clip, **overrides)
@@ -112,6 +115,56 @@ def test_heba_text_buckets_split_the_step_prompts_and_match_one_batch(tiny_clip)
     bucketed = tiny_clip.encode_text(ids, taps, buckets=fast.config.text_buckets)
     single = tiny_clip.encode_text(ids, taps, buckets=1)
     assert torch.allclose(bucketed, single, atol=TOL, rtol=TOL)
+
+
+def test_heba_shared_text_prefix_runs_once_and_matches_whole_prompts(tiny_clip):
+    """``[SOS] a photo of a`` runs once (batch 1) at every tapped point; features and gradients equal whole prompts."""
+    fast, _ = _pair("heba", tiny_clip, n_classes=40)
+    ids = fast.tk_prompts[:, 0]
+    assert fast.shares_text_prefix and common_prefix_length(ids) == 5
+    seen: list[tuple[int, ...]] = []
+
+    def record(x, site):  # identity at a per-token point, after HeBA's adapter
+        seen.append(tuple(x.shape[:2]))
+        return x
+    taps = fast.taps("text", [0.05] * fast.n_blocks["text"]).add("attn_in", "text", 0, record)
+    shared = tiny_clip.encode_text(ids, taps, buckets=3, share_prefix=True)
+    assert seen[0] == (1, 5) and len(seen) == 1 + len(length_buckets(ids.argmax(dim=-1) + 1, 3))
+    seen.clear()
+    whole = tiny_clip.encode_text(ids, taps, buckets=3)
+    assert seen and (1, 5) not in seen  # no prefix run on the plain path
+    assert torch.allclose(shared, whole, atol=TOL, rtol=TOL)
+    params = list(fast.trainable_parameters().values())
+    grads_shared = torch.autograd.grad(shared.square().sum(), params, allow_unused=True)
+    grads_whole = torch.autograd.grad(whole.square().sum(), params, allow_unused=True)
+    for a, b in zip(grads_shared, grads_whole, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=TOL * max(1.0, float(b.abs().max())), rtol=TOL)
+
+
+def test_shared_text_prefix_is_skipped_where_it_would_not_be_exact(tiny_clip):
+    from frozen_clip.shared_prefix import shared_prefix_hidden
+    ids = tiny_clip.tokenize(["a photo of a cat.", "a photo of a large dog."])
+    seen: list[int] = []
+
+    def whole_prompts(x, site):  # a tower_in tap sees whole prompts: the shared path must not run
+        seen.append(x.shape[1])
+        return x
+    taps = Taps().add("tower_in", "text", -1, whole_prompts)
+    plain = tiny_clip.encode_text(ids, taps, share_prefix=True)
+    assert seen == [tiny_clip.context_needed(ids)]
+    assert torch.allclose(plain, tiny_clip.encode_text(ids), atol=TOL, rtol=TOL)
+    with pytest.raises(ValueError, match="per-token"):
+        shared_prefix_hidden(tiny_clip.text, tiny_clip.token_embedding(ids[:1, :5]),
+                             [tiny_clip.token_embedding(ids[:, 5:])], taps)
+    # nothing shared but SOS: still exact; a causal text convolution switches the HeBA path off
+    other = tiny_clip.tokenize(["one cat.", "two dogs on a mat."])
+    assert common_prefix_length(other) == 1
+    assert torch.allclose(tiny_clip.encode_text(other, share_prefix=True), tiny_clip.encode_text(other),
+                          atol=TOL, rtol=TOL)
+    conv, _ = _pair("heba", tiny_clip, text_adapter="conv1d_causal")
+    assert conv.truncates_text and not conv.shares_text_prefix
 
 
 def test_full_context_backbone_really_runs_77_tokens(tiny_clip):
@@ -259,9 +312,10 @@ def test_fast_section_is_validated_and_unhashed(data_root, tmp_path):
 def test_method_speed_switches_listed_as_unhashed_keep_the_run_id(data_root, tmp_path):
     cfg = {**base_run(data_root, tmp_path), "method": {"name": "heba"}}
     plain = resolve(cfg, "t")
-    one = resolve({**cfg, "method": {"name": "heba", "text_buckets": 1}}, "t")
+    one = resolve({**cfg, "method": {"name": "heba", "text_buckets": 1, "share_text_prefix": False}}, "t")
     assert one.method_config.text_buckets == 1 and one.config["method"]["text_buckets"] == 1
-    assert one.run_id == plain.run_id  # exact switch: same result, same run
+    assert not one.method_config.share_text_prefix
+    assert one.run_id == plain.run_id  # exact switches: same result, same run
     other = resolve({**cfg, "method": {"name": "heba", "bottleneck_ratio": 8}}, "t")
     assert other.run_id != plain.run_id  # a result-changing option still is part of the id
     with pytest.raises(ConfigError, match="text_buckets"):
