@@ -30,6 +30,7 @@ def test_quick_bench_writes_the_report_structure(tmp_path):
         assert row["flops_reference"] > row["flops_fast"] > 0  # the reference runs 77-token prompts
         assert row["loss_delta"] < 1e-5  # same weights, same seed: the fast path is exact
         assert row["mfu_fast"] is None and row["peak_mb_fast"] is None  # CPU: no peak, no per-call memory
+        assert row["allocator"] == "default"
     grid = results["grid"]
     assert grid["runs"] == 1 and grid["accuracy_max_delta"] < 1e-9 and grid["views"] == 10
     assert set(grid["per_method_s"]) == {"clip_adapter"} and grid["speedup_views"] > 0
@@ -60,3 +61,17 @@ def test_merge_replaces_a_re_measured_step_row_in_place():
     assert [(r["backbone"], r["method"], r["speedup"]) for r in merged["steps"]] == [
         ("tiny", "heba", 2.5), ("tiny", "coop", 4.0), ("vit_b16", "heba", 2.2)]
     assert merged["grid"] == {"runs": 60} and merged["finished"] == "t2" and len(merged["runs"]) == 2
+    tuned = part("t3", [("tiny", "heba", 2.4)])
+    tuned["steps"][0]["allocator"] = "tuned"  # another allocator is another row (rows without one: default)
+    keys = [(r["method"], r.get("allocator", "default")) for r in merge([old, new, tuned])["steps"]]
+    assert keys == [("heba", "default"), ("coop", "default"), ("heba", "default"), ("heba", "tuned")]
+
+
+def test_tuned_allocator_reruns_the_command_under_the_malloc_settings():
+    """``--allocator tuned`` re-executes the same command with glibc's settings in the environment."""
+    code = ("import sys; from bench import bench, common; bench.run = lambda args: print('ALLOC', common.allocator()); "
+            "bench.main(sys.argv[1:])")
+    done = subprocess.run([sys.executable, "-c", code, "--allocator", "tuned", "--no-grid", "--no-steps"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ALLOC tuned"
