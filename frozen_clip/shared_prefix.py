@@ -13,10 +13,12 @@ length buckets), all attending to the one prefix.
 Mirrors :func:`frozen_clip.towers.block_forward`: ``x + ls_1(attn(ln_1(x)))``, then
 ``x + ls_2(c_proj(gelu(c_fc(ln_2(x)))))``; attention is the block's own ``nn.MultiheadAttention`` weights (fused
 ``in_proj``, ``out_proj``) through ``scaled_dot_product_attention`` with the tower's additive causal mask sliced to
-the positions in use. Taps at the per-token points (``block_in``, ``attn_in``, ``mlp_hidden``, ``block_out``) run on
-the prefix and on each suffix group separately, which is exact only when they act on each token alone (HeBA's
-per-token linear adapters; not a convolution over positions); ``tower_in`` and ``attn`` taps are refused. Requires
-the EOT of every prompt to lie in the suffix.
+the positions in use. The positions of all parts are kept as one flat sequence ``[1, T, D]``, so every per-token
+operation of a block (layer norms, projections, MLP) runs once per layer whatever the number of parts, and only the
+attention runs per part. Taps at the per-token points (``block_in``, ``attn_in``, ``mlp_hidden``, ``block_out``) see
+that flat sequence, which is exact only when they act on each token alone (HeBA's per-token linear adapters; not a
+convolution over positions); ``tower_in`` and ``attn`` taps are refused. Requires the EOT of every prompt to lie in
+the suffix.
 """
 
 from __future__ import annotations
@@ -49,38 +51,41 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, length, n_heads * d)
 
 
-def _attention(attn: nn.MultiheadAttention, parts: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+def _attention(attn: nn.MultiheadAttention, a: torch.Tensor, shapes: list[tuple[int, int]],
+               mask: torch.Tensor) -> torch.Tensor:
     """Causal self-attention of ``[prefix; suffix_g]`` for every group g, the prefix computed once (batch 1).
 
-    ``parts``: the attention inputs ``[prefix [1, P, D], suffix_1 [C_1, S_1, D], ...]``; returns the outputs in the
-    same order."""
-    n_prefix, h = parts[0].shape[1], attn.num_heads
-    q_p, k_p, v_p = F.linear(parts[0], attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    ``a``: the attention input of every position of every part, flat ``[1, T, D]`` (prefix first, then each
+    suffix group row by row); ``shapes``: (rows, positions) per part. The projections run once on all positions;
+    only the attention itself runs per part."""
+    n_prefix, h, width = shapes[0][1], attn.num_heads, a.shape[-1]
+    qkv = F.linear(a, attn.in_proj_weight, attn.in_proj_bias)[0].split([n * t for n, t in shapes])
+    q_p, k_p, v_p = qkv[0].view(1, n_prefix, 3 * width).chunk(3, dim=-1)
     outs = [F.scaled_dot_product_attention(_heads(q_p, h), _heads(k_p, h), _heads(v_p, h),
                                            attn_mask=mask[:n_prefix, :n_prefix])]
-    for a_suffix in parts[1:]:
-        n_cls, n_suffix = a_suffix.shape[:2]
-        q_s, k_s, v_s = F.linear(a_suffix, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    for part, (n_cls, n_suffix) in zip(qkv[1:], shapes[1:]):
+        q_s, k_s, v_s = part.view(n_cls, n_suffix, 3 * width).chunk(3, dim=-1)
         keys = torch.cat([k_p.expand(n_cls, -1, -1), k_s], dim=1)
         values = torch.cat([v_p.expand(n_cls, -1, -1), v_s], dim=1)
         outs.append(F.scaled_dot_product_attention(_heads(q_s, h), _heads(keys, h), _heads(values, h),
                                                    attn_mask=mask[n_prefix:n_prefix + n_suffix,
                                                                   :n_prefix + n_suffix]))
-    project = attn.out_proj
-    return [F.linear(_merge(out), project.weight, project.bias) for out in outs]
+    merged = torch.cat([_merge(out).reshape(-1, width) for out in outs]).unsqueeze(0)
+    return F.linear(merged, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def _block(blk: nn.Module, xs: list[torch.Tensor], mask: torch.Tensor, taps: Taps,
-           site: TapSite) -> list[torch.Tensor]:
-    """One residual attention block on ``[prefix, suffix_1, ...]``, taps applied to each part (block_forward)."""
+def _block(blk: nn.Module, x: torch.Tensor, shapes: list[tuple[int, int]], mask: torch.Tensor, taps: Taps,
+           site: TapSite) -> torch.Tensor:
+    """One residual attention block on the flat positions ``[1, T, D]`` of all parts (block_forward): every
+    per-token operation and tap runs once on all of them, the attention per part (:func:`_attention`)."""
     tower, layer = site.tower, site.layer
-    xs = [apply(taps.get("block_in", tower, layer), x, site) for x in xs]
-    x_in = xs
-    outs = _attention(blk.attn, [apply(taps.get("attn_in", tower, layer), blk.ln_1(x), site) for x in xs], mask)
-    xs = [x + blk.ls_1(out) for x, out in zip(xs, outs)]
-    hidden = [apply(taps.get("mlp_hidden", tower, layer), blk.mlp.c_fc(blk.ln_2(x)), site) for x in xs]
-    xs = [x + blk.ls_2(blk.mlp.c_proj(blk.mlp.gelu(h))) for x, h in zip(xs, hidden)]
-    return [apply(taps.get("block_out", tower, layer), x, site, x0) for x, x0 in zip(xs, x_in)]
+    x = apply(taps.get("block_in", tower, layer), x, site)
+    x_in = x
+    a = apply(taps.get("attn_in", tower, layer), blk.ln_1(x), site)
+    x = x + blk.ls_1(_attention(blk.attn, a, shapes, mask))
+    h = apply(taps.get("mlp_hidden", tower, layer), blk.mlp.c_fc(blk.ln_2(x)), site)
+    x = x + blk.ls_2(blk.mlp.c_proj(blk.mlp.gelu(h)))
+    return apply(taps.get("block_out", tower, layer), x, site, x_in)
 
 
 def can_share(clip: FrozenCLIP) -> bool:
@@ -125,12 +130,16 @@ def shared_prefix_hidden(text: TextTower, prefix: torch.Tensor, suffixes: list[t
     length = n_prefix + max(s.shape[1] for s in suffixes)
     cast = text.transformer.get_cast_dtype()
     pos = text.positional_embedding[:length].to(cast)
-    xs = [prefix.to(cast) + pos[:n_prefix]] + [s.to(cast) + pos[n_prefix:n_prefix + s.shape[1]] for s in suffixes]
+    parts = [prefix.to(cast) + pos[:n_prefix]] + [s.to(cast) + pos[n_prefix:n_prefix + s.shape[1]] for s in suffixes]
+    shapes = [(int(p.shape[0]), int(p.shape[1])) for p in parts]
+    # one flat sequence of every position: per-token work runs in one call per layer, not once per part
+    x = torch.cat([p.reshape(-1, text.width) for p in parts]).unsqueeze(0)
     mask = text.attn_mask[:length, :length].to(cast)
     blocks = text.transformer.resblocks
     for layer, blk in enumerate(blocks):
-        xs = _block(blk, xs, mask, taps, TapSite("text", layer, len(blocks), text.width))
-    return [text.ln_final(x) for x in xs[1:]]
+        x = _block(blk, x, shapes, mask, taps, TapSite("text", layer, len(blocks), text.width))
+    flat = text.ln_final(x)[0].split([n * t for n, t in shapes])
+    return [part.view(n, t, text.width) for part, (n, t) in zip(flat[1:], shapes[1:])]
 
 
 def encode_text_shared_prefix(clip: FrozenCLIP, prefix: torch.Tensor, suffix: torch.Tensor,

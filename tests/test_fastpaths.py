@@ -118,7 +118,8 @@ def test_heba_text_buckets_split_the_step_prompts_and_match_one_batch(tiny_clip)
 
 
 def test_heba_shared_text_prefix_runs_once_and_matches_whole_prompts(tiny_clip):
-    """``[SOS] a photo of a`` runs once (batch 1) at every tapped point; features and gradients equal whole prompts."""
+    """``[SOS] a photo of a`` runs once: a tap sees one flat sequence of the prefix and every bucket's suffixes
+    (``5 + sum(rows x (length - 5))`` positions); features and gradients equal whole prompts."""
     fast, _ = _pair("heba", tiny_clip, n_classes=40)
     ids = fast.tk_prompts[:, 0]
     assert fast.shares_text_prefix and common_prefix_length(ids) == 5
@@ -129,10 +130,11 @@ def test_heba_shared_text_prefix_runs_once_and_matches_whole_prompts(tiny_clip):
         return x
     taps = fast.taps("text", [0.05] * fast.n_blocks["text"]).add("attn_in", "text", 0, record)
     shared = tiny_clip.encode_text(ids, taps, buckets=3, share_prefix=True)
-    assert seen[0] == (1, 5) and len(seen) == 1 + len(length_buckets(ids.argmax(dim=-1) + 1, 3))
+    groups = length_buckets(ids.argmax(dim=-1) + 1, 3)
+    assert len(groups) > 1 and seen == [(1, 5 + sum(len(rows) * (length - 5) for rows, length in groups))]
     seen.clear()
     whole = tiny_clip.encode_text(ids, taps, buckets=3)
-    assert seen and (1, 5) not in seen  # no prefix run on the plain path
+    assert seen == [(len(rows), length) for rows, length in groups]  # the plain path: whole prompts per bucket
     assert torch.allclose(shared, whole, atol=TOL, rtol=TOL)
     params = list(fast.trainable_parameters().values())
     grads_shared = torch.autograd.grad(shared.square().sum(), params, allow_unused=True)
