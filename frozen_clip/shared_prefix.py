@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # backbone imports this module for FrozenCLIP.encode_text(sha
     from frozen_clip.backbone import FrozenCLIP
     from frozen_clip.towers import TextTower
 
-#: tap points that act on each token alone, hence can run on the prefix and the suffixes separately
+#: tap points that act on each token alone, hence can run on the flat sequence of the prefix and all suffixes
 PER_TOKEN_POINTS = ("block_in", "attn_in", "mlp_hidden", "block_out")
 
 
