@@ -18,7 +18,9 @@ order given, a later measurement of the same step row replacing an earlier one. 
     python -m bench.bench --out bench/RESULTS.md --from-json bench/raw/2026-11-24-vit_b16.json,\
         bench/raw/2026-11-24b-vit_b16.json,bench/raw/2026-11-24c-tiny.json,bench/raw/2026-11-24d-grid.json,\
         bench/raw/2026-11-24e-tiny-heba.json,bench/raw/2026-11-24f-tiny-tuned.json,\
-        bench/raw/2026-11-24g-vit_b16-heba.json,bench/raw/2026-11-24h-vit_b16-tuned.json
+        bench/raw/2026-11-24g-vit_b16-heba.json,bench/raw/2026-11-24h-vit_b16-tuned.json,\
+        bench/raw/2026-11-24i-tiny-heba.json,bench/raw/2026-11-24j-tiny-heba-tuned.json,\
+        bench/raw/2026-11-24k-vit_b16-heba-tuned.json,bench/raw/2026-11-24l-vit_b16-heba.json
 """
 
 from __future__ import annotations
@@ -295,11 +297,12 @@ def report(results: dict[str, Any]) -> str:
                 "steps are dominated by per-operation overhead, it gains only about 5 %; and it runs the positions "
                 "every prompt shares (`[SOS] a photo of a`, 5 of them) once for all prompts (`share_text_prefix`: "
                 "tiny step 22.3 -> 19.7 ms, ViT-B/16 17.6 -> 16.6 s in side-by-side checks). Even with free text, "
-                "HeBA's image work (2700 GFLOP of its 3088) bounds its exact speedup on ViT-B/16 shapes at 1.87x in "
-                "FLOPs (5043 / 2700). CoOp encodes "
+                "HeBA's image work (2700 GFLOP of its 3088, measured alone) caps the FLOP ratio of any exact path "
+                "on ViT-B/16 shapes at 1.87x (5043 / 2700), text for free; time can beat that only where the "
+                "removed work ran slower per FLOP than what remains. CoOp encodes "
                 "its shared `[SOS] + context` positions once for all classes (`shared_prefix`; the token column gives "
-                "the full prompt length), and its image encoder is frozen: with the batch's features read from the per-view cache "
-                "(the runner's `fast.feature_training`, views shared by every run on the same split) its step is "
+                "the full prompt length), and its image encoder is frozen: with the batch's features read from the "
+                "per-view cache (the runner's `fast.feature_training`, views shared by every run on the same split) its step is "
                 "text only. With 1000 classes (ImageNet-sized) the reference encodes 1000 prompts at 77 tokens "
                 "every step, so the ratios of the methods that encode every class (CoOp, MMA, CLIP-LoRA) grow; "
                 "HeBA's do not, because it encodes only the classes it samples for the step. On the tiny model the "
