@@ -31,6 +31,10 @@ Deviations from the official code, all named options or harmless:
 * ``truncate_text`` (on): the text context is cut to the longest prompt of the class set. The branch is per token,
   so this is exact under the causal mask (protocol.md §9.5); ``false`` encodes all 77 positions as the official
   code does.
+* ``text_buckets`` (3) and ``share_text_prefix`` (on), with truncation on: the class prompts are grouped by length
+  into at most that many batches, each cut to its own longest, and the positions all prompts share
+  (``[SOS] a photo of a``) run once for all of them (:mod:`frozen_clip.shared_prefix`). Exact because the branch
+  is per token; left out of the run id. Only the method's own taps take this path (see :meth:`MMA.encode_text`).
 * The eval text cache is dropped on every mode switch, class change or load (official: never invalidated, spec §7.4).
 * Checkpoints load strictly (:meth:`MMA.load_official_state_dict`); the official loader is non-strict.
 * Not reproduced (unreachable in the official configs): the index-0 adapters (START=0, spec §7.3), and the
@@ -46,7 +50,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -72,6 +76,9 @@ Activation = Literal["relu", "gelu"]
 class MMAConfig:
     """MMA options. Defaults reproduce ``vit_b16_ep5.yaml`` + ``trainers/mmadapter.py`` @547ee34 (spec §2-§3)."""
 
+    #: exact speed switches left out of the run id (a run with other settings computes the same result)
+    UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("text_buckets", "share_text_prefix")
+
     layers: tuple[int, ...] | None = None  # 1-based blocks of both towers; null = 5-12, or the XD preset's (above)
     bottleneck_dim: int = 32  # ADAPTER_DIM
     shared_layer: bool = True  # the per-layer Linear(r, r)+ReLU shared by both towers; false = no middle layer
@@ -81,6 +88,8 @@ class MMAConfig:
     tap: Literal["ln_1", "block_input"] = "ln_1"  # branch input: ln_1(block input) (official) or the block input
     template: str = "a photo of a {}."  # TEXT_CTX_INIT + " {}."; "dataset" = the dataset's CoOp template
     truncate_text: bool = True  # exact (per-token branch): cut the text context to the longest prompt
+    text_buckets: int = 3  # exact fast path: class prompts grouped by length, each group cut to its own longest
+    share_text_prefix: bool = True  # exact fast path: the positions all class prompts share run once
     xd_preset: Literal["xd_start9", "xd_start10", "none"] = "xd_start9"  # cross-dataset / DG layers + recipe
 
     def validate(self) -> None:
@@ -88,6 +97,8 @@ class MMAConfig:
         if self.layers is not None and (not self.layers or min(self.layers) < 1
                                         or len(set(self.layers)) != len(self.layers)):
             raise ValueError(f"layers must be null or distinct 1-based block numbers, got {list(self.layers)}")
+        if self.text_buckets < 1:
+            raise ValueError(f"text_buckets must be >= 1 (1 = one batch), got {self.text_buckets}")
         if self.bottleneck_dim <= 0:
             raise ValueError(f"bottleneck_dim must be positive, got {self.bottleneck_dim}")
         if self.scale <= 0:
@@ -204,6 +215,11 @@ class MMA(Method):
         """Whether the text context is cut to the longest prompt (exact for per-token branches)."""
         return self.config.truncate_text
 
+    @property
+    def shares_text_prefix(self) -> bool:
+        """Whether the positions all class prompts share run once (with truncation; the branch is per token)."""
+        return self.config.share_text_prefix and self.truncates_text
+
     def class_ids(self) -> torch.Tensor:
         """Token ids of the class prompts, truncated when :attr:`truncates_text`."""
         return self.clip.truncate(self.text_ids) if self.truncates_text else self.text_ids
@@ -237,9 +253,17 @@ class MMA(Method):
 
     # -- features and logits ------------------------------------------------------------------------------------------
     def encode_text(self, ids: torch.Tensor | None = None, taps: Taps | None = None) -> torch.Tensor:
-        """Adapted, un-normalised text features of ``ids`` (default: the class prompts) ``[N, E]``."""
+        """Adapted, un-normalised text features of ``ids`` (default: the class prompts) ``[N, E]``.
+
+        With the method's own taps (per-token branches) the prompts go through the exact fast paths: length
+        buckets and the shared prefix run once. Taps passed in by a caller may keep per-batch state (RMAdapter's
+        reconstruction losses over the batch's tokens), so they see the prompts as one batch."""
         ids = self.class_ids() if ids is None else ids
-        return self.clip.encode_text(ids, self.taps("text") if taps is None else taps, truncate=False)
+        if taps is not None:
+            return self.clip.encode_text(ids, taps, truncate=False)
+        return self.clip.encode_text(ids, self.taps("text"), truncate=self.truncates_text,
+                                     buckets=self.config.text_buckets if self.truncates_text else 1,
+                                     share_prefix=self.shares_text_prefix)
 
     def encode_image(self, images: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
         """Adapted, un-normalised image features ``[B, E]``."""

@@ -35,6 +35,9 @@ Inherited MMA fields and what they mean here (all GUESSes for RMAdapter, spec §
 layer, kept), ``scale`` (#7, 0.001), ``grad_scale_trick`` (#8), ``template`` (#20), ``xd_preset`` (#23); the
 optimiser recipe is MMA's (#22). ``activation`` defaults to GELU (#3, SECONDARY) and applies to the down-projection
 and the decoder's hidden layers; the shared middle layer keeps MMA's ReLU.
+MMA's exact text speed switches (``text_buckets``, ``share_text_prefix``) apply at evaluation and, in training, only
+with ``reconstruction: false``: the reconstruction taps average over the tokens of the batch they see (SOT..EOT of
+each prompt), so during training with reconstruction the class prompts run as one batch.
 
 Trainable parameters on ViT-B/16 (blocks 5-12, r = 32): **1,029,376** with the defaults (674,560 of MMA + 354,816
 of the depth-2 decoders; spec §7 COMPUTED, equal here); 674,560 are used at inference. Pinned by the tests for every
@@ -254,7 +257,9 @@ class RMAdapter(MMA):
         """Adapted image and class text features (un-normalised) and the per-block reconstruction losses."""
         sink: RecLosses = {}
         ids = self.class_ids()
-        text = self.encode_text(ids, self.training_taps("text", sink, ids))
+        # without reconstruction the taps are MMA's own, per token: MMA's exact fast text paths apply (as in MMA)
+        text = self.encode_text(ids, self.training_taps("text", sink, ids)) if self.config.reconstruction \
+            else self.encode_text(ids)
         image = self.encode_image(images, self.training_taps("visual", sink))
         return image, text, sink
 

@@ -32,7 +32,7 @@ from frozen_clip.method import Method, MethodContext
 #: the methods of the step benchmark, with the fields that switch their fast paths off
 FAST_FLAGS: dict[str, dict[str, Any]] = {
     "heba": {"truncate_text": False, "share_text_prefix": False},
-    "mma": {"truncate_text": False},
+    "mma": {"truncate_text": False, "share_text_prefix": False, "text_buckets": 1},
     "coop": {"truncate_text": False, "shared_prefix": False},
     "clip_lora": {},  # CLIP-LoRA always truncates; the reference backbone restores the full context
 }
@@ -148,10 +148,10 @@ def text_tokens(method: Method, clip: FrozenCLIP) -> int:
 
 def bucketed_positions(method: Method) -> float | None:
     """Mean token positions per prompt the suite runs for all class prompts when the method groups its prompts by
-    length (HeBA's ``text_buckets``), counting positions all prompts share once when it runs them once
+    length (HeBA's and MMA's ``text_buckets``), counting positions all prompts share once when it runs them once
     (``share_text_prefix``); None when it runs one batch."""
     buckets = getattr(method.config, "text_buckets", 1)
-    ids = getattr(method, "tk_prompts", None)
+    ids = getattr(method, "tk_prompts", getattr(method, "text_ids", None))
     if buckets <= 1 or not isinstance(ids, torch.Tensor) or not getattr(method, "truncates_text", False):
         return None
     ids = ids.reshape(-1, ids.shape[-1])

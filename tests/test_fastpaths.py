@@ -70,7 +70,8 @@ def _grads(method, images, labels, seed: int) -> tuple[torch.Tensor, dict[str, t
 
 
 @pytest.mark.parametrize("name,overrides", [("heba", {}), ("heba", {"text_buckets": 1}),
-                                            ("heba", {"share_text_prefix": False}), ("mma", {}), ("coop", {}),
+                                            ("heba", {"share_text_prefix": False}), ("mma", {}),
+                                            ("mma", {"share_text_prefix": False, "text_buckets": 1}), ("coop", {}),
                                             ("clip_lora", {"dropout_rate": 0.0})])
 def test_truncated_text_equals_full_context(tiny_clip, name, overrides):
     fast, ref = _pair(name, tiny_clip, **overrides)
@@ -318,6 +319,9 @@ def test_method_speed_switches_listed_as_unhashed_keep_the_run_id(data_root, tmp
     assert one.method_config.text_buckets == 1 and one.config["method"]["text_buckets"] == 1
     assert not one.method_config.share_text_prefix
     assert one.run_id == plain.run_id  # exact switches: same result, same run
+    mma = resolve({**cfg, "method": {"name": "mma"}}, "t")
+    assert resolve({**cfg, "method": {"name": "mma", "text_buckets": 2, "share_text_prefix": False}}, "t").run_id \
+        == mma.run_id
     other = resolve({**cfg, "method": {"name": "heba", "bottleneck_ratio": 8}}, "t")
     assert other.run_id != plain.run_id  # a result-changing option still is part of the id
     with pytest.raises(ConfigError, match="text_buckets"):
