@@ -20,7 +20,9 @@ order given, a later measurement of the same step row replacing an earlier one. 
         bench/raw/2026-11-24e-tiny-heba.json,bench/raw/2026-11-24f-tiny-tuned.json,\
         bench/raw/2026-11-24g-vit_b16-heba.json,bench/raw/2026-11-24h-vit_b16-tuned.json,\
         bench/raw/2026-11-24i-tiny-heba.json,bench/raw/2026-11-24j-tiny-heba-tuned.json,\
-        bench/raw/2026-11-24k-vit_b16-heba-tuned.json,bench/raw/2026-11-24l-vit_b16-heba.json
+        bench/raw/2026-11-24k-vit_b16-heba-tuned.json,bench/raw/2026-11-24l-vit_b16-heba.json,\
+        bench/raw/2026-11-24m-tiny-mma.json,bench/raw/2026-11-24n-tiny-mma-tuned.json,\
+        bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json
 """
 
 from __future__ import annotations
@@ -299,7 +301,9 @@ def report(results: dict[str, Any]) -> str:
                 "tiny step 22.3 -> 19.7 ms, ViT-B/16 17.6 -> 16.6 s in side-by-side checks). Even with free text, "
                 "HeBA's image work (2700 GFLOP of its 3088, measured alone) caps the FLOP ratio of any exact path "
                 "on ViT-B/16 shapes at 1.87x (5043 / 2700), text for free; time can beat that only where the "
-                "removed work ran slower per FLOP than what remains. CoOp encodes "
+                "removed work ran slower per FLOP than what remains. MMA's branches are per token too, so it "
+                "encodes its all-class prompts the same way (`text_buckets`, `share_text_prefix`; `a photo of a "
+                "{}.` shares 5 positions). CoOp encodes "
                 "its shared `[SOS] + context` positions once for all classes (`shared_prefix`; the token column gives "
                 "the full prompt length), and its image encoder is frozen: with the batch's features read from the "
                 "per-view cache (the runner's `fast.feature_training`, views shared by every run on the same split) "
