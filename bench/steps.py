@@ -26,8 +26,8 @@ from bench.common import FullContextCLIP, Interleaved, peak_memory_of
 from frozen_clip import flops
 from frozen_clip.backbone import FrozenCLIP, length_buckets
 from frozen_clip.fastpaths import supports_feature_training
-from frozen_clip.shared_prefix import common_prefix_length
 from frozen_clip.method import Method, MethodContext
+from frozen_clip.shared_prefix import common_prefix_length
 
 #: the methods of the step benchmark, with the fields that switch their fast paths off
 FAST_FLAGS: dict[str, dict[str, Any]] = {
