@@ -60,6 +60,7 @@ def _attention(attn: nn.MultiheadAttention, a: torch.Tensor, shapes: list[tuple[
     only the attention itself runs per part."""
     n_prefix, h, width = shapes[0][1], attn.num_heads, a.shape[-1]
     qkv = F.linear(a, attn.in_proj_weight, attn.in_proj_bias)[0].split([n * t for n, t in shapes])
+    mask = mask.to(qkv[0].dtype)  # under autocast the projections come out in the low precision (block_forward)
     q_p, k_p, v_p = qkv[0].view(1, n_prefix, 3 * width).chunk(3, dim=-1)
     outs = [F.scaled_dot_product_attention(_heads(q_p, h), _heads(k_p, h), _heads(v_p, h),
                                            attn_mask=mask[:n_prefix, :n_prefix])]
