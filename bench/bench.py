@@ -22,7 +22,8 @@ order given, a later measurement of the same step row replacing an earlier one. 
         bench/raw/2026-11-24i-tiny-heba.json,bench/raw/2026-11-24j-tiny-heba-tuned.json,\
         bench/raw/2026-11-24k-vit_b16-heba-tuned.json,bench/raw/2026-11-24l-vit_b16-heba.json,\
         bench/raw/2026-11-24m-tiny-mma.json,bench/raw/2026-11-24n-tiny-mma-tuned.json,\
-        bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json
+        bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json,\
+        bench/raw/2026-11-24q-tiny-heba-60.json,bench/raw/2026-11-24r-tiny-heba-tuned-60.json
 """
 
 from __future__ import annotations
