@@ -287,9 +287,35 @@ def variant_axes(frame: pd.DataFrame, within: Sequence[str] = ("method.name", "p
     if frame.empty or not candidates:
         return []
     keys = [c for c in within if c in frame.columns]
-    grouped = frame[keys + candidates].astype(str).groupby(keys, dropna=False)
+    # an unset option (None/NaN) counts as a value of its own: `novel_scale: null` vs `0.5` is an axis (pandas 3's
+    # astype(str) keeps missing values missing, and nunique would not count them)
+    as_text = frame[candidates].apply(lambda col: col.map(lambda v: "<unset>" if _missing(v) else str(v)))
+    grouped = pd.concat([frame[keys].astype(str), as_text], axis=1).groupby(keys, dropna=False)
     counts = grouped.nunique()
-    return [c for c in candidates if (counts[c] > 1).any()]
+    varying = [c for c in candidates if (counts[c] > 1).any()]
+    methods = frame["method.name"].dropna().unique() if "method.name" in frame.columns else []
+    return [c for c in varying if not speed_switch(c, methods)]
+
+
+def speed_switch(column: str, methods: Iterable[str]) -> bool:
+    """Whether a config column is an exact speed switch, left out of the run id (``jobs.config.run_id_of``): a key
+    of the ``fast`` section other than the result-changing ones, or a method field that every method in
+    ``methods`` defining it lists in its config's ``UNHASHED_FIELDS``. Such a column never tells results apart, and
+    runs recorded before a switch existed lack it, which must not split them from later ones."""
+    section, _, name = column.partition(".")
+    if section == "fast":
+        from frozen_clip.fastpaths import INEXACT_FAST_FIELDS  # lazy: torch
+        return name not in INEXACT_FAST_FIELDS
+    if section != "method" or not name:
+        return False
+    from jobs.registry import METHODS  # lazy: importing a method imports torch
+    defining = []
+    for method in methods:
+        if method in METHODS:
+            config = METHODS.get(method).Config
+            if name in getattr(config, "__dataclass_fields__", {}):
+                defining.append(name in getattr(config, "UNHASHED_FIELDS", ()))
+    return bool(defining) and all(defining)
 
 
 def _short(column: str) -> str:
@@ -322,7 +348,7 @@ def variant_labels(frame: pd.DataFrame, axes: Sequence[str] | None = None,
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def apply_where(frame: pd.DataFrame, conditions: Mapping[str, Any]) -> pd.DataFrame:
@@ -365,4 +391,5 @@ def missing_runs(grid_path: Path | str, results_dirs: Sequence[Path | str] | Pat
 
 
 __all__ = ["Records", "Problem", "SchemaError", "load_records", "check_record", "flatten", "config_columns",
-           "variant_axes", "variant_labels", "apply_where", "missing_from", "missing_runs", "describe_run"]
+           "variant_axes", "speed_switch", "variant_labels", "apply_where", "missing_from", "missing_runs",
+           "describe_run"]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis.records import apply_where, check_record, flatten, load_records, missing_from, missing_runs, \
-    SchemaError, variant_axes
+    SchemaError, speed_switch, variant_axes, variant_labels
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RECORDS = FIXTURES / "records"
@@ -148,6 +148,26 @@ def test_variant_axes_ignore_per_dataset_and_per_shot_recipes(records):
     b2n = records.done[records.done["protocol"] == "base2novel"]
     assert set(variant_axes(b2n)) == {"method.bottleneck_ratio", "method.init", "method.reconstruction",
                                       "method.consistency"}
+
+
+def test_variant_axes_skip_exact_speed_switches():
+    """Runs recorded before a speed switch existed lack its column (NaN); neither that nor a switched-off exact path
+    is an ablation axis. A result-changing switch (fast.augment_views) and a hashed option still are."""
+    nan = float("nan")
+    frame = pd.DataFrame({
+        "method.name": ["heba"] * 4 + ["mma"] * 2, "protocol": "base2novel", "dataset": "eurosat", "shots": 16,
+        "seed": 1, "method.bottleneck_ratio": [4, 4, 4, 8, nan, nan],
+        "method.text_buckets": [nan, 3, 1, 3, 3, nan], "method.share_text_prefix": [nan, True, False, True, True, nan],
+        "fast.compile": [False, False, True, False, False, False], "fast.augment_views": [nan, nan, nan, 10, nan, nan],
+    })
+    assert set(variant_axes(frame)) == {"method.bottleneck_ratio", "fast.augment_views"}  # unset vs 10: an axis
+    novel = pd.DataFrame({"method.name": "heba", "protocol": "base2novel", "dataset": "eurosat", "shots": 16,
+                          "seed": 1, "method.novel_scale": [None, 0.5]})
+    assert variant_axes(novel) == ["method.novel_scale"]
+    assert list(variant_labels(novel)) == ["heba", "heba (novel_scale=0.5)"]
+    assert speed_switch("fast.image_cache", ["heba"]) and not speed_switch("fast.augment_views", ["heba"])
+    assert speed_switch("method.text_buckets", ["heba", "mma"]) and not speed_switch("method.init", ["heba"])
+    assert not speed_switch("method.text_buckets", ["coop"])  # a method without the field: nothing to go by
 
 
 def _heba_ablation_grid() -> dict[str, dict]:
