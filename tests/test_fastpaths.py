@@ -166,6 +166,10 @@ def test_shared_text_prefix_is_skipped_where_it_would_not_be_exact(tiny_clip):
     assert common_prefix_length(other) == 1
     assert torch.allclose(tiny_clip.encode_text(other, share_prefix=True), tiny_clip.encode_text(other),
                           atol=TOL, rtol=TOL)
+    same = tiny_clip.tokenize(["a cat.", "a cat."])  # everything shared: the prefix stops before the EOT
+    assert common_prefix_length(same) == tiny_clip.context_needed(same) - 1
+    assert torch.allclose(tiny_clip.encode_text(same, share_prefix=True), tiny_clip.encode_text(same),
+                          atol=TOL, rtol=TOL)
     conv, _ = _pair("heba", tiny_clip, text_adapter="conv1d_causal")
     assert conv.truncates_text and not conv.shares_text_prefix
 
