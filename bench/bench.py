@@ -299,7 +299,7 @@ def report(results: dict[str, Any]) -> str:
                 "side-by-side check) but adds a text-tower pass per bucket, so on the tiny model, whose millisecond "
                 "steps are dominated by per-operation overhead, it gains only about 5 %; and it runs the positions "
                 "every prompt shares (`[SOS] a photo of a`, 5 of them) once for all prompts (`share_text_prefix`: "
-                "tiny step 22.3 -> 19.7 ms, ViT-B/16 17.6 -> 16.6 s in side-by-side checks). Even with free text, "
+                "tiny step 22.3 -> 19.7 ms, ViT-B/16 17.6 -> 16.6 s in side-by-side checks). "
                 "HeBA's image work (2700 GFLOP of its 3088, measured alone) caps the FLOP ratio of any exact path "
                 "on ViT-B/16 shapes at 1.87x (5043 / 2700), text for free; time can beat that only where the "
                 "removed work ran slower per FLOP than what remains. MMA's branches are per token too, so it "
