@@ -10,12 +10,12 @@ shared keys and values, which is exact up to floating-point reduction order (pin
 ``C x (P + S)`` positions into ``P + C x S``. The suffixes may come in several groups of different lengths (HeBA's
 length buckets), all attending to the one prefix.
 
-Mirrors :func:`frozen_clip.towers.block_forward`: ``x + ls_1(attn(ln_1(x)))``, then
-``x + ls_2(c_proj(gelu(c_fc(ln_2(x)))))``; attention is the block's own ``nn.MultiheadAttention`` weights (fused
-``in_proj``, ``out_proj``) through ``scaled_dot_product_attention`` with the tower's additive causal mask sliced to
-the positions in use. The positions of all parts are kept as one flat sequence ``[1, T, D]``, so every per-token
-operation of a block (layer norms, projections, MLP) runs once per layer whatever the number of parts, and only the
-attention runs per part. Taps at the per-token points (``block_in``, ``attn_in``, ``mlp_hidden``, ``block_out``) see
+Runs the blocks through :func:`frozen_clip.towers.block_forward` on one flat sequence ``[1, T, D]`` of the positions
+of all parts, with the attention replaced (an ``attn`` tap) by :func:`_attention`: the block's own
+``nn.MultiheadAttention`` weights (fused ``in_proj``, ``out_proj``) through ``scaled_dot_product_attention`` per
+part, with the tower's additive causal mask sliced to the positions in use. So every per-token operation of a block
+(layer norms, projections, MLP) runs once per layer whatever the number of parts, and only the attention runs per
+part. Taps at the per-token points (``block_in``, ``attn_in``, ``mlp_hidden``, ``block_out``) see
 that flat sequence, which is exact only when they act on each token alone (HeBA's per-token linear adapters; not a
 convolution over positions); ``tower_in`` and ``attn`` taps are refused. Requires the EOT of every prompt to lie in
 the suffix.
@@ -23,17 +23,18 @@ the suffix.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from frozen_clip.taps import Taps, TapSite, apply
+from frozen_clip.taps import Taps, TapSite
+from frozen_clip.towers import TextTower, run_blocks
 
 if TYPE_CHECKING:  # backbone imports this module for FrozenCLIP.encode_text(share_prefix=True)
     from frozen_clip.backbone import FrozenCLIP
-    from frozen_clip.towers import TextTower
 
 #: tap points that act on each token alone, hence can run on the flat sequence of the prefix and all suffixes
 PER_TOKEN_POINTS = ("block_in", "attn_in", "mlp_hidden", "block_out")
@@ -51,16 +52,17 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, length, n_heads * d)
 
 
-def _attention(attn: nn.MultiheadAttention, a: torch.Tensor, shapes: list[tuple[int, int]],
+def _attention(shapes: list[tuple[int, int]], a: torch.Tensor, site: TapSite, attn: nn.MultiheadAttention,
                mask: torch.Tensor) -> torch.Tensor:
-    """Causal self-attention of ``[prefix; suffix_g]`` for every group g, the prefix computed once (batch 1).
+    """Causal self-attention of ``[prefix; suffix_g]`` for every group g, the prefix computed once (batch 1); an
+    ``attn`` tap once ``shapes`` is bound.
 
     ``a``: the attention input of every position of every part, flat ``[1, T, D]`` (prefix first, then each
-    suffix group row by row); ``shapes``: (rows, positions) per part. The projections run once on all positions;
-    only the attention itself runs per part."""
+    suffix group row by row); ``shapes``: (rows, positions) per part; ``mask``: the causal mask, already in
+    ``a``'s dtype (block_forward casts it). The projections run once on all positions; only the attention itself
+    runs per part."""
     n_prefix, h, width = shapes[0][1], attn.num_heads, a.shape[-1]
     qkv = F.linear(a, attn.in_proj_weight, attn.in_proj_bias)[0].split([n * t for n, t in shapes])
-    mask = mask.to(qkv[0].dtype)  # under autocast the projections come out in the low precision (block_forward)
     q_p, k_p, v_p = qkv[0].view(1, n_prefix, 3 * width).chunk(3, dim=-1)
     outs = [F.scaled_dot_product_attention(_heads(q_p, h), _heads(k_p, h), _heads(v_p, h),
                                            attn_mask=mask[:n_prefix, :n_prefix])]
@@ -73,20 +75,6 @@ def _attention(attn: nn.MultiheadAttention, a: torch.Tensor, shapes: list[tuple[
                                                                   :n_prefix + n_suffix]))
     merged = torch.cat([_merge(out).reshape(-1, width) for out in outs]).unsqueeze(0)
     return F.linear(merged, attn.out_proj.weight, attn.out_proj.bias)
-
-
-def _block(blk: nn.Module, x: torch.Tensor, shapes: list[tuple[int, int]], mask: torch.Tensor, taps: Taps,
-           site: TapSite) -> torch.Tensor:
-    """One residual attention block on the flat positions ``[1, T, D]`` of all parts (block_forward): every
-    per-token operation and tap runs once on all of them, the attention per part (:func:`_attention`)."""
-    tower, layer = site.tower, site.layer
-    x = apply(taps.get("block_in", tower, layer), x, site)
-    x_in = x
-    a = apply(taps.get("attn_in", tower, layer), blk.ln_1(x), site)
-    x = x + blk.ls_1(_attention(blk.attn, a, shapes, mask))
-    h = apply(taps.get("mlp_hidden", tower, layer), blk.mlp.c_fc(blk.ln_2(x)), site)
-    x = x + blk.ls_2(blk.mlp.c_proj(blk.mlp.gelu(h)))
-    return apply(taps.get("block_out", tower, layer), x, site, x_in)
 
 
 def can_share(clip: FrozenCLIP) -> bool:
@@ -135,10 +123,9 @@ def shared_prefix_hidden(text: TextTower, prefix: torch.Tensor, suffixes: list[t
     shapes = [(int(p.shape[0]), int(p.shape[1])) for p in parts]
     # one flat sequence of every position: per-token work runs in one call per layer, not once per part
     x = torch.cat([p.reshape(-1, text.width) for p in parts]).unsqueeze(0)
-    mask = text.attn_mask[:length, :length].to(cast)
     blocks = text.transformer.resblocks
-    for layer, blk in enumerate(blocks):
-        x = _block(blk, x, shapes, mask, taps, TapSite("text", layer, len(blocks), text.width))
+    per_part_attention = taps.copy().add("attn", "text", range(len(blocks)), partial(_attention, shapes))
+    x = run_blocks(blocks, x, text.attn_mask[:length, :length], per_part_attention, "text", None, 0)
     flat = text.ln_final(x)[0].split([n * t for n, t in shapes])
     return [part.view(n, t, text.width) for part, (n, t) in zip(flat[1:], shapes[1:])]
 

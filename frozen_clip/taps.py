@@ -65,6 +65,13 @@ class Taps:
             self._fns[(point, tower, int(layer))].append(fn)
         return self
 
+    def copy(self) -> "Taps":
+        """A new set with the same functions; adding to it leaves this one unchanged."""
+        out = Taps()
+        for key, fns in self._fns.items():
+            out._fns[key] = list(fns)
+        return out
+
     def get(self, point: str, tower: str, layer: int) -> list[TapFn]:
         """The functions registered at one site (empty list if none)."""
         return self._fns.get((point, tower, layer), [])
