@@ -133,7 +133,7 @@ def _step_rows(args: argparse.Namespace, device: torch.device, default_threads: 
                     row = bench_method(method, name, clip, classes, repeats, precision=args.precision,
                                        cached_features=cached)
                 log(f"  suite {row.seconds_fast:.4f}s  reference {row.seconds_reference:.4f}s  x{row.speedup:.2f}")
-                rows.append({**row.as_dict(), "allocator": allocator()})
+                rows.append({**row.as_dict(), "allocator": results["machine"]["allocator"]})  # for merges
     return rows
 
 
