@@ -10,7 +10,8 @@ Tip-Adapter's cache does), so when set it is part of the run id (:func:`inexact_
 
 Method-side fast paths are fields of each method's config, because whether they are exact depends on the method:
 ``truncate_text`` (text cut to the longest prompt: HeBA, MMA, CoOp, CoCoOp, MaPLe; CLIP-LoRA always truncates),
-HeBA's ``text_buckets`` (prompts grouped by length, each group cut to its own longest) and CoOp's ``shared_prefix``
+HeBA's and MMA's ``text_buckets`` (prompts grouped by length, each group cut to its own longest) and
+``share_text_prefix`` (the positions all prompts share run once), and CoOp's ``shared_prefix``
 (:mod:`frozen_clip.shared_prefix`).
 
 **Augmentation seeded per item** (:class:`SeededViews`). The ``v``-th augmented view of training item ``i`` is drawn
