@@ -360,6 +360,51 @@ def test_flop_count_of_the_first_step_does_not_change_training(tiny_clip):
     assert cost == {"flops_per_image": counted.flops_per_image, "mfu": None}  # no CPU peak
 
 
+@pytest.mark.parametrize("spacing, saved, before_crash", [(0.0, list(range(1, 9)), [1, 2, 3, 4]), (1e9, [1, 8], [1])])
+def test_checkpoint_cadence_first_last_and_spaced_by_write_cost(tiny_clip, tmp_path, monkeypatch, spacing, saved,
+                                                                before_crash):
+    """Epochs are checkpointed once the time since the last write is CHECKPOINT_SPACING times its cost (always the
+    first and the last); a fit that crashes mid-way resumes from the last checkpoint to the same weights."""
+    from baselines.clip_adapter import CLIPAdapter, CLIPAdapterConfig
+    from frozen_clip import trainer as trainer_module
+    from frozen_clip.optim import OptimConfig
+    monkeypatch.setattr(trainer_module, "CHECKPOINT_SPACING", spacing)
+
+    class Crash(Exception):
+        pass
+
+    class Recording(trainer_module.Trainer):
+        saved: list[int] = []
+        crash_at: int | None = None
+
+        def _epoch(self, train_set, epoch, *args):
+            if epoch == self.crash_at:
+                raise Crash
+            return super()._epoch(train_set, epoch, *args)
+
+        def _checkpoint(self, epoch, *args):
+            self.saved.append(epoch)
+            super()._checkpoint(epoch, *args)
+    ctx = MethodContext("oxford_pets", "a photo of a {}.", "fewshot", 2, 1, 2)
+    gen = torch.Generator().manual_seed(0)
+    data = FeatureRows(torch.randn(8, 3, 32, 32, generator=gen), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+
+    def fit(folder: Path, crash_at: int | None = None) -> tuple[list[int], torch.Tensor]:
+        torch.manual_seed(0)
+        method = CLIPAdapter(tiny_clip, ["a", "b", "c"], CLIPAdapterConfig(), ctx)
+        Recording.saved, Recording.crash_at = [], crash_at
+        Recording(method, OptimConfig(epochs=8, batch_size=4), seed=1, device=torch.device("cpu"),
+                  checkpoint_dir=folder, log=lambda _m: None).fit(data)
+        return Recording.saved, method.fc[0].weight.detach().clone()
+    epochs_saved, weight = fit(tmp_path / "whole")
+    assert epochs_saved == saved
+    with pytest.raises(Crash):
+        fit(tmp_path / "crashed", crash_at=5)
+    assert Recording.saved == before_crash
+    _, resumed = fit(tmp_path / "crashed")
+    assert torch.equal(weight, resumed)
+
+
 def test_augment_views_cycle_is_hashed_and_paths_still_agree(data_root, tmp_path):
     common = dict(method="clip_adapter", protocol="fewshot", shots=2, optim={"epochs": 5, "batch_size": 8})
     cycled = {"augment_views": 2}
