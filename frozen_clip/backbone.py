@@ -18,6 +18,7 @@ eval mode (CLIP has no dropout; the official methods never train it).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import warnings
 from dataclasses import dataclass
@@ -171,6 +172,18 @@ def _model_from_cfg(src: BackboneSource) -> nn.Module:
     return model
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizer(name: str | None, context_length: int) -> Any:
+    """open_clip's tokenizer of backbone ``name`` (None: a config file's model, CLIP's BPE at ``context_length``).
+
+    One per process: building the BPE tables takes ~70 ms, paid by every run of a grid executed in one process
+    otherwise. Tokenizers hold no per-call state (the BPE memo only grows), so runs can share one.
+    """
+    if name is None:
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    return open_clip.get_tokenizer(name)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -194,8 +207,7 @@ class FrozenCLIP(nn.Module):
             p.requires_grad_(False)
         self.model.eval()
         self.text = TextTower(model)
-        self.tokenizer = open_clip.get_tokenizer(source.name) if source.model_cfg is None else \
-            open_clip.tokenizer.SimpleTokenizer(context_length=self.text.context_length)
+        self.tokenizer = _tokenizer(source.name if source.model_cfg is None else None, self.text.context_length)
         size = preprocess.get("size", getattr(model.visual, "image_size", 224))
         self.image_size: int = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean: tuple[float, ...] = tuple(preprocess.get("mean", CLIP_MEAN))

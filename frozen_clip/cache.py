@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,13 +25,25 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-class FeatureCache:
-    """Tensors on disk under ``root``, keyed by :func:`cache_key`."""
+def _nbytes(entry: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in entry.values())
 
-    def __init__(self, root: Path) -> None:
+
+class FeatureCache:
+    """Tensors on disk under ``root``, keyed by :func:`cache_key`.
+
+    ``memo_mb > 0`` also keeps the most recently used entries in memory, up to that many MiB, for a reader that
+    comes back to the same entries (the trainer cycling through ``fast.augment_views`` cached views reads each one
+    every few epochs; loading it from disk cost as much as the epoch's training steps). Memoised tensors are shared
+    between calls, so this is only for readers that do not modify what they get.
+    """
+
+    def __init__(self, root: Path, memo_mb: float = 0.0) -> None:
         self.root = Path(root)
         self.hits = 0
         self.misses = 0
+        self.memo_bytes = int(memo_mb * 2 ** 20)
+        self._memo: OrderedDict[Path, dict[str, torch.Tensor]] = OrderedDict()
 
     def path(self, parts: dict[str, Any]) -> Path:
         """Where the entry for ``parts`` lives."""
@@ -40,6 +53,23 @@ class FeatureCache:
                        ) -> dict[str, torch.Tensor]:
         """Load the entry for ``parts``, or compute, store and return it."""
         path = self.path(parts)
+        if path in self._memo:
+            self.hits += 1
+            self._memo.move_to_end(path)
+            return self._memo[path]
+        value = self._load_or_compute(path, parts, compute)
+        self._remember(path, value)
+        return value
+
+    def _remember(self, path: Path, value: dict[str, torch.Tensor]) -> None:
+        if _nbytes(value) > self.memo_bytes:
+            return
+        self._memo[path] = value
+        while sum(_nbytes(entry) for entry in self._memo.values()) > self.memo_bytes:
+            self._memo.popitem(last=False)  # least recently used first
+
+    def _load_or_compute(self, path: Path, parts: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
+                         ) -> dict[str, torch.Tensor]:
         if path.is_file():
             self.hits += 1
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from PIL import Image
 
 from frozen_clip.errors import DataError
 from protocols.datasets import Item
-from protocols.imagefolder import ImageListDataset, check_images, image_problem, open_image
+from protocols.imagefolder import ImageListDataset, check_images, check_images_with_ledger, image_problem, open_image
 from protocols.splits import build_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -83,3 +85,27 @@ def test_check_images(tmp_path: Path) -> None:
     assert check_images(paths, workers=3) == problems
     assert check_images(paths, decode=False) == [(str(tmp_path / "gone.jpg"), "missing")]
     assert image_problem(tmp_path / "ok.jpg") is None
+
+
+def test_check_images_with_ledger_decodes_only_new_or_changed_files(tmp_path: Path) -> None:
+    """The ledger records what decoded; an unchanged file (same size and mtime) is not decoded again, so a file
+    corrupted in place with both kept passes (the documented assumption), and one whose mtime moved is checked."""
+    ledger = tmp_path / "cache" / "verified.json"
+    write_image(tmp_path / "ok.jpg", fmt="JPEG")
+    (tmp_path / "bad.jpg").write_bytes(b"\x00" * 64)
+    ok, bad, gone = tmp_path / "ok.jpg", tmp_path / "bad.jpg", tmp_path / "gone.jpg"
+    paths = [ok, bad, gone]
+    assert check_images_with_ledger(paths, ledger) == check_images(paths)
+    assert set(json.loads(ledger.read_text())) == {str(ok)}
+    stat = ok.stat()
+    ok.write_bytes(b"\x00" * stat.st_size)  # corrupt, same size ...
+    os.utime(ok, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and same mtime: trusted
+    assert [p for p, _ in check_images_with_ledger(paths, ledger)] == [str(bad), str(gone)]
+    os.utime(ok, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: decoded again, and found unreadable
+    assert [p for p, _ in check_images_with_ledger(paths, ledger)] == [str(ok), str(bad), str(gone)]
+    write_image(bad, fmt="JPEG")  # repaired: passes and joins the ledger
+    assert [p for p, _ in check_images_with_ledger(paths, ledger)] == [str(ok), str(gone)]
+    assert str(bad) in json.loads(ledger.read_text())
+    ledger.write_text("{not json")  # a damaged ledger is ignored (everything checked), then rewritten
+    assert [p for p, _ in check_images_with_ledger(paths, ledger)] == [str(ok), str(gone)]
+    assert set(json.loads(ledger.read_text())) == {str(bad)}
