@@ -5,8 +5,8 @@ through the real runner (:func:`jobs.executors.execute_run`) on a generated CoOp
 
 * **reference** (what the official code does): every run encodes every image it needs itself, from the JPEG files:
   CLIP-Adapter through the image tower at every step, Tip-Adapter its augmented passes, every run the test set
-  (``fast: {feature_training: false, shared_eval_features: false, image_cache: false}`` and a fresh cache folder
-  per run, so nothing is shared);
+  (``fast: {feature_training: false, shared_eval_features: false, image_cache: false}``, the linear probe's
+  ``reuse_fits: false``, and a fresh cache folder per run, so nothing is shared);
 * **suite**: the default fast paths with one shared cache folder: decoded images kept as uint8, each (manifest,
   transform, view) encoded once and reused by every run that needs it, test features shared by every run on the
   same test split, heads trained on cached features.
@@ -148,6 +148,25 @@ def counting_encodings(counts: dict[str, int], key: list[str]) -> Iterator[None]
 
 
 REFERENCE_FAST = {"feature_training": False, "shared_eval_features": False, "image_cache": False}
+REFERENCE_METHOD = {"linear_probe": {"reuse_fits": False}}  # method-side exact switches, off as in official code
+
+
+def _verified_ledger(data: Path, ledger: Path) -> Path:
+    """A preflight ledger listing every image of the dataset as decodable (see :func:`_copy_ledger`)."""
+    from protocols.imagefolder import check_images_with_ledger
+    problems = check_images_with_ledger(sorted(data.rglob("*.jpg")), ledger)
+    assert not problems, problems
+    return ledger
+
+
+def _copy_ledger(ledger: Path, results: Path) -> None:
+    """Both paths start with every image verified, so neither pays the suite's preflight decode (the official code
+    has none; a grid's runs after the first pay only a ``stat`` per image)."""
+    from jobs.execute import LEDGER_NAME
+    target = results / "cache" / LEDGER_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ledger, target)
 
 
 def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, ...] = (1, 2, 4, 8, 16),
@@ -161,6 +180,7 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
     backbone = work / "bench-tiny.json"
     backbone.write_text(json.dumps(TINY_CONFIG))
     configs = _configs(data, str(backbone), methods, shots, seeds, epochs)
+    ledger = _verified_ledger(data, work / "ledger.json")
     paths = {"reference": REFERENCE_FAST, "suite": {}, **({"views": {"augment_views": views}} if views else {})}
     times: dict[str, dict[str, float]] = {path: {"total": 0.0} for path in paths}
     accuracy: dict[str, list[float]] = {path: [] for path in paths}
@@ -172,6 +192,9 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
             for path in (list(paths) if i % 2 == 0 else list(paths)[::-1]):
                 results = work / path / (f"run{i}" if path == "reference" else "shared")
                 run_cfg = {**cfg, "results_dir": str(results), "fast": paths[path]}
+                _copy_ledger(ledger, results)
+                if path == "reference":
+                    run_cfg["method"] = {**cfg["method"], **REFERENCE_METHOD.get(cfg["method"]["name"], {})}
                 label = cfg["name"]
                 current[0] = f"{label}/{path}"
                 start = time.perf_counter()

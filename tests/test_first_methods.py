@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from baselines.linear_probe import LinearProbe, LinearProbeConfig
@@ -55,6 +56,35 @@ def test_linear_probe_search_selects_on_val_only(tiny_clip):
     assert probe.num_trainable() == 3 * 32 + 3
 
 
+def test_linear_probe_reuse_fits_equals_refitting(tiny_clip):
+    """``reuse_fits`` fits each C once (the halving steps refit one end of the interval, the first midpoint is the
+    grid's best C) and ends with the same C and the same classifier as the official refitting search."""
+    gen = torch.Generator().manual_seed(3)
+    centers = torch.randn(4, 32, generator=gen)
+    train_y, val_y = torch.arange(4).repeat_interleave(6), torch.arange(4).repeat_interleave(4)
+    train_x = centers[train_y] + 1.5 * torch.randn(24, 32, generator=gen)
+    val_x = centers[val_y] + 1.5 * torch.randn(16, 32, generator=gen)
+
+    class Counting(LinearProbe):
+        def _fit(self, c, x, y):
+            self.fits.append(c)
+            return super()._fit(c, x, y)
+    probes = {}
+    for reuse in (True, False):
+        probe = probes[reuse] = Counting(tiny_clip, ["a", "b", "c", "d"], LinearProbeConfig(reuse_fits=reuse), ctx())
+        probe.fits = []
+        probe.prepare_fit(FitData(("a", "b", "c", "d"), 24, 16,
+                                  lambda split: (train_x, train_y) if split == "train" else (val_x, val_y)))
+    assert len(probes[False].fits) == 25 and len(probes[True].fits) <= 17
+    assert sorted(set(probes[False].fits)) == sorted(probes[True].fits)  # each distinct C fitted once
+    assert probes[True].chosen_c == probes[False].chosen_c
+    assert torch.equal(probes[True].weight, probes[False].weight) and torch.equal(probes[True].bias,
+                                                                                   probes[False].bias)
+    lp = {"protocol": "fewshot", "shots": 4}
+    assert resolve(base_run("d", "r", method={"name": "linear_probe", "reuse_fits": False}, **lp), "t").run_id == \
+        resolve(base_run("d", "r", method="linear_probe", **lp), "t").run_id  # exact: not part of the run id
+
+
 def test_linear_probe_and_zeroshot_runs_use_the_feature_cache(data_root, tmp_path):
     common = dict(protocol="fewshot", shots=4)
     zs = execute(base_run(data_root, tmp_path / "r", method="zeroshot", **common))
@@ -80,6 +110,30 @@ def test_feature_cache_keys_and_reuse(tmp_path):
     assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
     for key in parts:
         assert cache_key({**parts, key: "other"}) != cache_key(parts)
+
+
+def test_feature_cache_memo_serves_recent_entries_within_its_budget(tmp_path):
+    """A memoised cache returns what the disk holds, keeps the most recently used entries within ``memo_mb`` and
+    drops the oldest; entries larger than the budget are never held."""
+    entry_mb = 4 * 2 ** 18 * 4 / 2 ** 20  # one [4, 2**18] float32 entry: 4 MiB
+    memo = FeatureCache(tmp_path, memo_mb=2.5 * entry_mb)
+    plain = FeatureCache(tmp_path)
+    values = {i: torch.full((4, 2 ** 18), float(i)) for i in range(3)}
+    for i in range(3):
+        assert torch.equal(memo.get_or_compute({"view": i}, lambda i=i: {"features": values[i]})["features"],
+                           values[i])
+    assert list(memo._memo) == [memo.path({"view": 1}), memo.path({"view": 2})]  # view 0 dropped (budget: 2)
+    for i in range(3):  # every entry is on disk, and the memo serves the same tensors
+        assert torch.equal(plain.get_or_compute({"view": i}, lambda: pytest.fail("not cached"))["features"],
+                           values[i])
+    for i in (1, 0):  # 1 from memory (now the most recent), 0 from disk: 2 is the least recent and goes
+        assert torch.equal(memo.get_or_compute({"view": i}, lambda: pytest.fail("not cached"))["features"],
+                           values[i])
+    assert list(memo._memo) == [memo.path({"view": 1}), memo.path({"view": 0})]
+    assert (memo.hits, memo.misses) == (2, 3)
+    tiny = FeatureCache(tmp_path, memo_mb=entry_mb / 2)
+    tiny.get_or_compute({"view": 0}, lambda: pytest.fail("not cached"))
+    assert not tiny._memo
 
 
 def test_method_report_reaches_the_record(data_root, tmp_path):
