@@ -6,7 +6,8 @@ with the slow path to 1e-5). Hence the section is not part of the run id (like `
 on by default except ``compile``, which is off because graph compilation reorders floating-point operations and
 costs minutes of compile time on short runs. The one exception is ``augment_views``, off by default: it changes the
 training data (epochs cycle through a fixed number of augmented views instead of drawing a fresh one each epoch, as
-Tip-Adapter's cache does), so when set it is part of the run id (:func:`inexact_fast_settings`).
+Tip-Adapter's cache does; Tip-Adapter-F's epochs then cycle through its cache's views), so when set it is part of
+the run id (:func:`inexact_fast_settings`).
 
 Method-side fast paths are fields of each method's config, because whether they are exact depends on the method:
 ``truncate_text`` (text cut to the longest prompt: HeBA, MMA, CoOp, CoCoOp, MaPLe; CLIP-LoRA always truncates),
@@ -41,9 +42,11 @@ class FastPaths:
     shared_eval_features: bool = True  # eval features keyed by the split's items, shared by every manifest/run
     image_cache: bool = True  # decoded images kept as uint8 (train: full resolution; eval: resized + cropped)
     compile: bool = False  # torch.compile the training step on CUDA (ignored on CPU); reorders fp operations
-    # NOT exact, off by default (hashed when set): epoch e trains on augmented view (e - 1) mod augment_views, so a
-    # head-only method needs only that many feature passes however many epochs it runs (official: a fresh view per
-    # epoch). The image path and the cached-feature path still see the same images.
+    # NOT exact, off by default (hashed when set): augmented view v is read as view v mod augment_views, so a run sees
+    # at most that many augmented views of each image: epoch e trains on view (e - 1) mod augment_views, and
+    # Tip-Adapter-F's epochs cycle through the views of its cache passes. A head-only method then needs only that
+    # many feature passes however many epochs it runs (official: a fresh view per epoch). The image path and the
+    # cached-feature path still see the same images.
     augment_views: int | None = None
 
     def validate(self) -> None:
@@ -52,7 +55,10 @@ class FastPaths:
 
     def view_of_epoch(self, epoch: int) -> int:
         """The augmented view trained on in ``epoch`` (1-based)."""
-        view = epoch - 1
+        return self.cycled_view(epoch - 1)
+
+    def cycled_view(self, view: int) -> int:
+        """The augmented view actually drawn when view ``view`` is asked for (cycled over ``augment_views``)."""
         return view if self.augment_views is None else view % self.augment_views
 
 

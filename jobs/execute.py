@@ -369,7 +369,7 @@ class FeatureAccess:
         def augmented(split: str, view: int, rrc_scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
             if split not in ("train", "val"):
                 raise ValueError(f"prepare_fit may only read train/val, not {split!r}")
-            return self.augmented_features(manifest, split, view, rrc_scale)
+            return self.augmented_features(manifest, split, self.fast.cycled_view(view), rrc_scale)
         return FitData(manifest.classnames, len(manifest.train), len(manifest.val), features, augmented)
 
 

@@ -162,3 +162,25 @@ def test_end_to_end(data_root, tmp_path, finetune):
     assert record["cost"]["trainable_params"] == (6 * 4 * 32 if finetune else 0)  # 24 keys x E=32
     # cache views 0..1 (+ one training view) and val/test features all went through the runner's feature cache
     assert record["cost"]["feature_cache"]["misses"] == (4 if finetune else 3) + 1
+
+
+def test_augment_views_cycles_tip_adapter_f_epochs_through_the_cache_views(data_root, tmp_path):
+    """Under the inexact ``fast.augment_views: V`` a run reads at most V augmented views of each image: Tip-Adapter-F's
+    epochs reuse its cache passes' views (no feature pass of their own), and fewer views than cache passes collapse
+    the passes onto them (a different cache, a different run id)."""
+    from jobs.config import resolve
+    method = {"name": "tip_adapter", "finetune": True, "augment_epoch": 2, "train_epoch": 3, "batch_size": 12}
+
+    def run(folder: str, fast: dict) -> dict:
+        cfg = base_run(data_root, tmp_path / folder, method=method, protocol="fewshot", fast=fast)
+        del cfg["optim"]
+        return execute_resolved(resolve(cfg, "test"))
+    fresh = run("fresh", {})
+    assert fresh["cost"]["feature_cache"]["misses"] == 2 + 3 + 2  # cache views 0-1, training views 2-4, val, test
+    cycled = run("cycled", {"augment_views": 2})
+    assert cycled["cost"]["feature_cache"]["misses"] == 2 + 2  # training epochs read views 0, 1, 0
+    assert cycled["cost"]["feature_cache"]["hits"] == fresh["cost"]["feature_cache"]["hits"] + 3
+    assert [e["epoch"] for e in cycled["method_report"]["fit_log"]] == [1, 2, 3]
+    single = run("single", {"augment_views": 1})
+    assert single["cost"]["feature_cache"]["misses"] == 1 + 2  # both cache passes and every epoch: view 0
+    assert len({fresh["run_id"], cycled["run_id"], single["run_id"]}) == 3
