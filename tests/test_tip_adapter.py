@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from baselines.templates import IMAGENET_TEMPLATES_SELECT
-from baselines.tip_adapter import TipAdapter, TipAdapterConfig, build_cache
+from baselines.tip_adapter import TipAdapter, TipAdapterConfig, build_cache, search_hp, search_hp_loop
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import FitData, MethodContext
 from tests.conftest import FIXTURES, base_run, execute_resolved
@@ -184,3 +184,22 @@ def test_augment_views_cycles_tip_adapter_f_epochs_through_the_cache_views(data_
     single = run("single", {"augment_views": 1})
     assert single["cost"]["feature_cache"]["misses"] == 1 + 2  # both cache passes and every epoch: view 0
     assert len({fresh["run_id"], cycled["run_id"], single["run_id"]}) == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_search_equals_the_official_double_loop(seed):
+    """The alpha-batched search returns exactly the (beta, alpha, accuracy) of one ``cls_acc`` per pair, also when
+    logits tie (two classes with the same text feature and cache column), where ``topk``'s tie-breaking decides."""
+    gen = torch.Generator().manual_seed(seed)
+    n_val, n_keys, n_cls, dim = 40, 24, 6, 16
+    normed = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    feats, keys = normed(torch.randn(n_val, dim, generator=gen)), normed(torch.randn(n_keys, dim, generator=gen))
+    text = normed(torch.randn(n_cls, dim, generator=gen))
+    text[1] = text[0]  # classes 0 and 1 tie in the CLIP logits ...
+    key_labels = torch.arange(n_keys) % n_cls
+    key_labels[key_labels == 1] = 0  # ... and in the cache logits (no key of class 1)
+    values = torch.nn.functional.one_hot(key_labels, n_cls).float()
+    labels = torch.randint(0, n_cls, (n_val,), generator=gen)
+    for search_scale in ((7.0, 3.0), (50.0, 50.0)):
+        args = (feats @ keys.t(), feats, text, values, labels, search_scale, (40, 10))
+        assert search_hp(*args) == search_hp_loop(*args)
