@@ -5,8 +5,9 @@ through the real runner (:func:`jobs.executors.execute_run`) on a generated CoOp
 
 * **reference** (what the official code does): every run encodes every image it needs itself, from the JPEG files:
   CLIP-Adapter through the image tower at every step, Tip-Adapter its augmented passes, every run the test set
-  (``fast: {feature_training: false, shared_eval_features: false, image_cache: false}``, the linear probe's
-  ``reuse_fits: false``, and a fresh cache folder per run, so nothing is shared);
+  (``fast: {feature_training: false, shared_eval_features: false, image_cache: false}``, the methods' own exact
+  switches off: the linear probe's ``reuse_fits``, Tip-Adapter's ``batched_search``; a fresh cache folder per run,
+  so nothing is shared);
 * **suite**: the default fast paths with one shared cache folder: decoded images kept as uint8, each (manifest,
   transform, view) encoded once and reused by every run that needs it, test features shared by every run on the
   same test split, heads trained on cached features.
@@ -148,7 +149,8 @@ def counting_encodings(counts: dict[str, int], key: list[str]) -> Iterator[None]
 
 
 REFERENCE_FAST = {"feature_training": False, "shared_eval_features": False, "image_cache": False}
-REFERENCE_METHOD = {"linear_probe": {"reuse_fits": False}}  # method-side exact switches, off as in official code
+# method-side exact switches, off as in the official code
+REFERENCE_METHOD = {"linear_probe": {"reuse_fits": False}, "tip_adapter": {"batched_search": False}}
 
 
 def _verified_ledger(data: Path, ledger: Path) -> Path:

@@ -61,9 +61,10 @@ def test_cache_and_text_classifier(tiny_clip, golden):
     torch.testing.assert_close(make(tiny_clip, golden).text_features().t(), tensors["clip_weights"], **TOL)
 
 
-def test_training_free_logits_and_val_search(tiny_clip, golden):
+@pytest.mark.parametrize("batched", [True, False])
+def test_training_free_logits_and_val_search(tiny_clip, golden, batched):
     tensors, meta = golden
-    method = make(tiny_clip, golden, augment_epoch=3)
+    method = make(tiny_clip, golden, augment_epoch=3, batched_search=batched)
     assert (method.beta, method.alpha) == (1.0, 1.17)  # OxfordPets' init_beta / init_alpha
     requested: list = []
     method.prepare_fit(fixture_fit_data(tensors, requested))
