@@ -117,7 +117,12 @@ class FeatureRows(Dataset):
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int | list[int]) -> tuple[torch.Tensor, Any, Any]:
+        """Row ``index``, or a whole batch for a list of indices (what the default collation would stack from the
+        rows one by one: features ``[B, E]``, int64 labels and indices), read with one indexing operation."""
+        if isinstance(index, list):
+            rows = torch.tensor(index, dtype=torch.long)
+            return self.features[rows], self.labels[rows].long(), rows
         return self.features[index], int(self.labels[index]), index
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from frozen_clip import atomic
 from frozen_clip.fastpaths import FastPaths, FeatureRows, FeatureViews, supports_feature_training
@@ -126,10 +126,14 @@ class Trainer:
     def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
         generator = torch.Generator().manual_seed(derive_seed("loader", self.seed, epoch))
         batch = self.optim.batch_size
-        return DataLoader(dataset, batch_size=batch, sampler=RandomSampler(dataset, generator=generator),
-                          drop_last=len(dataset) >= batch, num_workers=self.num_workers,
-                          generator=generator, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+        sampler = RandomSampler(dataset, generator=generator)
+        common = dict(num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
+                      persistent_workers=False)
+        if isinstance(dataset, FeatureRows):  # cached features: a batch is one indexing, not B rows collated
+            # the same batches from the same generator draws as below (BatchSampler is what DataLoader builds)
+            return DataLoader(dataset, sampler=BatchSampler(sampler, batch, drop_last=len(dataset) >= batch),
+                              batch_size=None, **common)
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=len(dataset) >= batch, **common)
 
     def total_iterations(self, n_train: int) -> int:
         """Optimiser steps of the whole fit."""

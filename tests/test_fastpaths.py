@@ -360,6 +360,28 @@ def test_flop_count_of_the_first_step_does_not_change_training(tiny_clip):
     assert cost == {"flops_per_image": counted.flops_per_image, "mfu": None}  # no CPU peak
 
 
+@pytest.mark.parametrize("n_rows", [10, 37])  # fewer rows than a batch (no drop_last), and a ragged last batch
+def test_feature_rows_loader_yields_the_collated_batches(tiny_clip, n_rows):
+    """The trainer reads cached features a batch at a time; the batches (features, labels, indices, order) are
+    those the per-row DataLoader with the same generator would collate."""
+    from baselines.zeroshot import ZeroShotCLIP, ZeroShotConfig
+    from frozen_clip.optim import OptimConfig
+    from frozen_clip.trainer import Trainer, derive_seed
+    from torch.utils.data import DataLoader, RandomSampler
+    gen = torch.Generator().manual_seed(0)
+    rows = FeatureRows(torch.randn(n_rows, 8, generator=gen), torch.randint(0, 5, (n_rows,), generator=gen))
+    method = ZeroShotCLIP(tiny_clip, ["a", "b"], ZeroShotConfig(), MethodContext("imagenet", "{}", "fewshot", 1, 1, 1))
+    trainer = Trainer(method, OptimConfig(epochs=1, batch_size=16), seed=3, device=torch.device("cpu"))
+    for epoch in (1, 2):
+        fast = list(trainer._loader(rows, epoch))
+        generator = torch.Generator().manual_seed(derive_seed("loader", 3, epoch))
+        slow = list(DataLoader(rows, batch_size=16, sampler=RandomSampler(rows, generator=generator),
+                               drop_last=n_rows >= 16, generator=generator))
+        assert len(fast) == len(slow) == (1 if n_rows < 16 else 2)
+        for a, b in zip(fast, slow, strict=True):
+            assert all(torch.equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize("spacing, saved, before_crash", [(0.0, list(range(1, 9)), [1, 2, 3, 4]), (1e9, [1, 8], [1])])
 def test_checkpoint_cadence_first_last_and_spaced_by_write_cost(tiny_clip, tmp_path, monkeypatch, spacing, saved,
                                                                 before_crash):
