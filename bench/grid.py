@@ -15,11 +15,11 @@ through the real runner (:func:`jobs.executors.execute_run`) on a generated CoOp
 Both grids produce the same accuracies (checked and reported: the fast paths are exact). Optionally a third path,
 **suite + views**, adds the one inexact switch, ``fast.augment_views: V``: a run reads at most V augmented views of
 each image (Tip-Adapter's own cache uses 10 passes), so CLIP-Adapter's 200 epochs need V feature passes instead of
-200 and Tip-Adapter-F's epochs reuse its cache passes' views; its accuracies differ from the reference (other training data) and the
-difference is reported. Wall time of each path is reported per method, with the number of images each path pushed
-through the image encoder (counted at :meth:`FrozenCLIP.encode_image`): on the tiny model an encoding costs less
-than decoding the JPEG, but on ViT-B/16 it costs ~35 GFLOPs, and the encoding ratio is the speedup the grid tends
-to when encoding dominates.
+200 and Tip-Adapter-F's epochs reuse its cache passes' views; its accuracies differ from the reference (other
+training data) and the difference is reported. Wall time of each path is reported per method, with the number of
+images each path pushed through the image encoder (counted at :meth:`FrozenCLIP.encode_image`): on the tiny model an
+encoding costs less than decoding the JPEG, but on ViT-B/16 it costs ~35 GFLOPs, and the encoding ratio is the
+speedup the grid tends to when encoding dominates.
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def _verified_ledger(data: Path, ledger: Path) -> Path:
     """A preflight ledger listing every image of the dataset as decodable (see :func:`_copy_ledger`)."""
     from protocols.imagefolder import check_images_with_ledger
     problems = check_images_with_ledger(sorted(data.rglob("*.jpg")), ledger)
-    assert not problems, problems
+    if problems:
+        raise RuntimeError(f"the generated bench dataset has unreadable images: {problems[:3]}")
     return ledger
 
 

@@ -52,7 +52,7 @@ SCHEMA_VERSION = 1
 SUITE_VERSION = "0.1.0"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEDGER_NAME = "verified-images.json"  # in a results folder's cache: images that decoded, with size and mtime
-VIEW_MEMO_MB = 512.0  # cached training views kept in memory by a run (10 views of a 16-shot ImageNet at 1024-d: 625)
+VIEW_MEMO_MB = 512.0  # cached training views a run keeps in memory (a 16-shot ImageNet view at 1024-d: 66 MiB)
 
 
 def run_dir(resolved: ResolvedRun) -> Path:

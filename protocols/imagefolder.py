@@ -80,9 +80,10 @@ def _stamp(path: str) -> list[int] | None:
 
 def _read_ledger(ledger: Path) -> dict[str, list[int]]:
     try:
-        return json.loads(ledger.read_text())
+        entries = json.loads(ledger.read_text())
     except (OSError, ValueError):
         return {}  # absent, or unreadable: every image is checked again
+    return entries if isinstance(entries, dict) else {}
 
 
 def check_images_with_ledger(paths: Iterable[str | Path], ledger: Path, workers: int = 1) -> list[tuple[str, str]]:

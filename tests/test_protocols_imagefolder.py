@@ -106,6 +106,7 @@ def test_check_images_with_ledger_decodes_only_new_or_changed_files(tmp_path: Pa
     write_image(bad, fmt="JPEG")  # repaired: passes and joins the ledger
     assert [p for p, _ in check_images_with_ledger(paths, ledger)] == [str(ok), str(gone)]
     assert str(bad) in json.loads(ledger.read_text())
-    ledger.write_text("{not json")  # a damaged ledger is ignored (everything checked), then rewritten
-    assert [p for p, _ in check_images_with_ledger(paths, ledger)] == [str(ok), str(gone)]
-    assert set(json.loads(ledger.read_text())) == {str(bad)}
+    for damaged in ("{not json", "[1, 2]"):  # a damaged ledger is ignored (everything checked), then rewritten
+        ledger.write_text(damaged)
+        assert [p for p, _ in check_images_with_ledger(paths, ledger)] == [str(ok), str(gone)]
+        assert set(json.loads(ledger.read_text())) == {str(bad)}
