@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,10 +31,12 @@ def _nbytes(entry: dict[str, torch.Tensor]) -> int:
 class FeatureCache:
     """Tensors on disk under ``root``, keyed by :func:`cache_key`.
 
-    ``memo_mb > 0`` also keeps the most recently used entries in memory, up to that many MiB, for a reader that
-    comes back to the same entries (the trainer cycling through ``fast.augment_views`` cached views reads each one
-    every few epochs; loading it from disk cost as much as the epoch's training steps). Memoised tensors are shared
-    between calls, so this is only for readers that do not modify what they get.
+    ``memo_mb > 0`` also keeps entries in memory, the first ones read until they fill that many MiB, for a reader
+    that comes back to the same entries (the trainer cycling through ``fast.augment_views`` cached views reads each
+    one every few epochs; loading it from disk cost as much as the epoch's training steps). Entries are kept rather
+    than evicted because the reads are cyclic: with V views and room for fewer, least-recently-used eviction would
+    always drop the one read next, while keeping the first ones serves most reads from memory. Memoised tensors are
+    shared between calls, so this is only for readers that do not modify what they get.
     """
 
     def __init__(self, root: Path, memo_mb: float = 0.0) -> None:
@@ -43,7 +44,8 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.memo_bytes = int(memo_mb * 2 ** 20)
-        self._memo: OrderedDict[Path, dict[str, torch.Tensor]] = OrderedDict()
+        self._memo: dict[Path, dict[str, torch.Tensor]] = {}
+        self._memo_used = 0
 
     def path(self, parts: dict[str, Any]) -> Path:
         """Where the entry for ``parts`` lives."""
@@ -55,18 +57,16 @@ class FeatureCache:
         path = self.path(parts)
         if path in self._memo:
             self.hits += 1
-            self._memo.move_to_end(path)
             return self._memo[path]
         value = self._load_or_compute(path, parts, compute)
         self._remember(path, value)
         return value
 
     def _remember(self, path: Path, value: dict[str, torch.Tensor]) -> None:
-        if _nbytes(value) > self.memo_bytes:
-            return
-        self._memo[path] = value
-        while sum(_nbytes(entry) for entry in self._memo.values()) > self.memo_bytes:
-            self._memo.popitem(last=False)  # least recently used first
+        size = _nbytes(value)
+        if self._memo_used + size <= self.memo_bytes:
+            self._memo[path] = value
+            self._memo_used += size
 
     def _load_or_compute(self, path: Path, parts: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
                          ) -> dict[str, torch.Tensor]:

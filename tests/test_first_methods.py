@@ -112,25 +112,22 @@ def test_feature_cache_keys_and_reuse(tmp_path):
         assert cache_key({**parts, key: "other"}) != cache_key(parts)
 
 
-def test_feature_cache_memo_serves_recent_entries_within_its_budget(tmp_path):
-    """A memoised cache returns what the disk holds, keeps the most recently used entries within ``memo_mb`` and
-    drops the oldest; entries larger than the budget are never held."""
+def test_feature_cache_memo_keeps_the_first_entries_within_its_budget(tmp_path):
+    """A memoised cache returns what the disk holds and keeps the entries it reads first until ``memo_mb`` is full
+    (cyclic readers: the views that fit are served from memory on every cycle); an entry that does not fit is read
+    from disk each time."""
     entry_mb = 4 * 2 ** 18 * 4 / 2 ** 20  # one [4, 2**18] float32 entry: 4 MiB
     memo = FeatureCache(tmp_path, memo_mb=2.5 * entry_mb)
     plain = FeatureCache(tmp_path)
     values = {i: torch.full((4, 2 ** 18), float(i)) for i in range(3)}
-    for i in range(3):
-        assert torch.equal(memo.get_or_compute({"view": i}, lambda i=i: {"features": values[i]})["features"],
-                           values[i])
-    assert list(memo._memo) == [memo.path({"view": 1}), memo.path({"view": 2})]  # view 0 dropped (budget: 2)
-    for i in range(3):  # every entry is on disk, and the memo serves the same tensors
-        assert torch.equal(plain.get_or_compute({"view": i}, lambda: pytest.fail("not cached"))["features"],
-                           values[i])
-    for i in (1, 0):  # 1 from memory (now the most recent), 0 from disk: 2 is the least recent and goes
-        assert torch.equal(memo.get_or_compute({"view": i}, lambda: pytest.fail("not cached"))["features"],
-                           values[i])
-    assert list(memo._memo) == [memo.path({"view": 1}), memo.path({"view": 0})]
-    assert (memo.hits, memo.misses) == (2, 3)
+    for cycle in range(2):
+        for i in range(3):
+            got = memo.get_or_compute({"view": i}, lambda i=i: {"features": values[i]})["features"]
+            assert torch.equal(got, values[i])
+            assert torch.equal(plain.get_or_compute({"view": i}, lambda: pytest.fail("not on disk"))["features"],
+                               values[i])
+    assert list(memo._memo) == [memo.path({"view": 0}), memo.path({"view": 1})]  # view 2 did not fit
+    assert (memo.hits, memo.misses) == (3, 3)  # second cycle: 0 and 1 from memory, 2 from disk
     tiny = FeatureCache(tmp_path, memo_mb=entry_mb / 2)
     tiny.get_or_compute({"view": 0}, lambda: pytest.fail("not cached"))
     assert not tiny._memo
