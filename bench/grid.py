@@ -42,6 +42,12 @@ GRID_METHODS: dict[str, dict[str, Any]] = {
     "tip_adapter": {"name": "tip_adapter"},
     "tip_adapter_f": {"name": "tip_adapter", "finetune": True},
 }
+#: a hyper-parameter sweep of CLIP-Adapter on one split (residual ratio x bottleneck reduction): every run needs the
+#: same 200 augmented views, which the reference encodes per run and the suite once for all (exact)
+SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
+    f"clip_adapter ratio {ratio} reduction {reduction}": {"name": "clip_adapter", "residual_ratio": ratio,
+                                                          "reduction": reduction}
+    for reduction in (4, 2) for ratio in (0.2, 0.4, 0.6)}
 PALETTE = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 30), (200, 40, 200), (30, 200, 210),
            (120, 70, 20), (250, 140, 0), (90, 90, 90), (255, 255, 255)]
 
@@ -102,18 +108,19 @@ class GridResult:
 
 
 def _configs(data_root: Path, backbone: str, methods: tuple[str, ...], shots: tuple[int, ...],
-             seeds: tuple[int, ...], epochs: dict[str, int]) -> list[dict[str, Any]]:
+             seeds: tuple[int, ...], epochs: dict[str, int], catalogue: dict[str, dict[str, Any]]
+             ) -> list[dict[str, Any]]:
     runs = []
     for shot in shots:
         for seed in seeds:
             for label in methods:
-                method = dict(GRID_METHODS[label])
-                if label == "tip_adapter_f" and "tip_adapter_f" in epochs:
+                method = dict(catalogue[label])
+                if method.get("finetune") and "tip_adapter_f" in epochs:
                     method["train_epoch"] = epochs["tip_adapter_f"]
                 cfg = {"method": method, "dataset": "caltech101", "data_root": str(data_root),
                        "backbone": backbone, "pretrained": None, "protocol": "fewshot", "shots": shot,
                        "seed": seed, "device": "cpu", "name": label}
-                if label == "clip_adapter" and "clip_adapter" in epochs:
+                if method["name"] == "clip_adapter" and "clip_adapter" in epochs:
                     cfg["optim"] = {"epochs": epochs["clip_adapter"]}
                 runs.append(cfg)
     return runs
@@ -175,14 +182,16 @@ def _copy_ledger(ledger: Path, results: Path) -> None:
 def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, ...] = (1, 2, 4, 8, 16),
              seeds: tuple[int, ...] = (1, 2, 3), n_classes: int = 10, image_px: int = 160,
              epochs: dict[str, int] | None = None, workdir: Path | None = None,
-             log=print, views: int | None = None) -> GridResult:
-    """Run the grid on both paths (and the ``views`` path if given), alternating, and compare time and accuracy."""
+             log=print, views: int | None = None, catalogue: dict[str, dict[str, Any]] | None = None) -> GridResult:
+    """Run the grid on both paths (and the ``views`` path if given), alternating, and compare time and accuracy.
+
+    ``methods`` are labels of ``catalogue`` (default :data:`GRID_METHODS`; :data:`SWEEP_VARIANTS` for a sweep)."""
     epochs = dict(epochs or {})
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-grid-"))
     data = write_dataset(work / "data", n_classes, (max(shots) + 4, 4, 20), image_px)
     backbone = work / "bench-tiny.json"
     backbone.write_text(json.dumps(TINY_CONFIG))
-    configs = _configs(data, str(backbone), methods, shots, seeds, epochs)
+    configs = _configs(data, str(backbone), methods, shots, seeds, epochs, catalogue or GRID_METHODS)
     ledger = _verified_ledger(data, work / "ledger.json")
     paths = {"reference": REFERENCE_FAST, "suite": {}, **({"views": {"augment_views": views}} if views else {})}
     times: dict[str, dict[str, float]] = {path: {"total": 0.0} for path in paths}

@@ -36,8 +36,13 @@ def test_quick_bench_writes_the_report_structure(tmp_path):
     assert set(grid["per_method_s"]) == {"clip_adapter"} and grid["speedup_views"] > 0
     counts = grid["images_encoded"]["clip_adapter"]
     assert min(counts.values()) > 0 and set(counts) == {"reference", "suite", "views"}
+    sweep = results["sweep"]
+    assert sweep["runs"] == 2 and sweep["accuracy_max_delta"] < 1e-9 and sweep["views"] is None
+    first, second = sweep["images_encoded"].values()  # the suite encodes for the first variant only
+    assert first["suite"] == first["reference"] == second["reference"] > 0 and second["suite"] == 0
     text = out.read_text()
-    for heading in ("# Benchmark results", "## Training steps", "## Head-only grid", "Load average", "coop (cached"):
+    for heading in ("# Benchmark results", "## Training steps", "## Head-only grid", "## Hyper-parameter sweep",
+                    "Load average", "coop (cached"):
         assert heading in text
     assert json.loads(raw.read_text())["machine"]["cpu_count"] >= 1
     assert report(results) == text
