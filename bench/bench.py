@@ -26,7 +26,7 @@ order given, a later measurement of the same step row replacing an earlier one. 
         bench/raw/2026-11-24m-tiny-mma.json,bench/raw/2026-11-24n-tiny-mma-tuned.json,\
         bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json,\
         bench/raw/2026-11-24q-tiny-heba-60.json,bench/raw/2026-11-24r-tiny-heba-tuned-60.json,\
-        bench/raw/2026-11-25a-grid.json
+        bench/raw/2026-11-25a-grid.json,bench/raw/2026-11-25b-sweep.json
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -385,7 +386,23 @@ def sweep_section(sweep: dict[str, Any]) -> list[str]:
             "function of the split, not of the run), so the suite encodes them once for all and each run trains "
             "its head on cached features, while the reference pushes every view of every run through the image "
             "tower. Largest accuracy difference between the paths: "
-            f"{sweep['accuracy_max_delta']:.2g} points.", "", grid_table(sweep)]
+            f"{sweep['accuracy_max_delta']:.2g} points.", "", grid_table(sweep), "", _sweep_reading(sweep)]
+
+
+def _sweep_reading(sweep: dict[str, Any]) -> str:
+    """What one more variant costs each path, and the sweep size at which the ratio passes 20x (projected)."""
+    times = list(sweep["per_method_s"].values())
+    if len(times) < 2:
+        return ""
+    first, rest = times[0]["suite"], [t["suite"] for t in times[1:]]
+    later, reference = sum(rest) / len(rest), sum(t["reference"] for t in times) / len(times)
+    text = (f"Reading the sweep: the first variant pays for the views ({first:.1f} s); each further one costs the "
+            f"suite {later:.2f} s against the reference's {reference:.1f} s ({reference / later:.0f}x), so the "
+            "sweep's ratio grows towards that with its size")
+    if reference > 20 * later:
+        needed = math.ceil(20 * (first - later) / (reference - 20 * later))
+        text += f" (projected from these times: 20x from {needed} variants on one split)"
+    return text + "."
 
 
 
