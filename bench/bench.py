@@ -365,9 +365,8 @@ def report(results: dict[str, Any]) -> str:
                 "(views are drawn per split manifest, and every run here has its own shots and seed: only runs on "
                 "the same split, such as the hyper-parameter sweep below, share them). It even encodes a few more: "
                 "a cached view holds every training item, including those the reference's dropped last batch leaves "
-                "out. So "
-                "on any backbone the exact grid's encoding ratio stays near 1x here, and its time ratio comes from "
-                "decoding and per-run work saved. A 20x grid needs both fewer encodings (only the inexact "
+                "out. So on any backbone the exact grid's encoding ratio stays near 1x here, and its time ratio "
+                "comes from decoding and per-run work saved. A 20x grid needs both fewer encodings (only the inexact "
                 "`fast.augment_views` gives them here; sharing views across splits would give the seeds' replicates "
                 "common crops) and per-run work that is small beside encoding, which on the tiny model it is not: "
                 "a feature pass is a JPEG decode and a 32 px forward, as cheap as the linear probe's fits, the "
@@ -383,7 +382,8 @@ def sweep_section(sweep: dict[str, Any]) -> list[str]:
             f"{len(sweep['methods'])} CLIP-Adapter variants (residual ratio x bottleneck reduction) on one "
             f"{list(sweep['shots'])[0]}-shot split (seed {list(sweep['seeds'])[0]}) of the same generated dataset, "
             f"epoch overrides: {sweep['epoch_overrides'] or 'none (200 epochs)'}; reference and suite paths as in "
-            "the grid above, exact switches only. Every variant trains on the same 200 augmented views (a view is a "
+            "the grid above, exact switches only. Every variant trains on the same "
+            f"{sweep['epoch_overrides'].get('clip_adapter', 200)} augmented views (a view is a "
             "function of the split, not of the run), so the suite encodes them once for all and each run trains "
             "its head on cached features, while the reference pushes every view of every run through the image "
             "tower. Largest accuracy difference between the paths: "
@@ -404,7 +404,6 @@ def _sweep_reading(sweep: dict[str, Any]) -> str:
         needed = math.ceil(20 * (first - later) / (reference - 20 * later))
         text += f" (projected from these times: 20x from {needed} variants on one split)"
     return text + "."
-
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
