@@ -262,8 +262,7 @@ class MMA(Method):
         if taps is not None:
             return self.clip.encode_text(ids, taps, truncate=False)
         return self.clip.encode_text(ids, self.taps("text"), truncate=self.truncates_text,
-                                     buckets=self.config.text_buckets if self.truncates_text else 1,
-                                     share_prefix=self.shares_text_prefix)
+                                     buckets=self.config.text_buckets, share_prefix=self.shares_text_prefix)
 
     def encode_image(self, images: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
         """Adapted, un-normalised image features ``[B, E]``."""

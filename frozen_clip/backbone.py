@@ -317,13 +317,12 @@ class FrozenCLIP(nn.Module):
 
     def _encode_shared_prefix(self, ids: torch.Tensor, taps: Taps, buckets: int, n_prefix: int) -> torch.Tensor:
         """:meth:`encode_text` with the first ``n_prefix`` positions run once, the rest in length buckets."""
-        groups = length_buckets(ids.argmax(dim=-1) + 1, buckets)
+        eot = ids.argmax(dim=-1)
+        groups = length_buckets(eot + 1, buckets)
         suffixes = [self.token_embedding(ids[rows, n_prefix:length]) for rows, length in groups]
         hidden = shared_prefix_hidden(self.text, self.token_embedding(ids[:1, :n_prefix]), suffixes, taps)
-        feats = []
-        for (rows, _), states in zip(groups, hidden):
-            eot = ids[rows].argmax(dim=-1) - n_prefix
-            feats.append(self.text.project(states[torch.arange(len(rows), device=states.device), eot]))
+        feats = [self.text.project(states[torch.arange(len(rows), device=states.device), eot[rows] - n_prefix])
+                 for (rows, _), states in zip(groups, hidden)]
         return _in_input_order(feats, groups)
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor,
