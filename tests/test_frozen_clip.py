@@ -115,3 +115,5 @@ def test_model_config_json_backbone(tmp_path):
     a, b = load_backbone(str(path), None), load_backbone(str(path), None)
     assert a.embed_dim == 16 and a.image_size == 32
     assert torch.equal(a.model.visual.conv1.weight, b.model.visual.conv1.weight)  # random init is seeded
+    assert a.tokenizer is b.tokenizer  # built once per process (the BPE tables take ~70 ms), shared by every load
+    assert torch.equal(a.tokenize(["a photo of a dog."]), b.tokenize(["a photo of a dog."]))
