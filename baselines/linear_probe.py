@@ -5,9 +5,9 @@ few-shot train split (test transform, no augmentation, not L2-normalised by defa
 ``min(k, 4)``-shot validation split only: a coarse grid {1e6, 1e4, ..., 1e-6}, then 8 steps of interval halving in
 log10 space around the best value (ties keep the smaller C), keeping the classifier chosen at the last step.
 Deviation: the official probe draws its own shots with NumPy; the suite uses the shared split manifests.
-Fast path (``reuse_fits``, exact, not hashed): each halving step refits both ends of the interval, one of which was
-fitted before with the same C on the same data (and the first midpoint is usually the grid's best C); L-BFGS is
-deterministic, so those classifiers are reused (16-17 fits instead of 25).
+Fast path (``reuse_fits``, exact, not hashed): each halving step fits both ends of the interval; from the third step
+on, the end kept from the step before comes back with the same C (value and type: see :meth:`LinearProbe._search`)
+on the same data, and L-BFGS is deterministic, so that classifier is reused (17 fits instead of the official 23).
 A linear probe cannot score unseen classes, so it runs under the ``fewshot`` protocol only.
 """
 
@@ -23,7 +23,7 @@ from torch import nn
 from frozen_clip.backbone import FrozenCLIP
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, normalize
 
-C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+C_GRID = (1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6)  # the official list (1 is an int there)
 
 
 @dataclass(frozen=True)
@@ -86,30 +86,40 @@ class LinearProbe(FeatureMethod):
         self._store(clf)
 
     def _search(self, x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray):
-        fitted: dict[float, Any] = {}
+        """CoOp's search (``binary_search`` in lpclip), C for C.
+
+        The interval's ends after a step are ``np.power(10, ...)`` of their log10 values, as in the official code:
+        np.float64, and the end that is kept goes through log10 and back. Both matter under NumPy 2 with float32
+        features: scikit-learn forms the gradient's L2 term ``C``-derived scalar x weights in float64 for a np.float64
+        C but in float32 for a Python float, so a fit at np.float64(100.0) differs in the last bits from one at 100.0,
+        and L-BFGS can take other steps from there and end at another classifier.
+        """
+        fitted: dict[tuple[type, float], Any] = {}
 
         def fit(c: float):
             if not self.config.reuse_fits:
                 return self._fit(c, x, y)
-            if c not in fitted:
-                fitted[c] = self._fit(c, x, y)
-            return fitted[c]
+            key = (type(c), c)  # 100.0 == np.float64(100.0), but their fits differ (see above)
+            if key not in fitted:
+                fitted[key] = self._fit(c, x, y)
+            return fitted[key]
         accs = [self._val_acc(fit(c), vx, vy) for c in C_GRID]
         peak = C_GRID[int(np.argmax(accs))]
-        left, right = 0.1 * peak, 10.0 * peak
-        clf_left, clf_right = fit(left), fit(right)
-        acc_left, acc_right = self._val_acc(clf_left, vx, vy), self._val_acc(clf_right, vx, vy)
-        final, final_c = clf_left, left
+        left, right = 1e-1 * peak, 1e1 * peak
+        final, final_c = None, left
         for _ in range(self.config.search_steps):
-            mid = 0.5 * (np.log10(right) + np.log10(left))
-            if acc_left < acc_right:
-                final, final_c = clf_right, right
-                left, right = 10 ** mid, right
-            else:
-                final, final_c = clf_left, left
-                left, right = left, 10 ** mid
             clf_left, clf_right = fit(left), fit(right)
             acc_left, acc_right = self._val_acc(clf_left, vx, vy), self._val_acc(clf_right, vx, vy)
+            middle = 0.5 * (np.log10(right) + np.log10(left))
+            if acc_left < acc_right:
+                final, final_c = clf_right, right
+                log_left, log_right = middle, np.log10(right)
+            else:  # ties keep the left (smaller) C
+                final, final_c = clf_left, left
+                log_left, log_right = np.log10(left), middle
+            left, right = np.power(10, log_left), np.power(10, log_right)
+        if final is None:  # no halving steps: the grid's best
+            final, final_c = fit(peak), peak
         return final, float(final_c)
 
     def _store(self, clf) -> None:

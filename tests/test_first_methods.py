@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,27 +57,66 @@ def test_linear_probe_search_selects_on_val_only(tiny_clip):
     assert probe.num_trainable() == 3 * 32 + 3
 
 
-def test_linear_probe_reuse_fits_equals_refitting(tiny_clip):
-    """``reuse_fits`` fits each C once (the halving steps refit one end of the interval, the first midpoint is the
-    grid's best C) and ends with the same C and the same classifier as the official refitting search."""
-    gen = torch.Generator().manual_seed(3)
-    centers = torch.randn(4, 32, generator=gen)
-    train_y, val_y = torch.arange(4).repeat_interleave(6), torch.arange(4).repeat_interleave(4)
-    train_x = centers[train_y] + 1.5 * torch.randn(24, 32, generator=gen)
-    val_x = centers[val_y] + 1.5 * torch.randn(16, 32, generator=gen)
+class CountingProbe(LinearProbe):
+    """A linear probe that records each C it fits and each validation accuracy it scores, in order."""
 
-    class Counting(LinearProbe):
-        def _fit(self, c, x, y):
-            self.fits.append(c)
-            return super()._fit(c, x, y)
-    probes = {}
-    for reuse in (True, False):
-        probe = probes[reuse] = Counting(tiny_clip, ["a", "b", "c", "d"], LinearProbeConfig(reuse_fits=reuse), ctx())
-        probe.fits = []
-        probe.prepare_fit(FitData(("a", "b", "c", "d"), 24, 16,
-                                  lambda split: (train_x, train_y) if split == "train" else (val_x, val_y)))
-    assert len(probes[False].fits) == 25 and len(probes[True].fits) <= 17
-    assert sorted(set(probes[False].fits)) == sorted(probes[True].fits)  # each distinct C fitted once
+    def _fit(self, c, x, y):
+        self.fits.append(c)
+        return super()._fit(c, x, y)
+
+    def _val_acc(self, clf, x, y):
+        self.accs.append(super()._val_acc(clf, x, y))
+        return self.accs[-1]
+
+
+def _probe_search(tiny_clip, reuse: bool, n_cls: int = 6, shots: int = 8, noise: float = 2.0, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_cls, 32, generator=gen)
+    train_y, val_y = torch.arange(n_cls).repeat_interleave(shots), torch.arange(n_cls).repeat_interleave(4)
+    train_x = centers[train_y] + noise * torch.randn(len(train_y), 32, generator=gen)
+    val_x = centers[val_y] + noise * torch.randn(len(val_y), 32, generator=gen)
+    names = [f"c{i}" for i in range(n_cls)]
+    probe = CountingProbe(tiny_clip, names, LinearProbeConfig(reuse_fits=reuse), ctx())
+    probe.fits, probe.accs = [], []
+    probe.prepare_fit(FitData(tuple(names), len(train_y), len(val_y),
+                              lambda split: (train_x, train_y) if split == "train" else (val_x, val_y)))
+    return probe
+
+
+def test_linear_probe_search_steps_like_lpclip(tiny_clip):
+    """The refitting search fits lpclip's C sequence, value and type: the grid as listed, then 8 steps of
+    ``binary_search`` (the official update rule, transcribed below), whose ends are ``np.power(10, .)``."""
+    probe = _probe_search(tiny_clip, reuse=False)
+    assert len(probe.fits) == 7 + 2 * 8
+    search_list = [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]
+    assert [(type(c), c) for c in probe.fits[:7]] == [(type(c), c) for c in search_list]
+    c_peak = search_list[int(np.argmax(probe.accs[:7]))]
+    c_left, c_right = 1e-1 * c_peak, 1e1 * c_peak
+    for step in range(8):
+        fitted_left, fitted_right = probe.fits[7 + 2 * step: 9 + 2 * step]
+        assert (type(fitted_left), fitted_left, type(fitted_right), fitted_right) == \
+            (type(c_left), c_left, type(c_right), c_right)
+        acc_left, acc_right = probe.accs[7 + 2 * step: 9 + 2 * step]
+        if acc_left < acc_right:
+            c_final = c_right
+            c_left = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_right = np.log10(c_right)
+        else:
+            c_final = c_left
+            c_right = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_left = np.log10(c_left)
+        c_left, c_right = np.power(10, c_left), np.power(10, c_right)
+    assert probe.chosen_c == c_final
+
+
+def test_linear_probe_reuse_fits_equals_refitting(tiny_clip):
+    """``reuse_fits`` fits each (C, type of C) once and ends with the same classifier as the refitting search. On
+    these data the grid's best C comes back as np.float64 and is chosen: reusing the grid's Python-float fit for it
+    (they compare equal) gave another classifier, as a value-keyed reuse did."""
+    probes = {reuse: _probe_search(tiny_clip, reuse) for reuse in (True, False)}
+    assert len(probes[True].fits) == 17
+    assert sorted({(type(c).__name__, c) for c in probes[False].fits}) == \
+        sorted((type(c).__name__, c) for c in probes[True].fits)  # each distinct C fitted once
     assert probes[True].chosen_c == probes[False].chosen_c
     assert torch.equal(probes[True].weight, probes[False].weight) and torch.equal(probes[True].bias,
                                                                                    probes[False].bias)
