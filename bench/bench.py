@@ -26,7 +26,7 @@ order given, a later measurement of the same step row replacing an earlier one. 
         bench/raw/2026-11-24m-tiny-mma.json,bench/raw/2026-11-24n-tiny-mma-tuned.json,\
         bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json,\
         bench/raw/2026-11-24q-tiny-heba-60.json,bench/raw/2026-11-24r-tiny-heba-tuned-60.json,\
-        bench/raw/2026-11-25a-grid.json,bench/raw/2026-11-25b-sweep.json
+        bench/raw/2026-11-25a-grid.json,bench/raw/2026-11-25b-sweep.json,bench/raw/2026-11-25c-grid.json
 """
 
 from __future__ import annotations
@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="epoch overrides, e.g. clip_adapter=20,tip_adapter_f=20 (default: the recipes')")
     parser.add_argument("--grid-views", type=int, default=10,
                         help="also run the grid with fast.augment_views=N (inexact, opt-in switch); 0 = skip")
+    parser.add_argument("--grid-px", type=int, default=None,
+                        help="width of the grid's and the sweep's generated JPEGs (height 3/4 of it); default 400, "
+                             "a typical photo of the 11 datasets (--quick: 64)")
+    parser.add_argument("--grid-grain", type=float, default=20.0,
+                        help="pixel noise of the generated JPEGs, so they compress and decode like photographs "
+                             "(0 = flat colour)")
     parser.add_argument("--out", default=str(RESULTS), help="Markdown results file ('' = none)")
     parser.add_argument("--json", default=None, help="also write the raw results as JSON")
     parser.add_argument("--from-json", default=None,
@@ -146,14 +152,19 @@ def _step_rows(args: argparse.Namespace, device: torch.device, default_threads: 
     return rows
 
 
+def _dataset(args: argparse.Namespace) -> dict[str, Any]:
+    """The generated dataset of the grid and the sweep: classes, image width and grain."""
+    return {"n_classes": 4 if args.quick else 10, "image_px": args.grid_px or (64 if args.quick else 400),
+            "grain": args.grid_grain}
+
+
 def _grid(args: argparse.Namespace, log) -> dict[str, Any]:
     shots = _ints(args.grid_shots or ("1,2" if args.quick else "1,2,4,8,16"))
     seeds = _ints(args.grid_seeds or ("1" if args.quick else "1,2,3"))
     epochs = _epochs(args.grid_epochs) or ({"clip_adapter": 3, "tip_adapter_f": 2} if args.quick else {})
     methods = tuple(args.grid_methods.split(","))
     log(f"head-only grid: {list(methods)} x shots {shots} x seeds {seeds}")
-    grid = run_grid(methods, shots, seeds, n_classes=4 if args.quick else 10, image_px=64 if args.quick else 160,
-                    epochs=epochs, log=log, views=args.grid_views or None)
+    grid = run_grid(methods, shots, seeds, **_dataset(args), epochs=epochs, log=log, views=args.grid_views or None)
     return grid.as_dict()
 
 
@@ -162,8 +173,8 @@ def _sweep(args: argparse.Namespace, log) -> dict[str, Any]:
     variants = tuple(SWEEP_VARIANTS)[:2] if args.quick else tuple(SWEEP_VARIANTS)
     epochs = {"clip_adapter": 3} if args.quick else {}
     log(f"hyper-parameter sweep: {len(variants)} CLIP-Adapter variants on one split")
-    sweep = run_grid(variants, (2 if args.quick else 16,), (1,), n_classes=4 if args.quick else 10,
-                     image_px=64 if args.quick else 160, epochs=epochs, log=log, catalogue=SWEEP_VARIANTS)
+    sweep = run_grid(variants, (2 if args.quick else 16,), (1,), **_dataset(args), epochs=epochs, log=log,
+                     catalogue=SWEEP_VARIANTS)
     return sweep.as_dict()
 
 
@@ -341,7 +352,7 @@ def report(results: dict[str, Any]) -> str:
         g = results["grid"]
         out += ["## Head-only grid: one feature pass vs recomputing features", "",
                 f"{', '.join(g['methods'])} x shots {list(g['shots'])} x seeds {list(g['seeds'])} "
-                f"({g['runs']} runs) on a generated {g['classes']}-class dataset of {g['image_px']} px JPEGs, tiny "
+                f"({g['runs']} runs) on a generated {g['classes']}-class dataset of {_images(g)}, tiny "
                 f"model, through the real runner. Epoch overrides: {g['epoch_overrides'] or 'none (the recipes)'}. "
                 "Reference: every run decodes and encodes every image it needs itself (no shared caches, CLIP-Adapter "
                 "through the image tower every step) and the methods' own exact switches are off (the linear probe "
@@ -355,25 +366,37 @@ def report(results: dict[str, Any]) -> str:
                     "Tip-Adapter-F's cycle through them; other training data, so accuracies differ from the "
                     f"reference by up to {g['accuracy_views_max_delta']:.2g} points)."
                     if g.get("views") else ""), "", grid_table(g), "",
-                "Reading the grid: the last column counts the images each path passed through the image tower. "
-                "The exact suite path saves the linear probe's and Tip-Adapter(-F)'s feature passes (test features "
-                "shared by every run, un-augmented train features shared by runs on the same split) and part of the "
-                "methods' own work (the linear probe fits each C of its search once: 16-17 L-BFGS fits instead of "
-                "the official 25; Tip-Adapter's 4000-point alpha/beta search runs all alphas of a beta in one "
-                "batch), but CLIP-Adapter's 200 epochs of augmented views dominate the count, and an exact cache "
-                "can reuse them neither within a run (each epoch draws a new view) nor across this grid's runs "
-                "(views are drawn per split manifest, and every run here has its own shots and seed: only runs on "
-                "the same split, such as the hyper-parameter sweep below, share them). It even encodes a few more: "
-                "a cached view holds every training item, including those the reference's dropped last batch leaves "
-                "out. So on any backbone the exact grid's encoding ratio stays near 1x here, and its time ratio "
-                "comes from decoding and per-run work saved. A 20x grid needs both fewer encodings (only the inexact "
-                "`fast.augment_views` gives them here; sharing views across splits would give the seeds' replicates "
-                "common crops) and per-run work that is small beside encoding, which on the tiny model it is not: "
-                "a feature pass is a JPEG decode and a 32 px forward, as cheap as the linear probe's fits, the "
-                "searches, evaluation and each run's bookkeeping."]
+                _grid_reading(g)]
     if results.get("sweep"):
         out += ["", *sweep_section(results["sweep"])]
     return "\n".join(out)
+
+
+def _grid_reading(g: dict[str, Any]) -> str:
+    """What the grid's columns say, and what a 20x grid would need."""
+    return ("Reading the grid: the last column counts the images each path passed through the image tower. For "
+            "every augmented view the reference decodes a JPEG and then crops and resizes it; the suite decodes each "
+            "split once and only crops and resizes. That is most of the exact path's gain on CLIP-Adapter, whose 200 "
+            "epochs of fresh views dominate the count and which an exact cache cannot reuse, neither within a run "
+            "(each epoch draws a new view) nor across this grid's runs (views are drawn per split manifest, and "
+            "every run here has its own shots and seed; runs on one split share them, see the sweep below). A "
+            "cached view even holds every training item, including those the reference's dropped last batch leaves "
+            "out. The exact path also saves the linear probe's and Tip-Adapter(-F)'s feature passes (test features "
+            "shared by every run, un-augmented train features by runs on the same split) and part of the methods' "
+            "own work (17 L-BFGS fits of the linear probe's C search instead of the official 23; Tip-Adapter's "
+            "4000-point alpha/beta search in batches). With the views switch, what is left is work per run that "
+            "the switch does not touch: the linear probe's fits, Tip-Adapter's own augmented cache passes over its "
+            "split, CLIP-Adapter's views of its split and its epochs of head training, evaluation and bookkeeping. "
+            "A 20x grid would need views shared across splits (keyed by image instead of by split manifest: one "
+            "feature pass for all shots and seeds, at the price of the seeds' replicates seeing the same crops of "
+            "the images their splits share), which the suite does not do.")
+
+
+def _images(g: dict[str, Any]) -> str:
+    """The generated images, as the report names them."""
+    size = f"{g['image_px']}x{g['image_px'] * 3 // 4} px JPEGs"
+    return size + (f" with pixel noise of std {g['grain']:g} (photo-like files)" if g.get("grain") else
+                   " (flat colour)")
 
 
 def sweep_section(sweep: dict[str, Any]) -> list[str]:

@@ -1,7 +1,9 @@
 """Head-only grid benchmark: many head-only runs from one feature pass, against runs that recompute features.
 
 A grid of head-only methods (linear probe, CLIP-Adapter, Tip-Adapter, Tip-Adapter-F) x shots x seeds runs twice
-through the real runner (:func:`jobs.executors.execute_run`) on a generated CoOp-layout dataset of JPEG files:
+through the real runner (:func:`jobs.executors.execute_run`) on a generated CoOp-layout dataset of JPEG files (by
+default 400x300 px with pixel noise, ~60 KB each: a typical photo of the 11 datasets is 300-500 px, and decoding it is
+part of what a run that reads its images from files pays per augmented view):
 
 * **reference** (what the official code does): every run encodes every image it needs itself, from the JPEG files:
   CLIP-Adapter through the image tower at every step, Tip-Adapter its augmented passes, every run the test set
@@ -52,10 +54,19 @@ PALETTE = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 30), (200, 40
            (120, 70, 20), (250, 140, 0), (90, 90, 90), (255, 255, 255)]
 
 
-def write_dataset(root: Path, n_classes: int, counts: tuple[int, int, int], size: int, seed: int = 0) -> Path:
-    """A CoOp-layout ``caltech101`` (``caltech-101/101_ObjectCategories`` + split JSON) of JPEG files."""
+def write_dataset(root: Path, n_classes: int, counts: tuple[int, int, int], size: int, seed: int = 0,
+                  grain: float = 0.0) -> Path:
+    """A CoOp-layout ``caltech101`` (``caltech-101/101_ObjectCategories`` + split JSON) of JPEG files.
+
+    Images are ``size`` x ``3/4 size``: a dark background with a class-coloured rectangle. ``grain`` adds Gaussian
+    pixel noise of that standard deviation, so the files compress and decode like photographs (at 400 px and grain 20
+    a file is ~60 KB and takes ~0.6 ms to decode; a flat one is 3 KB); decoding is part of what a run that reads its
+    images from files pays per view.
+    """
+    import numpy as np
     from PIL import Image
     rng = random.Random(seed)
+    noise = np.random.default_rng(seed)
     base = root / "caltech-101"
     lists: dict[str, list] = {"train": [], "val": [], "test": []}
     for label in range(n_classes):
@@ -68,6 +79,9 @@ def write_dataset(root: Path, n_classes: int, counts: tuple[int, int, int], size
                 image = Image.new("RGB", (size, size * 3 // 4), tuple(rng.randrange(80) for _ in range(3)))
                 x, y = rng.randrange(size // 3), rng.randrange(size // 4)
                 image.paste(PALETTE[label % len(PALETTE)], (x, y, x + size // 2, y + size // 3))
+                if grain:
+                    pixels = np.asarray(image, dtype=np.float32) + noise.normal(0.0, grain, (size * 3 // 4, size, 3))
+                    image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
                 image.save(path, quality=90)
                 lists[split].append([rel, label, name])
     (base / "split_zhou_Caltech101.json").write_text(json.dumps(lists))
@@ -93,6 +107,7 @@ class GridResult:
     views: int | None = None  # fast.augment_views of the third path (None: not run)
     seconds_views: float | None = None
     accuracy_views_max_delta: float | None = None  # vs the reference: not exact, other training views
+    grain: float = 0.0  # pixel noise of the generated JPEGs (write_dataset)
 
     @property
     def speedup(self) -> float:
@@ -180,15 +195,16 @@ def _copy_ledger(ledger: Path, results: Path) -> None:
 
 
 def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, ...] = (1, 2, 4, 8, 16),
-             seeds: tuple[int, ...] = (1, 2, 3), n_classes: int = 10, image_px: int = 160,
+             seeds: tuple[int, ...] = (1, 2, 3), n_classes: int = 10, image_px: int = 400,
              epochs: dict[str, int] | None = None, workdir: Path | None = None,
-             log=print, views: int | None = None, catalogue: dict[str, dict[str, Any]] | None = None) -> GridResult:
+             log=print, views: int | None = None, catalogue: dict[str, dict[str, Any]] | None = None,
+             grain: float = 20.0) -> GridResult:
     """Run the grid on both paths (and the ``views`` path if given), alternating, and compare time and accuracy.
 
     ``methods`` are labels of ``catalogue`` (default :data:`GRID_METHODS`; :data:`SWEEP_VARIANTS` for a sweep)."""
     epochs = dict(epochs or {})
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-grid-"))
-    data = write_dataset(work / "data", n_classes, (max(shots) + 4, 4, 20), image_px)
+    data = write_dataset(work / "data", n_classes, (max(shots) + 4, 4, 20), image_px, grain=grain)
     backbone = work / "bench-tiny.json"
     backbone.write_text(json.dumps(TINY_CONFIG))
     configs = _configs(data, str(backbone), methods, shots, seeds, epochs, catalogue or GRID_METHODS)
@@ -223,4 +239,4 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
                       tuple(methods), tuple(shots), tuple(seeds), n_classes, image_px, epochs,
                       {m: {p: round(times[p][m], 2) for p in times} for m in methods},
                       {m: {p: encoded.get(f"{m}/{p}", 0) for p in paths} for m in methods}, views,
-                      times["views"]["total"] if views else None, max_delta("views") if views else None)
+                      times["views"]["total"] if views else None, max_delta("views") if views else None, grain)
