@@ -90,8 +90,8 @@ class LinearProbe(FeatureMethod):
 
         The interval's ends after a step are ``np.power(10, ...)`` of their log10 values, as in the official code:
         np.float64, and the end that is kept goes through log10 and back. Both matter under NumPy 2 with float32
-        features: scikit-learn forms the gradient's L2 term ``C``-derived scalar x weights in float64 for a np.float64
-        C but in float32 for a Python float, so a fit at np.float64(100.0) differs in the last bits from one at 100.0,
+        features: scikit-learn adds the L2 term's gradient, ``1 / (C n)`` x weights, in float64 for a np.float64 C
+        but in float32 for a Python float, so a fit at np.float64(100.0) differs in the last bits from one at 100.0,
         and L-BFGS can take other steps from there and end at another classifier.
         """
         fitted: dict[tuple[type, float], Any] = {}

@@ -286,6 +286,26 @@ def _thread_text(results: dict[str, Any], m: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in threads.items())
 
 
+#: what the grid's columns say, and what a 20x grid would need
+GRID_READING = (
+    "Reading the grid: the last column counts the images each path passed through the image tower. For "
+    "every augmented view the reference decodes a JPEG and then crops and resizes it; the suite decodes "
+    "each split once and only crops and resizes. That is most of the exact path's gain on CLIP-Adapter, "
+    "whose 200 epochs of fresh views dominate the count and which an exact cache cannot reuse, neither "
+    "within a run (each epoch draws a new view) nor across this grid's runs (views are drawn per split "
+    "manifest, and every run here has its own shots and seed; runs on one split share them, see the sweep"
+    " below). A cached view even holds every training item, including those the reference's dropped last "
+    "batch leaves out. The exact path also saves the linear probe's and Tip-Adapter(-F)'s feature passes "
+    "(test features shared by every run, un-augmented train features by runs on the same split) and part "
+    "of the methods' own work (17 L-BFGS fits of the linear probe's C search instead of the official 23; "
+    "Tip-Adapter's 4000-point alpha/beta search in batches). With the views switch, what is left is work "
+    "per run that the switch does not touch: the linear probe's fits, Tip-Adapter's own augmented cache "
+    "passes over its split, CLIP-Adapter's views of its split and its epochs of head training, evaluation"
+    " and bookkeeping. A 20x grid would need views shared across splits (keyed by image instead of by "
+    "split manifest: one feature pass for all shots and seeds, at the price of the seeds' replicates "
+    "seeing the same crops of the images their splits share), which the suite does not do.")
+
+
 def report(results: dict[str, Any]) -> str:
     """``RESULTS.md``: machine, how to reproduce, the tables."""
     m = results["machine"]
@@ -366,30 +386,10 @@ def report(results: dict[str, Any]) -> str:
                     "Tip-Adapter-F's cycle through them; other training data, so accuracies differ from the "
                     f"reference by up to {g['accuracy_views_max_delta']:.2g} points)."
                     if g.get("views") else ""), "", grid_table(g), "",
-                _grid_reading(g)]
+                GRID_READING]
     if results.get("sweep"):
         out += ["", *sweep_section(results["sweep"])]
     return "\n".join(out)
-
-
-def _grid_reading(g: dict[str, Any]) -> str:
-    """What the grid's columns say, and what a 20x grid would need."""
-    return ("Reading the grid: the last column counts the images each path passed through the image tower. For "
-            "every augmented view the reference decodes a JPEG and then crops and resizes it; the suite decodes each "
-            "split once and only crops and resizes. That is most of the exact path's gain on CLIP-Adapter, whose 200 "
-            "epochs of fresh views dominate the count and which an exact cache cannot reuse, neither within a run "
-            "(each epoch draws a new view) nor across this grid's runs (views are drawn per split manifest, and "
-            "every run here has its own shots and seed; runs on one split share them, see the sweep below). A "
-            "cached view even holds every training item, including those the reference's dropped last batch leaves "
-            "out. The exact path also saves the linear probe's and Tip-Adapter(-F)'s feature passes (test features "
-            "shared by every run, un-augmented train features by runs on the same split) and part of the methods' "
-            "own work (17 L-BFGS fits of the linear probe's C search instead of the official 23; Tip-Adapter's "
-            "4000-point alpha/beta search in batches). With the views switch, what is left is work per run that "
-            "the switch does not touch: the linear probe's fits, Tip-Adapter's own augmented cache passes over its "
-            "split, CLIP-Adapter's views of its split and its epochs of head training, evaluation and bookkeeping. "
-            "A 20x grid would need views shared across splits (keyed by image instead of by split manifest: one "
-            "feature pass for all shots and seeds, at the price of the seeds' replicates seeing the same crops of "
-            "the images their splits share), which the suite does not do.")
 
 
 def _images(g: dict[str, Any]) -> str:
