@@ -380,16 +380,28 @@ def report(results: dict[str, Any]) -> str:
                 "shared cache. Both start with every image in the preflight ledger (the official code has no "
                 "preflight, so neither path pays one). Runs "
                 f"alternate between the paths. Largest accuracy difference between the paths: "
-                f"{g['accuracy_max_delta']:.2g} points." + (
+                f"{g['accuracy_max_delta']:.2g} points{_largest_at(g, 'suite')}." + (
                     f" Suite + {g['views']} views: the inexact opt-in switch `fast.augment_views: {g['views']}` "
                     "(a run reads at most that many augmented views of each image: CLIP-Adapter's 200 epochs and "
                     "Tip-Adapter-F's cycle through them; other training data, so accuracies differ from the "
-                    f"reference by up to {g['accuracy_views_max_delta']:.2g} points)."
+                    f"reference by up to {g['accuracy_views_max_delta']:.2g} points{_largest_at(g, 'views')})."
                     if g.get("views") else ""), "", grid_table(g), "",
                 GRID_READING]
     if results.get("sweep"):
         out += ["", *sweep_section(results["sweep"])]
     return "\n".join(out)
+
+
+def _largest_at(g: dict[str, Any], path: str) -> str:
+    """`` (run, shots, seed)`` where ``path``'s accuracy is furthest from the reference's ('' if none differs or
+    the results predate per-run accuracies)."""
+    runs = g.get("run_accuracy") or []
+    deltas = [abs(r["accuracy"][path] - r["accuracy"]["reference"]) for r in runs]
+    if not deltas or max(deltas) == 0:
+        return ""
+    r = runs[deltas.index(max(deltas))]
+    return f" ({r['run']}, {r['shots']} shots, seed {r['seed']}: {r['accuracy']['reference']:.1f} vs " \
+           f"{r['accuracy'][path]:.1f})"
 
 
 def _images(g: dict[str, Any]) -> str:

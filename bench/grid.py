@@ -108,6 +108,7 @@ class GridResult:
     seconds_views: float | None = None
     accuracy_views_max_delta: float | None = None  # vs the reference: not exact, other training views
     grain: float = 0.0  # pixel noise of the generated JPEGs (write_dataset)
+    run_accuracy: list[dict[str, Any]] = field(default_factory=list)  # per run: label, shots, seed, path -> accuracy
 
     @property
     def speedup(self) -> float:
@@ -235,8 +236,11 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
     shutil.rmtree(work, ignore_errors=True) if workdir is None else None
     def max_delta(path: str) -> float:
         return max(abs(a - b) for a, b in zip(accuracy["reference"], accuracy[path]))
+    per_run = [{"run": cfg["name"], "shots": cfg["shots"], "seed": cfg["seed"],
+                "accuracy": {path: accuracy[path][i] for path in paths}} for i, cfg in enumerate(configs)]
     return GridResult(len(configs), times["suite"]["total"], times["reference"]["total"], max_delta("suite"),
                       tuple(methods), tuple(shots), tuple(seeds), n_classes, image_px, epochs,
                       {m: {p: round(times[p][m], 2) for p in times} for m in methods},
                       {m: {p: encoded.get(f"{m}/{p}", 0) for p in paths} for m in methods}, views,
-                      times["views"]["total"] if views else None, max_delta("views") if views else None, grain)
+                      times["views"]["total"] if views else None, max_delta("views") if views else None, grain,
+                      per_run)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.bench import merge, parse_args, report, run
+from bench.bench import _largest_at, merge, parse_args, report, run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,6 +34,8 @@ def test_quick_bench_writes_the_report_structure(tmp_path):
     grid = results["grid"]
     assert grid["runs"] == 1 and grid["accuracy_max_delta"] < 1e-9 and grid["views"] == 10
     assert set(grid["per_method_s"]) == {"clip_adapter"} and grid["speedup_views"] > 0
+    assert [(r["run"], r["shots"], r["seed"]) for r in grid["run_accuracy"]] == [("clip_adapter", 1, 1)]
+    assert set(grid["run_accuracy"][0]["accuracy"]) == {"reference", "suite", "views"}
     counts = grid["images_encoded"]["clip_adapter"]
     assert min(counts.values()) > 0 and set(counts) == {"reference", "suite", "views"}
     sweep = results["sweep"]
@@ -80,3 +82,13 @@ def test_tuned_allocator_reruns_the_command_under_the_malloc_settings():
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ALLOC tuned"
+
+
+def test_report_names_the_run_with_the_largest_accuracy_difference():
+    runs = [{"run": "tip_adapter_f", "shots": 8, "seed": 3, "accuracy": {"reference": 50.0, "suite": 50.0,
+                                                                        "views": 38.0}},
+            {"run": "linear_probe", "shots": 1, "seed": 1, "accuracy": {"reference": 60.0, "suite": 60.0,
+                                                                       "views": 61.0}}]
+    assert _largest_at({"run_accuracy": runs}, "views") == " (tip_adapter_f, 8 shots, seed 3: 50.0 vs 38.0)"
+    assert _largest_at({"run_accuracy": runs}, "suite") == ""  # no difference: nothing to name
+    assert _largest_at({}, "suite") == ""  # results saved before per-run accuracies were recorded
