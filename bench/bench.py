@@ -26,7 +26,8 @@ order given, a later measurement of the same step row replacing an earlier one. 
         bench/raw/2026-11-24m-tiny-mma.json,bench/raw/2026-11-24n-tiny-mma-tuned.json,\
         bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json,\
         bench/raw/2026-11-24q-tiny-heba-60.json,bench/raw/2026-11-24r-tiny-heba-tuned-60.json,\
-        bench/raw/2026-11-25a-grid.json,bench/raw/2026-11-25b-sweep.json,bench/raw/2026-11-25c-grid.json
+        bench/raw/2026-11-25a-grid.json,bench/raw/2026-11-25b-sweep.json,bench/raw/2026-11-25c-grid.json,\
+        bench/raw/2026-11-25d-grid.json
 """
 
 from __future__ import annotations
@@ -393,15 +394,15 @@ def report(results: dict[str, Any]) -> str:
 
 
 def _largest_at(g: dict[str, Any], path: str) -> str:
-    """`` (run, shots, seed)`` where ``path``'s accuracy is furthest from the reference's ('' if none differs or
-    the results predate per-run accuracies)."""
+    """``: run k-shot seed s, reference vs path`` where ``path``'s accuracy is furthest from the reference's ('' if
+    none differs or the results predate per-run accuracies)."""
     runs = g.get("run_accuracy") or []
     deltas = [abs(r["accuracy"][path] - r["accuracy"]["reference"]) for r in runs]
     if not deltas or max(deltas) == 0:
         return ""
     r = runs[deltas.index(max(deltas))]
-    return f" ({r['run']}, {r['shots']} shots, seed {r['seed']}: {r['accuracy']['reference']:.1f} vs " \
-           f"{r['accuracy'][path]:.1f})"
+    return f": {r['run']} {r['shots']}-shot seed {r['seed']}, {r['accuracy']['reference']:.1f} vs " \
+           f"{r['accuracy'][path]:.1f}"
 
 
 def _images(g: dict[str, Any]) -> str:

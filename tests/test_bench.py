@@ -89,6 +89,6 @@ def test_report_names_the_run_with_the_largest_accuracy_difference():
                                                                         "views": 38.0}},
             {"run": "linear_probe", "shots": 1, "seed": 1, "accuracy": {"reference": 60.0, "suite": 60.0,
                                                                        "views": 61.0}}]
-    assert _largest_at({"run_accuracy": runs}, "views") == " (tip_adapter_f, 8 shots, seed 3: 50.0 vs 38.0)"
+    assert _largest_at({"run_accuracy": runs}, "views") == ": tip_adapter_f 8-shot seed 3, 50.0 vs 38.0"
     assert _largest_at({"run_accuracy": runs}, "suite") == ""  # no difference: nothing to name
     assert _largest_at({}, "suite") == ""  # results saved before per-run accuracies were recorded
