@@ -308,13 +308,12 @@ def speed_switch(column: str, methods: Iterable[str]) -> bool:
         return name not in INEXACT_FAST_FIELDS
     if section != "method" or not name:
         return False
-    from jobs.registry import METHODS  # lazy: importing a method imports torch
+    from jobs.config import exact_method_fields  # lazy: importing a method imports torch
+    from jobs.registry import METHODS
     defining = []
     for method in methods:
-        if method in METHODS:
-            config = METHODS.get(method).Config
-            if name in getattr(config, "__dataclass_fields__", {}):
-                defining.append(name in getattr(config, "UNHASHED_FIELDS", ()))
+        if method in METHODS and name in getattr(METHODS.get(method).Config, "__dataclass_fields__", {}):
+            defining.append(name in exact_method_fields(method))
     return bool(defining) and all(defining)
 
 

@@ -72,12 +72,18 @@ class ResolvedRun:
         return {k: v for k, v in self.config.items() if k not in UNHASHED_KEYS}
 
 
+def exact_method_fields(name: str) -> tuple[str, ...]:
+    """The fields of registered method ``name``'s config that are exact speed switches (its ``UNHASHED_FIELDS``):
+    kept in the config, left out of the run id."""
+    return tuple(getattr(METHODS.get(name).Config, "UNHASHED_FIELDS", ()))
+
+
 def run_id_of(config: Mapping[str, Any]) -> str:
     """16 hex chars of sha256 over the canonical JSON of the hashed keys."""
     hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
     method = hashed.get("method")
     if isinstance(method, Mapping) and method.get("name") in METHODS:
-        exact = getattr(METHODS.get(method["name"]).Config, "UNHASHED_FIELDS", ())
+        exact = exact_method_fields(method["name"])
         hashed["method"] = {k: v for k, v in method.items() if k not in exact}
     inexact = inexact_fast_settings(config.get("fast") or {})
     if inexact:  # a speed switch that changes results (fast.augment_views) is part of the id when set
