@@ -106,7 +106,7 @@ class LinearProbe(FeatureMethod):
         accs = [self._val_acc(fit(c), vx, vy) for c in C_GRID]
         peak = C_GRID[int(np.argmax(accs))]
         left, right = 1e-1 * peak, 1e1 * peak
-        final, final_c = None, left
+        final, final_c = None, peak
         for _ in range(self.config.search_steps):
             clf_left, clf_right = fit(left), fit(right)
             acc_left, acc_right = self._val_acc(clf_left, vx, vy), self._val_acc(clf_right, vx, vy)
@@ -119,7 +119,7 @@ class LinearProbe(FeatureMethod):
                 log_left, log_right = np.log10(left), middle
             left, right = np.power(10, log_left), np.power(10, log_right)
         if final is None:  # no halving steps: the grid's best
-            final, final_c = fit(peak), peak
+            final = fit(peak)
         return final, float(final_c)
 
     def _store(self, clf) -> None:

@@ -423,7 +423,8 @@ def sweep_section(sweep: dict[str, Any]) -> list[str]:
             "function of the split, not of the run), so the suite encodes them once for all and each run trains "
             "its head on cached features, while the reference pushes every view of every run through the image "
             "tower. Largest accuracy difference between the paths: "
-            f"{sweep['accuracy_max_delta']:.2g} points.", "", grid_table(sweep), "", _sweep_reading(sweep)]
+            f"{sweep['accuracy_max_delta']:.2g} points{_largest_at(sweep, 'suite')}.", "", grid_table(sweep), "",
+            _sweep_reading(sweep)]
 
 
 def _sweep_reading(sweep: dict[str, Any]) -> str:
