@@ -1,6 +1,6 @@
 """``python -m bench.bench`` (or ``python bench/bench.py``): the suite's fast paths against official-style paths.
 
-Three benchmarks, written to ``bench/RESULTS.md`` (and ``--json``) with the machine description:
+Four benchmarks, written to ``bench/RESULTS.md`` (and ``--json``) with the machine description:
 
 1. **Training steps** (:mod:`bench.steps`) of HeBA, MMA, CoOp and CLIP-LoRA on ViT-B/16 shapes (random weights, no
    download) and on the tiny model: steps/s and images/s of the suite's path against the reference path (full
@@ -11,6 +11,9 @@ Three benchmarks, written to ``bench/RESULTS.md`` (and ``--json``) with the mach
    seeds through the real runner, sharing one feature pass, against runs that recompute every feature.
 3. **Hyper-parameter sweep**: CLIP-Adapter variants on one split, the same comparison where every run needs the
    same views (``--no-sweep`` skips it).
+4. **Training views** (:mod:`bench.augment`): the PIL training transform in the loader against
+   ``fast.device_augment`` (crop in the loader, resize and normalisation on the device), images/s side by side and
+   the pixel difference (``--no-augment`` skips it).
 
 ``--quick``: the tiny model only, few repeats, a small grid (seconds; what the test runs). Timings on a shared
 machine vary: the load average at the start and end is recorded next to the numbers. The raw results behind
@@ -46,7 +49,8 @@ if __package__ in (None, ""):  # ``python bench/bench.py``: make the repository 
 
 import torch
 
-from bench.common import TUNED_MALLOC, allocator, backbone, machine
+from bench.augment import bench_augment
+from bench.common import TINY_CONFIG, TUNED_MALLOC, allocator, backbone, machine
 from bench.grid import GRID_METHODS, SWEEP_VARIANTS, run_grid
 from bench.steps import STEP_METHODS, bench_method
 
@@ -75,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="epoch overrides, e.g. clip_adapter=20,tip_adapter_f=20 (default: the recipes')")
     parser.add_argument("--grid-views", type=int, default=10,
                         help="also run the grid with fast.augment_views=N (inexact, opt-in switch); 0 = skip")
+    parser.add_argument("--grid-device-augment", action="store_true",
+                        help="the views path also sets fast.device_augment (views resized by torch, not PIL)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="skip the training-view benchmark (PIL transform vs resize on the device)")
+    parser.add_argument("--augment-images", type=int, default=None,
+                        help="images per pass of the training-view benchmark (default 256; --quick: 32)")
     parser.add_argument("--grid-px", type=int, default=None,
                         help="width of the grid's and the sweep's generated JPEGs (height 3/4 of it); default 400, "
                              "a typical photo of the 11 datasets (--quick: 64)")
@@ -112,7 +122,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                           ("cpu" if args.device == "auto" else args.device))
     results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"),
                                "machine": machine(), "device": str(device), "quick": bool(args.quick),
-                               "steps": [], "grid": None, "sweep": None, "threads": {}}
+                               "steps": [], "grid": None, "sweep": None, "augment": [], "threads": {}}
     default_threads = torch.get_num_threads()
     try:
         if not args.no_steps:
@@ -123,6 +133,10 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         if not args.no_sweep:
             _threads("tiny", args.tiny_threads, default_threads, results)
             results["sweep"] = _sweep(args, log)
+        if not args.no_augment:
+            torch.set_num_threads(1)  # a loader worker's share of the machine (workers run one thread each)
+            results["threads"]["augment"] = 1
+            results["augment"] = _augment(args, device, log)
     finally:
         torch.set_num_threads(default_threads)
     results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
@@ -165,7 +179,8 @@ def _grid(args: argparse.Namespace, log) -> dict[str, Any]:
     epochs = _epochs(args.grid_epochs) or ({"clip_adapter": 3, "tip_adapter_f": 2} if args.quick else {})
     methods = tuple(args.grid_methods.split(","))
     log(f"head-only grid: {list(methods)} x shots {shots} x seeds {seeds}")
-    grid = run_grid(methods, shots, seeds, **_dataset(args), epochs=epochs, log=log, views=args.grid_views or None)
+    grid = run_grid(methods, shots, seeds, **_dataset(args), epochs=epochs, log=log, views=args.grid_views or None,
+                    views_device_augment=args.grid_device_augment)
     return grid.as_dict()
 
 
@@ -177,6 +192,19 @@ def _sweep(args: argparse.Namespace, log) -> dict[str, Any]:
     sweep = run_grid(variants, (2 if args.quick else 16,), (1,), **_dataset(args), epochs=epochs, log=log,
                      catalogue=SWEEP_VARIANTS)
     return sweep.as_dict()
+
+
+def _augment(args: argparse.Namespace, device: torch.device, log) -> list[dict[str, Any]]:
+    """Training views at the ViT-B/16 and the tiny model's input sizes: PIL in the loader vs resize on the device."""
+    rows = []
+    data = _dataset(args)
+    for size in (224, TINY_CONFIG["vision_cfg"]["image_size"]):
+        row = bench_augment(size, device, n_images=args.augment_images or (32 if args.quick else 256),
+                            image_px=data["image_px"], grain=data["grain"], repeats=2 if args.quick else 8)
+        log(f"training views at {size} px: PIL {row.seconds_pil:.3f}s device {row.seconds_device:.3f}s "
+            f"x{row.speedup:.2f}, |diff| mean {row.mean_levels:.3f} max {row.max_levels:.0f} levels")
+        rows.append(row.as_dict())
+    return rows
 
 
 def _threads(backbone_name: str, tiny_threads: int, default: int, results: dict[str, Any]) -> None:
@@ -385,12 +413,41 @@ def report(results: dict[str, Any]) -> str:
                     f" Suite + {g['views']} views: the inexact opt-in switch `fast.augment_views: {g['views']}` "
                     "(a run reads at most that many augmented views of each image: CLIP-Adapter's 200 epochs and "
                     "Tip-Adapter-F's cycle through them; other training data, so accuracies differ from the "
-                    f"reference by up to {g['accuracy_views_max_delta']:.2g} points{_largest_at(g, 'views')})."
+                    f"reference by up to {g['accuracy_views_max_delta']:.2g} points{_largest_at(g, 'views')})"
+                    + (", with `fast.device_augment` too (views resized by torch on the device)"
+                       if g.get("views_device_augment") else "") + "."
                     if g.get("views") else ""), "", grid_table(g), "",
                 GRID_READING]
     if results.get("sweep"):
         out += ["", *sweep_section(results["sweep"])]
+    if results.get("augment"):
+        out += ["", *augment_section(results["augment"])]
     return "\n".join(out)
+
+
+def augment_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Training views: the PIL transform in the loader vs ``fast.device_augment``."""
+    first = rows[0]
+    lines = ["## Training views: PIL in the loader vs resize on the device", "",
+             f"One pass of augmented training views over {first['images']} decoded {first['image_px']}x"
+             f"{first['image_px'] * 3 // 4} px photo-like images (the grid's JPEGs, pixel noise of std "
+             f"{first['grain']:g}), batches of 32 ending as the float batch on the device ({first['device']}), one "
+             "torch thread (a loader worker's share). PIL: the protocol's transform per image in the loader "
+             "(`RandomResizedCrop` bicubic + flip + `ToTensor` + `Normalize`), what the official loaders run. "
+             "Device: `fast.device_augment` (the same crop boxes and flips drawn in the loader, the crop resized "
+             "by torch's antialiased bicubic kernel and normalised on the device). Median of interleaved passes; "
+             "|diff|: the two paths' batches of the same views compared, in levels of 255 (not exact, hence an "
+             "opt-in switch that is part of the run id).", "",
+             "| output px | PIL images/s | device images/s | speedup | mean \\|diff\\| | max \\|diff\\| |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['images_per_s_pil']:.0f} | {r['images_per_s_device']:.0f} | "
+                     f"**{r['speedup']:.2f}x** | {r['mean_levels']:.3f} | {r['max_levels']:.0f} |")
+    if first["device"] == "cpu":
+        lines += ["", "On CPU both paths use the same core; the device path is faster because torch's uint8 resize "
+                  "kernel (vectorised) beats PIL's. On a GPU the resize leaves the loader's cores altogether; "
+                  "not measured here (no GPU)."]
+    return lines
 
 
 def _largest_at(g: dict[str, Any], path: str) -> str:
@@ -458,6 +515,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["steps"] = list(rows.values())
     merged["grid"] = next((p["grid"] for p in reversed(parts) if p["grid"]), None)
     merged["sweep"] = next((p["sweep"] for p in reversed(parts) if p.get("sweep")), None)
+    merged["augment"] = next((p["augment"] for p in reversed(parts) if p.get("augment")), [])
     merged["finished"] = parts[-1]["finished"]
     merged["load_average_end"] = parts[-1]["load_average_end"]
     merged["quick"] = all(p["quick"] for p in parts)

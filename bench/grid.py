@@ -15,10 +15,11 @@ part of what a run that reads its images from files pays per augmented view):
   same test split, heads trained on cached features.
 
 Both grids produce the same accuracies (checked and reported: the fast paths are exact). Optionally a third path,
-**suite + views**, adds the one inexact switch, ``fast.augment_views: V``: a run reads at most V augmented views of
+**suite + views**, adds the inexact switch ``fast.augment_views: V``: a run reads at most V augmented views of
 each image (Tip-Adapter's own cache uses 10 passes), so CLIP-Adapter's 200 epochs need V feature passes instead of
 200 and Tip-Adapter-F's epochs reuse its cache passes' views; its accuracies differ from the reference (other
-training data) and the difference is reported. Wall time of each path is reported per method, with the number of
+training data) and the difference is reported. ``views_device_augment`` adds the other inexact switch to that path,
+``fast.device_augment`` (views resized by torch, not PIL: :mod:`frozen_clip.device_augment`). Wall time of each path is reported per method, with the number of
 images each path pushed through the image encoder (counted at :meth:`FrozenCLIP.encode_image`): on the tiny model an
 encoding costs less than decoding the JPEG, but on ViT-B/16 it costs ~35 GFLOPs, and the encoding ratio is the
 speedup the grid tends to when encoding dominates.
@@ -109,6 +110,7 @@ class GridResult:
     accuracy_views_max_delta: float | None = None  # vs the reference: not exact, other training views
     grain: float = 0.0  # pixel noise of the generated JPEGs (write_dataset)
     run_accuracy: list[dict[str, Any]] = field(default_factory=list)  # per run: label, shots, seed, path -> accuracy
+    views_device_augment: bool = False  # the views path also resized its views on the device (fast.device_augment)
 
     @property
     def speedup(self) -> float:
@@ -199,8 +201,9 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
              seeds: tuple[int, ...] = (1, 2, 3), n_classes: int = 10, image_px: int = 400,
              epochs: dict[str, int] | None = None, workdir: Path | None = None,
              log=print, views: int | None = None, catalogue: dict[str, dict[str, Any]] | None = None,
-             grain: float = 20.0) -> GridResult:
-    """Run the grid on both paths (and the ``views`` path if given), alternating, and compare time and accuracy.
+             grain: float = 20.0, views_device_augment: bool = False) -> GridResult:
+    """Run the grid on both paths (and the ``views`` path if given, with ``fast.device_augment`` if
+    ``views_device_augment``), alternating, and compare time and accuracy.
 
     ``methods`` are labels of ``catalogue`` (default :data:`GRID_METHODS`; :data:`SWEEP_VARIANTS` for a sweep)."""
     epochs = dict(epochs or {})
@@ -210,7 +213,8 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
     backbone.write_text(json.dumps(TINY_CONFIG))
     configs = _configs(data, str(backbone), methods, shots, seeds, epochs, catalogue or GRID_METHODS)
     ledger = _verified_ledger(data, work / "ledger.json")
-    paths = {"reference": REFERENCE_FAST, "suite": {}, **({"views": {"augment_views": views}} if views else {})}
+    inexact = {"augment_views": views, **({"device_augment": True} if views_device_augment else {})}
+    paths = {"reference": REFERENCE_FAST, "suite": {}, **({"views": inexact} if views else {})}
     times: dict[str, dict[str, float]] = {path: {"total": 0.0} for path in paths}
     accuracy: dict[str, list[float]] = {path: [] for path in paths}
     _execute({**configs[0], "results_dir": str(work / "warmup"), "seed": 999})  # imports, tokenizer, first call
@@ -243,4 +247,4 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
                       {m: {p: round(times[p][m], 2) for p in times} for m in methods},
                       {m: {p: encoded.get(f"{m}/{p}", 0) for p in paths} for m in methods}, views,
                       times["views"]["total"] if views else None, max_delta("views") if views else None, grain,
-                      per_run)
+                      per_run, bool(views and views_device_augment))

@@ -4,10 +4,11 @@
 often work is done, never what is computed (up to fp32 reduction order; every one is pinned by a test comparing it
 with the slow path to 1e-5). Hence the section is not part of the run id (like ``num_workers``), and every switch is
 on by default except ``compile``, which is off because graph compilation reorders floating-point operations and
-costs minutes of compile time on short runs. The one exception is ``augment_views``, off by default: it changes the
-training data (epochs cycle through a fixed number of augmented views instead of drawing a fresh one each epoch, as
-Tip-Adapter's cache does; Tip-Adapter-F's epochs then cycle through its cache's views), so when set it is part of
-the run id (:func:`inexact_fast_settings`).
+costs minutes of compile time on short runs. Two exceptions, off by default, change the training data and are part of
+the run id when set (:func:`inexact_fast_settings`): ``augment_views`` (epochs cycle through a fixed number of
+augmented views instead of drawing a fresh one each epoch, as Tip-Adapter's cache does; Tip-Adapter-F's epochs then
+cycle through its cache's views) and ``device_augment`` (views resized on the device by torch instead of PIL,
+:mod:`frozen_clip.device_augment`).
 
 Method-side fast paths are fields of each method's config, because whether they are exact depends on the method:
 ``truncate_text`` (text cut to the longest prompt: HeBA, MMA, CoOp, CoCoOp, MaPLe; CLIP-LoRA always truncates),
@@ -48,6 +49,10 @@ class FastPaths:
     # many feature passes however many epochs it runs (official: a fresh view per epoch). The image path and the
     # cached-feature path still see the same images.
     augment_views: int | None = None
+    # NOT exact, off by default (hashed when set): training views are resized on the run's device by torch's kernel
+    # instead of PIL's in the loader (frozen_clip/device_augment.py: same crop boxes and flips, pixels 0.05-0.2 of
+    # 255 levels off on average). Frees the loader's cores on a GPU; on CPU torch's resize is also the faster one.
+    device_augment: bool = False
 
     def validate(self) -> None:
         if self.augment_views is not None and self.augment_views < 1:
@@ -63,12 +68,14 @@ class FastPaths:
 
 
 #: switches that change results; :func:`inexact_fast_settings` puts them into the run id when set
-INEXACT_FAST_FIELDS = ("augment_views",)
+INEXACT_FAST_FIELDS = ("augment_views", "device_augment")
 
 
 def inexact_fast_settings(fast: dict[str, Any]) -> dict[str, Any]:
-    """The result-changing switches of a ``fast`` config section that are set (not None)."""
-    return {k: fast[k] for k in INEXACT_FAST_FIELDS if fast.get(k) is not None}
+    """The result-changing switches of a ``fast`` config section that are set (given and not at their default), so
+    that a config naming one at its default has the id of a config that leaves it out."""
+    defaults = FastPaths()
+    return {k: fast[k] for k in INEXACT_FAST_FIELDS if k in fast and fast[k] != getattr(defaults, k)}
 
 
 def view_seed(key: str, view: int, index: int) -> int:

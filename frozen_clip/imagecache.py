@@ -31,6 +31,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from frozen_clip import atomic
+from frozen_clip.device_augment import training_transform
 from frozen_clip.transforms import TransformSpec
 from protocols.datasets import Item
 from protocols.imagefolder import ImageListDataset, open_image
@@ -140,7 +141,8 @@ class CachedImageDataset(ImageListDataset):
     """An :class:`ImageListDataset` whose images come from uint8 arrays instead of files.
 
     ``arrays[i]`` is item ``i``'s image (``[H, W, 3]`` uint8); ``transform`` is applied to ``Image.fromarray`` of it,
-    i.e. the full transform for ``decoded`` entries and :func:`eval_tail` for ``resized`` ones.
+    i.e. the full transform for ``decoded`` entries and :func:`eval_tail` for ``resized`` ones, or to the array
+    itself if the transform says it ``takes_arrays`` (device augmentation's crop: no PIL copy of the image).
     """
 
     def __init__(self, items: Sequence[Item], image_root: str | Path, transform: Callable[[Image.Image], Any],
@@ -151,17 +153,21 @@ class CachedImageDataset(ImageListDataset):
         self.arrays = arrays
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        image = Image.fromarray(np.asarray(self.arrays[index]))  # [H, W, 3] uint8 -> RGB
+        array = np.asarray(self.arrays[index])
+        image = array if getattr(self.transform, "takes_arrays", False) else Image.fromarray(array)  # [H, W, 3] RGB
         return self.transform(image), self.items[index].label, index
 
 
 def train_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item], image_root: Path,
-                  spec: TransformSpec) -> ImageListDataset:
-    """The training images of ``items`` under ``spec``: from the ``decoded`` cache when possible."""
+                  spec: TransformSpec, device_augment: bool = False) -> ImageListDataset:
+    """The training images of ``items`` under ``spec``: from the ``decoded`` cache when possible. With
+    ``device_augment`` the loader only crops, and the batch is finished on the device
+    (:mod:`frozen_clip.device_augment`)."""
+    transform = training_transform(spec, device_augment)
     arrays = None if cache is None else cache.decoded(dataset, items, image_root)
     if arrays is None:
-        return ImageListDataset(items, image_root, spec.build())
-    return CachedImageDataset(items, image_root, spec.build(), arrays)
+        return ImageListDataset(items, image_root, transform)
+    return CachedImageDataset(items, image_root, transform, arrays)
 
 
 def eval_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item], image_root: Path,

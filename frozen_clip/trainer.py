@@ -15,8 +15,10 @@ Fast paths (:mod:`frozen_clip.fastpaths`): a training set wrapped in :class:`~fr
 yields augmented view ``epoch - 1`` in each epoch (``fast.augment_views``: cycled over that many views); given
 :class:`~frozen_clip.fastpaths.FeatureViews`, a method whose step needs the images only through the frozen encoder
 trains on the cached features of that same view, in the same batch order, instead of encoding the images (exact:
-pinned by a test against the image path). On CUDA the first step's FLOPs are counted (open_clip's profiler
-convention, :mod:`frozen_clip.flops`) for the record's MFU; ``compile`` wraps the step in ``torch.compile``.
+pinned by a test against the image path). With ``fast.device_augment`` the loader yields the views' uint8 crops at
+their own size, and the step's batch is resized and normalised on the device (:mod:`frozen_clip.device_augment`).
+On CUDA the first step's FLOPs are counted (open_clip's profiler convention, :mod:`frozen_clip.flops`) for the
+record's MFU; ``compile`` wraps the step in ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from frozen_clip import atomic
+from frozen_clip.device_augment import collate, to_device
 from frozen_clip.fastpaths import FastPaths, FeatureRows, FeatureViews, supports_feature_training
 from frozen_clip.method import Method
 from frozen_clip.optim import OptimConfig, build_optimizer, lr_at, set_lr
@@ -133,7 +136,8 @@ class Trainer:
             # the same batches from the same generator draws as below (BatchSampler is what DataLoader builds)
             return DataLoader(dataset, sampler=BatchSampler(sampler, batch, drop_last=len(dataset) >= batch),
                               batch_size=None, **common)
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=len(dataset) >= batch, **common)
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=len(dataset) >= batch,
+                          collate_fn=collate, **common)
 
     def total_iterations(self, n_train: int) -> int:
         """Optimiser steps of the whole fit."""
@@ -195,7 +199,7 @@ class Trainer:
                 break
             lr = lr_at(self.optim, epoch, iteration, total)
             set_lr(optimizer, lr)
-            out = self._counted_step(images.to(self.device), labels.to(self.device), optimizer, scaler, result)
+            out = self._counted_step(to_device(images, self.device), labels.to(self.device), optimizer, scaler, result)
             values = {key: float(value.detach()) for key, value in {"loss": out.loss, **out.aux}.items()}
             if not math.isfinite(values["loss"]) and not scaler.is_enabled():  # fp16: GradScaler skips such steps
                 aux = {k: v for k, v in values.items() if k != "loss"}

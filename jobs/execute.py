@@ -36,6 +36,7 @@ from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.cache import FeatureCache
 from frozen_clip.errors import DataError, SuiteError
+from frozen_clip.device_augment import collate, to_device
 from frozen_clip.fastpaths import FastPaths, FeatureViews, SeededViews, supports_feature_training
 from frozen_clip.flops import mfu, peak_flops
 from frozen_clip.imagecache import ImageCache, eval_dataset, items_hash, train_dataset
@@ -257,7 +258,8 @@ class RunExecution:
     def _train_set(self, manifest: SplitManifest, clip: FrozenCLIP) -> SeededViews:
         """Training images with per-item seeded augmentation (view ``epoch - 1`` in each epoch)."""
         spec = train_spec(clip.image_size, clip.mean, clip.std)
-        images = train_dataset(self.images, manifest.dataset, manifest.train, Path(manifest.image_root), spec)
+        images = train_dataset(self.images, manifest.dataset, manifest.train, Path(manifest.image_root), spec,
+                               self.fast.device_augment)
         return SeededViews(images, manifest.content_hash)
 
     def _feature_views(self, method: Method, features: "FeatureAccess", manifest: SplitManifest
@@ -338,10 +340,13 @@ class FeatureAccess:
         spec = train_spec(self.clip.image_size, self.clip.mean, self.clip.std, rrc_scale)
         items = getattr(manifest, split)
         parts = {**self._parts(manifest, split, spec.signature(), view), "augment": "per-item-seed"}
+        if self.fast.device_augment:  # other pixels, other features (the key without it stays what it was)
+            parts["resize"] = "device"
 
         def compute() -> dict[str, torch.Tensor]:
             key = manifest.content_hash if split == "train" else f"{manifest.content_hash}-{split}"
-            images = train_dataset(self.images, manifest.dataset, items, Path(manifest.image_root), spec)
+            images = train_dataset(self.images, manifest.dataset, items, Path(manifest.image_root), spec,
+                                   self.fast.device_augment)
             dataset = SeededViews(images, key)
             dataset.set_view(view)
             return self._encode(dataset)
@@ -350,10 +355,10 @@ class FeatureAccess:
 
     @torch.no_grad()
     def _encode(self, dataset: torch.utils.data.Dataset) -> dict[str, torch.Tensor]:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
         feats, labels = [], []
         for images, target, _index in loader:
-            feats.append(self.clip.encode_image(images.to(self.device)).float().cpu())
+            feats.append(self.clip.encode_image(to_device(images, self.device)).float().cpu())
             labels.append(target)
         if not feats:
             return {"features": torch.zeros(0, self.clip.embed_dim), "labels": torch.zeros(0, dtype=torch.long)}

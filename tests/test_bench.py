@@ -42,9 +42,13 @@ def test_quick_bench_writes_the_report_structure(tmp_path):
     assert sweep["runs"] == 2 and sweep["accuracy_max_delta"] < 1e-9 and sweep["views"] is None
     first, second = sweep["images_encoded"].values()  # the suite encodes for the first variant only
     assert first["suite"] == first["reference"] == second["reference"] > 0 and second["suite"] == 0
+    views = results["augment"]
+    assert [r["size"] for r in views] == [224, 32] and results["threads"]["augment"] == 1
+    for row in views:  # same crops on both paths: a wrong box would be tens of levels off on average
+        assert row["images"] == 32 and row["speedup"] > 0 and row["mean_levels"] < 1.0
     text = out.read_text()
     for heading in ("# Benchmark results", "## Training steps", "## Head-only grid", "## Hyper-parameter sweep",
-                    "Load average", "coop (cached"):
+                    "## Training views", "Load average", "coop (cached"):
         assert heading in text
     assert json.loads(raw.read_text())["machine"]["cpu_count"] >= 1
     assert report(results) == text
