@@ -288,13 +288,26 @@ def variant_axes(frame: pd.DataFrame, within: Sequence[str] = ("method.name", "p
         return []
     keys = [c for c in within if c in frame.columns]
     # an unset option (None/NaN) counts as a value of its own: `novel_scale: null` vs `0.5` is an axis (pandas 3's
-    # astype(str) keeps missing values missing, and nunique would not count them)
-    as_text = frame[candidates].apply(lambda col: col.map(lambda v: "<unset>" if _missing(v) else str(v)))
+    # astype(str) keeps missing values missing, and nunique would not count them); except a result-changing fast
+    # switch, which a record written before the switch existed lacks and which then ran at its default
+    defaults = inexact_fast_defaults() if any(c.startswith("fast.") for c in candidates) else {}
+
+    def text(column: pd.Series) -> pd.Series:
+        default = defaults.get(column.name)
+        return column.map(lambda v: str(default) if _missing(v) and default is not None else
+                          "<unset>" if _missing(v) else str(v))
+    as_text = frame[candidates].apply(text)
     grouped = pd.concat([frame[keys].astype(str), as_text], axis=1).groupby(keys, dropna=False)
     counts = grouped.nunique()
     varying = [c for c in candidates if (counts[c] > 1).any()]
     methods = frame["method.name"].dropna().unique() if "method.name" in frame.columns else []
     return [c for c in varying if not speed_switch(c, methods)]
+
+
+def inexact_fast_defaults() -> dict[str, Any]:
+    """``{"fast.<switch>": default}`` of the result-changing fast switches (``frozen_clip.fastpaths``)."""
+    from frozen_clip.fastpaths import INEXACT_FAST_FIELDS, FastPaths  # lazy: torch
+    return {f"fast.{name}": getattr(FastPaths(), name) for name in INEXACT_FAST_FIELDS}
 
 
 def speed_switch(column: str, methods: Iterable[str]) -> bool:

@@ -161,6 +161,11 @@ def test_variant_axes_skip_exact_speed_switches():
         "fast.compile": [False, False, True, False, False, False], "fast.augment_views": [nan, nan, nan, 10, nan, nan],
     })
     assert set(variant_axes(frame)) == {"method.bottleneck_ratio", "fast.augment_views"}  # unset vs 10: an axis
+    # a record from before fast.device_augment existed ran at its default (False): not an axis against False ...
+    frame["fast.device_augment"] = [nan, False, False, False, nan, False]
+    assert set(variant_axes(frame)) == {"method.bottleneck_ratio", "fast.augment_views"}
+    frame.loc[1, "fast.device_augment"] = True  # ... but True is
+    assert set(variant_axes(frame)) == {"method.bottleneck_ratio", "fast.augment_views", "fast.device_augment"}
     novel = pd.DataFrame({"method.name": "heba", "protocol": "base2novel", "dataset": "eurosat", "shots": 16,
                           "seed": 1, "method.novel_scale": [None, 0.5]})
     assert variant_axes(novel) == ["method.novel_scale"]
