@@ -30,7 +30,7 @@ order given, a later measurement of the same step row replacing an earlier one. 
         bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json,\
         bench/raw/2026-11-24q-tiny-heba-60.json,bench/raw/2026-11-24r-tiny-heba-tuned-60.json,\
         bench/raw/2026-11-25a-grid.json,bench/raw/2026-11-25b-sweep.json,bench/raw/2026-11-25c-grid.json,\
-        bench/raw/2026-11-25d-grid.json
+        bench/raw/2026-11-25d-grid.json,bench/raw/2026-11-25e-grid-device.json
 """
 
 from __future__ import annotations
@@ -278,7 +278,8 @@ def grid_table(grid: dict[str, Any]) -> str:
     """The head-only grid as a Markdown table."""
     views = grid.get("views")
     encoded = grid.get("images_encoded") or {}
-    extra = f" suite + {views} views s | speedup |" if views else ""
+    device = " + device resize" if grid.get("views_device_augment") else ""
+    extra = f" suite + {views} views{device} s | speedup |" if views else ""
     enc = " images encoded (ref / suite" + (" / views" if views else "") + ") |"
     lines = ["| method | runs | reference s | suite s | speedup |" + extra + enc,
              "|---|---|---|---|---|" + ("---|---|" if views else "") + "---|"]

@@ -20,9 +20,10 @@ the next batch. On CPU it runs in the main process with torch's kernel, which is
 **Not exact.** torch's resize is close to PIL's, not equal. Measured against the PIL transform on photo-like
 400x300 images (smooth structure plus pixel grain), 200 random views, in levels of 255: at 224 px, uint8 kernel
 (CPU) 0.05 off per pixel on average, crops just larger than the output up to 0.3, and 0.006 % of pixels more than 2
-off (at most 8); float kernel (what CUDA runs, rounded back to uint8) 0.2 on average, at most 7. At 32 px: at most 1
-level. Hence off by default and part of the run id when set (:data:`frozen_clip.fastpaths.INEXACT_FAST_FIELDS`);
-pinned by a test: the same boxes, flips and random draws as the PIL transform, and pixels within those bounds.
+off (at most 8 here, 9 in the bench's batches); float kernel (what CUDA runs, rounded back to uint8) 0.2 on
+average, at most 7. At 32 px from 400 px images: at most 1 level. Hence off by default and part of the run id when
+set (:data:`frozen_clip.fastpaths.INEXACT_FAST_FIELDS`); pinned by a test: the same boxes, flips and random draws
+as the PIL transform, and pixels within those bounds.
 """
 
 from __future__ import annotations
