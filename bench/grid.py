@@ -15,14 +15,14 @@ part of what a run that reads its images from files pays per augmented view):
   same test split, heads trained on cached features.
 
 Both grids produce the same accuracies (checked and reported: the fast paths are exact). Optionally a third path,
-**suite + views**, adds the inexact switch ``fast.augment_views: V``: a run reads at most V augmented views of
-each image (Tip-Adapter's own cache uses 10 passes), so CLIP-Adapter's 200 epochs need V feature passes instead of
-200 and Tip-Adapter-F's epochs reuse its cache passes' views; its accuracies differ from the reference (other
-training data) and the difference is reported. ``views_device_augment`` adds the other inexact switch to that path,
-``fast.device_augment`` (views resized by torch, not PIL: :mod:`frozen_clip.device_augment`). Wall time of each path is reported per method, with the number of
-images each path pushed through the image encoder (counted at :meth:`FrozenCLIP.encode_image`): on the tiny model an
-encoding costs less than decoding the JPEG, but on ViT-B/16 it costs ~35 GFLOPs, and the encoding ratio is the
-speedup the grid tends to when encoding dominates.
+**suite + views**, adds the inexact switch ``fast.augment_views: V``: a run reads at most V augmented views of each
+image (Tip-Adapter's own cache uses 10 passes), so CLIP-Adapter's 200 epochs need V feature passes instead of 200
+and Tip-Adapter-F's epochs reuse its cache passes' views; its accuracies differ from the reference (other training
+data) and the difference is reported. ``views_device_augment`` adds the other inexact switch to that path,
+``fast.device_augment`` (views resized by torch, not PIL: :mod:`frozen_clip.device_augment`). Wall time of each path
+is reported per method, with the number of images each path pushed through the image encoder (counted at
+:meth:`FrozenCLIP.encode_image`): on the tiny model an encoding costs less than decoding the JPEG, but on ViT-B/16
+it costs ~35 GFLOPs, and the encoding ratio is the speedup the grid tends to when encoding dominates.
 """
 
 from __future__ import annotations

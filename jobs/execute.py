@@ -35,8 +35,8 @@ import torch
 from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.cache import FeatureCache
-from frozen_clip.errors import DataError, SuiteError
 from frozen_clip.device_augment import collate, to_device
+from frozen_clip.errors import DataError, SuiteError
 from frozen_clip.fastpaths import FastPaths, FeatureViews, SeededViews, supports_feature_training
 from frozen_clip.flops import mfu, peak_flops
 from frozen_clip.imagecache import ImageCache, eval_dataset, items_hash, train_dataset

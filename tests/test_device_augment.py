@@ -1,8 +1,9 @@
 """Device augmentation (``fast.device_augment``) against the PIL training transform it stands in for.
 
 It is not exact (torch's resize is close to PIL's, not equal), so what is pinned is: the very same crop boxes, flips
-and random-stream use as the PIL transform, pixels close to the PIL transform's (bounds below), a run id of its own, and, within a
-device-augmented run, the cached-feature path equal to the image path (both finish the same crops the same way).
+and random-stream use as the PIL transform, pixels close to the PIL transform's (bounds below), a run id of its own,
+and, within a device-augmented run, the cached-feature path equal to the image path (both finish the same crops the
+same way).
 """
 
 from __future__ import annotations
