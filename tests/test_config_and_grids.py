@@ -13,7 +13,7 @@ from frozen_clip.errors import ConfigError
 from frozen_clip.optim import OptimConfig, lr_at
 from jobs.config import parse_overrides, resolve
 from jobs.grid import load_grid
-from tests.conftest import GOLDEN_BACKBONE, base_run
+from tests.conftest import base_run
 
 REPO = Path(__file__).resolve().parent.parent
 
