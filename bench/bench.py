@@ -430,9 +430,8 @@ def augment_section(rows: list[dict[str, Any]]) -> list[str]:
     """Training views: the PIL transform in the loader vs ``fast.device_augment``."""
     first = rows[0]
     lines = ["## Training views: PIL in the loader vs resize on the device", "",
-             f"One pass of augmented training views over {first['images']} decoded {first['image_px']}x"
-             f"{first['image_px'] * 3 // 4} px photo-like images (the grid's JPEGs, pixel noise of std "
-             f"{first['grain']:g}), batches of 32 ending as the float batch on the device ({first['device']}), one "
+             f"One pass of augmented training views over {first['images']} decoded images, the grid's "
+             f"{_images(first)}, in batches of 32 ending as the float batch on the device ({first['device']}), one "
              "torch thread (a loader worker's share). PIL: the protocol's transform per image in the loader "
              "(`RandomResizedCrop` bicubic + flip + `ToTensor` + `Normalize`), what the official loaders run. "
              "Device: `fast.device_augment` (the same crop boxes and flips drawn in the loader, the crop resized "
