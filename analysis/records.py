@@ -290,12 +290,11 @@ def variant_axes(frame: pd.DataFrame, within: Sequence[str] = ("method.name", "p
     # an unset option (None/NaN) counts as a value of its own: `novel_scale: null` vs `0.5` is an axis (pandas 3's
     # astype(str) keeps missing values missing, and nunique would not count them); except a result-changing fast
     # switch, which a record written before the switch existed lacks and which then ran at its default
-    defaults = inexact_fast_defaults() if any(c.startswith("fast.") for c in candidates) else {}
+    defaults = _inexact_fast_columns() if any(c.startswith("fast.") for c in candidates) else {}
 
     def text(column: pd.Series) -> pd.Series:
-        default = defaults.get(column.name)
-        return column.map(lambda v: str(default) if _missing(v) and default is not None else
-                          "<unset>" if _missing(v) else str(v))
+        unset = "<unset>" if defaults.get(column.name) is None else str(defaults[column.name])
+        return column.map(lambda v: unset if _missing(v) else str(v))
     as_text = frame[candidates].apply(text)
     grouped = pd.concat([frame[keys].astype(str), as_text], axis=1).groupby(keys, dropna=False)
     counts = grouped.nunique()
@@ -304,10 +303,10 @@ def variant_axes(frame: pd.DataFrame, within: Sequence[str] = ("method.name", "p
     return [c for c in varying if not speed_switch(c, methods)]
 
 
-def inexact_fast_defaults() -> dict[str, Any]:
-    """``{"fast.<switch>": default}`` of the result-changing fast switches (``frozen_clip.fastpaths``)."""
-    from frozen_clip.fastpaths import INEXACT_FAST_FIELDS, FastPaths  # lazy: torch
-    return {f"fast.{name}": getattr(FastPaths(), name) for name in INEXACT_FAST_FIELDS}
+def _inexact_fast_columns() -> dict[str, Any]:
+    """``{"fast.<switch>": default}`` of the result-changing fast switches."""
+    from frozen_clip.fastpaths import inexact_fast_defaults  # lazy: torch
+    return {f"fast.{name}": default for name, default in inexact_fast_defaults().items()}
 
 
 def speed_switch(column: str, methods: Iterable[str]) -> bool:

@@ -71,11 +71,17 @@ class FastPaths:
 INEXACT_FAST_FIELDS = ("augment_views", "device_augment")
 
 
+def inexact_fast_defaults() -> dict[str, Any]:
+    """The result-changing switches with their defaults: what a config (or an older record) that leaves one out ran
+    at."""
+    defaults = FastPaths()
+    return {name: getattr(defaults, name) for name in INEXACT_FAST_FIELDS}
+
+
 def inexact_fast_settings(fast: dict[str, Any]) -> dict[str, Any]:
     """The result-changing switches of a ``fast`` config section that are set (given and not at their default), so
     that a config naming one at its default has the id of a config that leaves it out."""
-    defaults = FastPaths()
-    return {k: fast[k] for k in INEXACT_FAST_FIELDS if k in fast and fast[k] != getattr(defaults, k)}
+    return {k: fast[k] for k, default in inexact_fast_defaults().items() if k in fast and fast[k] != default}
 
 
 def view_seed(key: str, view: int, index: int) -> int:
