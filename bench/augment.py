@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from bench.common import Interleaved
 from bench.grid import write_dataset
+from frozen_clip.backbone import CLIP_MEAN, CLIP_STD
 from frozen_clip.device_augment import collate, to_device, training_transform
 from frozen_clip.fastpaths import SeededViews
 from frozen_clip.imagecache import CachedImageDataset
@@ -29,7 +30,7 @@ from frozen_clip.transforms import train_spec
 from protocols.datasets import Item
 from protocols.imagefolder import open_image
 
-MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
+MEAN, STD = CLIP_MEAN, CLIP_STD
 BATCH = 32
 
 

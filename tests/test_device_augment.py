@@ -17,19 +17,18 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import transforms as T
 
+from frozen_clip.backbone import CLIP_MEAN, CLIP_STD
 from frozen_clip.device_augment import AugmentedCrop, CropAndFlip, CropBatch, collate, to_device
 from frozen_clip.errors import ConfigError
 from frozen_clip.fastpaths import SeededViews
 from frozen_clip.imagecache import ImageCache, train_dataset
+from frozen_clip import transforms
 from frozen_clip.transforms import train_spec
 from jobs.config import resolve
-from jobs.execute import read_record, run_dir
-from jobs.executors import execute_run
-from jobs.grid import RunSpec
 from protocols.splits import build_manifest
-from tests.conftest import base_run
+from tests.conftest import base_run, execute_resolved
 
-MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
+MEAN, STD = CLIP_MEAN, CLIP_STD
 
 
 def photo(seed: int, height: int = 300, width: int = 400) -> np.ndarray:
@@ -41,10 +40,7 @@ def photo(seed: int, height: int = 300, width: int = 400) -> np.ndarray:
 
 
 def execute(cfg: dict) -> dict:
-    resolved = resolve(cfg, "test")
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    return read_record(run_dir(resolved))
+    return execute_resolved(resolve(cfg, "test"))
 
 
 @pytest.mark.parametrize("size", [224, 32])
@@ -100,7 +96,7 @@ def test_collate_leaves_tensor_batches_to_default_collate():
     assert all(torch.equal(a, b) for a, b in zip(ours, default, strict=True))
     assert to_device(ours[0], torch.device("cpu")) is ours[0]
     with pytest.raises(ValueError, match="training transform"):
-        CropAndFlip(train_spec(32, MEAN, STD).__class__("test", 32, MEAN, STD))
+        CropAndFlip(transforms.test_spec(32, MEAN, STD))
     with pytest.raises(ValueError, match="RGB uint8"):
         CropAndFlip(train_spec(32, MEAN, STD))(np.zeros((8, 8), np.uint8))
 
