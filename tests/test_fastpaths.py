@@ -28,21 +28,16 @@ from frozen_clip.shared_prefix import common_prefix_length
 from frozen_clip.taps import Taps
 from frozen_clip import transforms
 from jobs.config import method_class, resolve
-from jobs.execute import read_record, run_dir
-from jobs.executors import execute_run
-from jobs.grid import RunSpec
 from protocols.imagefolder import ImageListDataset
 from protocols.splits import build_manifest
-from tests.conftest import base_run
+from tests.conftest import base_run, execute_resolved
 
 TOL = 1e-5
 
 
 def execute(cfg: dict) -> dict:
-    resolved = resolve(cfg, "test")
-    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
-    assert outcome.status == "done", outcome.detail
-    return read_record(run_dir(resolved))
+    """Resolve ``cfg`` and execute it in this process; its record."""
+    return execute_resolved(resolve(cfg, "test"))
 
 
 # -- text truncation: logits and gradients against the full context ---------------------------------------------------
