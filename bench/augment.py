@@ -1,12 +1,15 @@
-"""Training views: the PIL transform in the loader against the crop-in-the-loader, resize-on-the-device path.
+"""Training views: the PIL transform in the loader against normalising on the device (exact) and against the
+crop-in-the-loader, resize-on-the-device path.
 
-Both paths read the same decoded images (the image cache's uint8 arrays of the grid's photo-like JPEGs), draw the
+All paths read the same decoded images (the image cache's uint8 arrays of the grid's photo-like JPEGs), draw the
 same views (:class:`~frozen_clip.fastpaths.SeededViews`, a new view each repeat), batch them through a
 ``DataLoader`` (32 per batch, no workers: the work is timed where it happens) and end with the float batch on the
 device. PIL: ``RandomResizedCrop`` + flip + ``ToTensor`` + ``Normalize`` per image (the official loaders'
-transform). Device: :mod:`frozen_clip.device_augment` (``fast.device_augment``; the crop in the loader, the resize
-and normalisation on the device). Timed side by side (ABBA), at the ViT-B/16 input size and at the tiny model's,
-with the pixel difference between the two paths' batches in levels of 255.
+transform). Normalise: ``fast.device_normalize`` (the PIL crop and flip in the loader, ``ToTensor`` + ``Normalize``
+on the uint8 batch on the device; the same tensors, checked). Device: ``fast.device_augment`` (the crop in the
+loader, the resize and normalisation on the device; :mod:`frozen_clip.device_augment`). Timed side by side (each
+repeat in turn forward and reversed), at the ViT-B/16 input size and at the tiny model's, with the pixel difference
+between the PIL and the device-augmented batches in levels of 255.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch.utils.data import DataLoader
 from bench.common import Interleaved
 from bench.grid import write_dataset
 from frozen_clip.backbone import CLIP_MEAN, CLIP_STD
-from frozen_clip.device_augment import collate, to_device, training_transform
+from frozen_clip.device_augment import collate, loader_transform, to_device
 from frozen_clip.fastpaths import SeededViews
 from frozen_clip.imagecache import CachedImageDataset
 from frozen_clip.transforms import train_spec
@@ -47,15 +50,18 @@ class AugmentResult:
     mean_levels: float  # mean |PIL - device| over the first pass's pixels, in levels of 255
     max_levels: float
     device: str
+    seconds_normalize: float  # fast.device_normalize (the PIL crop, ToTensor + Normalize on the device)
+    normalize_equal: bool  # its batches equal the PIL path's (torch.equal over the first pass)
 
     @property
     def speedup(self) -> float:
         return self.seconds_pil / self.seconds_device
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "speedup": self.speedup,
+        return {**asdict(self), "speedup": self.speedup, "speedup_normalize": self.seconds_pil / self.seconds_normalize,
                 "images_per_s_pil": self.images / self.seconds_pil,
-                "images_per_s_device": self.images / self.seconds_device}
+                "images_per_s_device": self.images / self.seconds_device,
+                "images_per_s_normalize": self.images / self.seconds_normalize}
 
 
 def decoded_images(n_images: int, image_px: int, grain: float, folder: Path) -> tuple[list[Item], list[np.ndarray]]:
@@ -67,9 +73,10 @@ def decoded_images(n_images: int, image_px: int, grain: float, folder: Path) -> 
     return items, [np.array(open_image(path), dtype=np.uint8) for path in files]
 
 
-def _views(items: list[Item], arrays: list[np.ndarray], size: int, on_device: bool) -> SeededViews:
-    spec = train_spec(size, MEAN, STD)
-    return SeededViews(CachedImageDataset(items, ".", training_transform(spec, on_device), arrays), "bench")
+def _views(items: list[Item], arrays: list[np.ndarray], size: int, path: str) -> SeededViews:
+    """The views on ``path``: ``pil``, ``normalize`` (fast.device_normalize) or ``device`` (fast.device_augment)."""
+    transform = loader_transform(train_spec(size, MEAN, STD), path == "normalize", path == "device")
+    return SeededViews(CachedImageDataset(items, ".", transform, arrays), "bench")
 
 
 def _pass(views: SeededViews, device: torch.device, view: int) -> list[torch.Tensor]:
@@ -81,18 +88,19 @@ def _pass(views: SeededViews, device: torch.device, view: int) -> list[torch.Ten
 
 def bench_augment(size: int, device: torch.device, n_images: int = 256, image_px: int = 400, grain: float = 20.0,
                   repeats: int = 6) -> AugmentResult:
-    """Time one pass over ``n_images`` views at output ``size`` on both paths (module docstring)."""
+    """Time one pass over ``n_images`` views at output ``size`` on each path (module docstring)."""
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as folder:
         items, arrays = decoded_images(n_images, image_px, grain, Path(folder))
-    pil, dev = _views(items, arrays, size, False), _views(items, arrays, size, True)
-    first = [torch.cat(_pass(p, device, 0)).cpu() for p in (pil, dev)]
-    levels = (first[0] - first[1]).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255
-    counter = {"view": 1}
+    paths = {path: _views(items, arrays, size, path) for path in ("pil", "normalize", "device")}
+    first = {path: torch.cat(_pass(views, device, 0)).cpu() for path, views in paths.items()}
+    levels = (first["pil"] - first["device"]).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255
+    passes = {path: 0 for path in paths}
 
-    def timed_pass(views: SeededViews) -> None:
-        _pass(views, device, counter["view"] // 2)  # both paths draw the same view in a repeat (ABBA pairs)
-        counter["view"] += 1
+    def timed_pass(path: str) -> None:
+        passes[path] += 1
+        _pass(paths[path], device, passes[path])  # every path draws the same view in its n-th pass
     clock = Interleaved()
-    clock.run({"pil": lambda: timed_pass(pil), "device": lambda: timed_pass(dev)}, repeats, device)
+    clock.run({path: (lambda path=path: timed_pass(path)) for path in paths}, repeats, device)
     return AugmentResult(size, len(items), image_px, grain, clock.median("pil"), clock.median("device"),
-                         float(levels.mean()), float(levels.max()), str(device))
+                         float(levels.mean()), float(levels.max()), str(device), clock.median("normalize"),
+                         torch.equal(first["pil"], first["normalize"]))

@@ -12,8 +12,9 @@ Four benchmarks, written to ``bench/RESULTS.md`` (and ``--json``) with the machi
 3. **Hyper-parameter sweep**: CLIP-Adapter variants on one split, the same comparison where every run needs the
    same views (``--no-sweep`` skips it).
 4. **Training views** (:mod:`bench.augment`): the PIL training transform in the loader against
-   ``fast.device_augment`` (crop in the loader, resize and normalisation on the device), images/s side by side and
-   the pixel difference (``--no-augment`` skips it).
+   ``fast.device_normalize`` (exact: ``ToTensor`` + ``Normalize`` on the device) and ``fast.device_augment`` (crop in
+   the loader, resize and normalisation on the device), images/s side by side and the pixel difference
+   (``--no-augment`` skips it).
 
 ``--quick``: the tiny model only, few repeats, a small grid (seconds; what the test runs). Timings on a shared
 machine vary: the load average at the start and end is recorded next to the numbers. The raw results behind
@@ -201,8 +202,9 @@ def _augment(args: argparse.Namespace, device: torch.device, log) -> list[dict[s
     for size in (224, TINY_CONFIG["vision_cfg"]["image_size"]):
         row = bench_augment(size, device, n_images=args.augment_images or (32 if args.quick else 256),
                             image_px=data["image_px"], grain=data["grain"], repeats=2 if args.quick else 8)
-        log(f"training views at {size} px: PIL {row.seconds_pil:.3f}s device {row.seconds_device:.3f}s "
-            f"x{row.speedup:.2f}, |diff| mean {row.mean_levels:.3f} max {row.max_levels:.0f} levels")
+        log(f"training views at {size} px: PIL {row.seconds_pil:.3f}s, device normalise {row.seconds_normalize:.3f}s "
+            f"(equal: {row.normalize_equal}), device augment {row.seconds_device:.3f}s x{row.speedup:.2f}, "
+            f"|diff| mean {row.mean_levels:.3f} max {row.max_levels:.0f} levels")
         rows.append(row.as_dict())
     return rows
 
@@ -427,26 +429,31 @@ def report(results: dict[str, Any]) -> str:
 
 
 def augment_section(rows: list[dict[str, Any]]) -> list[str]:
-    """Training views: the PIL transform in the loader vs ``fast.device_augment``."""
+    """Training views: the PIL transform in the loader vs ``fast.device_normalize`` and ``fast.device_augment``."""
     first = rows[0]
-    lines = ["## Training views: PIL in the loader vs resize on the device", "",
+    lines = ["## Training views: PIL in the loader vs normalising or resizing on the device", "",
              f"One pass of augmented training views over {first['images']} decoded images, the grid's "
              f"{_images(first)}, in batches of 32 ending as the float batch on the device ({first['device']}), one "
              "torch thread (a loader worker's share). PIL: the protocol's transform per image in the loader "
              "(`RandomResizedCrop` bicubic + flip + `ToTensor` + `Normalize`), what the official loaders run. "
-             "Device: `fast.device_augment` (the same crop boxes and flips drawn in the loader, the crop resized "
-             "by torch's antialiased bicubic kernel and normalised on the device). Median of interleaved passes; "
-             "|diff|: the two paths' batches of the same views compared, in levels of 255 (not exact, hence an "
-             "opt-in switch that is part of the run id).", "",
-             "| output px | PIL images/s | device images/s | speedup | mean \\|diff\\| | max \\|diff\\| |",
-             "|---|---|---|---|---|---|"]
+             "Normalise: `fast.device_normalize` (on by default; the PIL crop and flip in the loader, `ToTensor` + "
+             "`Normalize` on the uint8 batch on the device; exact: its batches equal the PIL path's, checked in each "
+             "run of the bench). Device: `fast.device_augment` (the same crop boxes and flips drawn in the loader, the "
+             "crop resized by torch's antialiased bicubic kernel and normalised on the device). Median of "
+             "interleaved passes; |diff|: the PIL and device-augmented batches of the same views compared, in levels "
+             "of 255 (not exact, hence an opt-in switch that is part of the run id).", "",
+             "| output px | PIL images/s | normalise images/s | speedup (equal) | device images/s | speedup "
+             "| mean \\|diff\\| | max \\|diff\\| |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['size']} | {r['images_per_s_pil']:.0f} | {r['images_per_s_device']:.0f} | "
+        normalize = (f"{r['images_per_s_normalize']:.0f} | **{r['speedup_normalize']:.2f}x** "
+                     f"({'yes' if r['normalize_equal'] else 'NO'})" if "speedup_normalize" in r else "- | -")
+        lines.append(f"| {r['size']} | {r['images_per_s_pil']:.0f} | {normalize} | {r['images_per_s_device']:.0f} | "
                      f"**{r['speedup']:.2f}x** | {r['mean_levels']:.3f} | {r['max_levels']:.0f} |")
     if first["device"] == "cpu":
-        lines += ["", "On CPU both paths use the same core; the device path is faster because torch's uint8 resize "
-                  "kernel (vectorised) beats PIL's. On a GPU the resize leaves the loader's cores altogether; "
-                  "not measured here (no GPU)."]
+        lines += ["", "On CPU all paths use the same core. Normalising the batch at once is cheaper than per image; "
+                  "the device-augmented path is faster still because torch's uint8 resize kernel (vectorised) beats "
+                  "PIL's. On a GPU that work leaves the loader's cores altogether; not measured here (no GPU)."]
     return lines
 
 

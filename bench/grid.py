@@ -7,7 +7,8 @@ part of what a run that reads its images from files pays per augmented view):
 
 * **reference** (what the official code does): every run encodes every image it needs itself, from the JPEG files:
   CLIP-Adapter through the image tower at every step, Tip-Adapter its augmented passes, every run the test set
-  (``fast: {feature_training: false, shared_eval_features: false, image_cache: false}``, the methods' own exact
+  (``fast: {feature_training: false, shared_eval_features: false, image_cache: false, device_normalize: false}``:
+  ``ToTensor`` + ``Normalize`` per image in the loader; the methods' own exact
   switches off: the linear probe's ``reuse_fits``, Tip-Adapter's ``batched_search``; a fresh cache folder per run,
   so nothing is shared);
 * **suite**: the default fast paths with one shared cache folder: decoded images kept as uint8, each (manifest,
@@ -173,7 +174,8 @@ def counting_encodings(counts: dict[str, int], key: list[str]) -> Iterator[None]
         FrozenCLIP.encode_image = original  # type: ignore[method-assign]
 
 
-REFERENCE_FAST = {"feature_training": False, "shared_eval_features": False, "image_cache": False}
+REFERENCE_FAST = {"feature_training": False, "shared_eval_features": False, "image_cache": False,
+                  "device_normalize": False}
 # method-side exact switches, off as in the official code
 REFERENCE_METHOD = {"linear_probe": {"reuse_fits": False}, "tip_adapter": {"batched_search": False}}
 

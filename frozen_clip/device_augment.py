@@ -1,8 +1,20 @@
-"""Training augmentation finished on the run's device (``fast.device_augment``, off by default).
+"""Loader batches finished on the run's device: ``fast.device_normalize`` (exact, on by default) and
+``fast.device_augment`` (training augmentation, not exact, off by default).
 
-The protocol's training transform (:mod:`frozen_clip.transforms`) runs in the loader as PIL operations:
-``RandomResizedCrop`` (crop box, then an antialiased bicubic resize), ``RandomHorizontalFlip``, ``ToTensor``,
-``Normalize``. With this switch the loader only draws the random parts and cuts the crop:
+**Normalisation on the device** (``device_normalize``). The loader runs the PIL part of a transform
+(:meth:`~frozen_clip.transforms.TransformSpec.head`) and hands over the uint8 image (:class:`ToPixels`, a
+:class:`Pixels` row); :func:`collate` stacks a batch (:class:`PixelBatch`) and :func:`to_device` applies ``ToTensor``'s
+conversion and ``Normalize`` to the batch on the device: ``float()``, ``/ 255``, ``- mean``, ``/ std``, the same
+operations on the same values as torchvision's per-image code, so the same tensors (``torch.equal``, tested). The
+loader does less per image, a batch crosses to a GPU as uint8 (a quarter of the bytes), and on CPU the batched
+arithmetic is cheaper than per image (``bench``). The divisor 255 is a tensor on the device: CUDA divides by a
+Python number as a multiplication by its reciprocal, which can be one bit off the division (not measured: no GPU
+in CI; the exactness tests run on CPU).
+
+**Augmentation on the device** (``device_augment``). The protocol's training transform
+(:mod:`frozen_clip.transforms`) runs in the loader as PIL operations: ``RandomResizedCrop`` (crop box, then an
+antialiased bicubic resize), ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``. With this switch the loader only
+draws the random parts and cuts the crop:
 
 * :class:`CropAndFlip` draws the crop box and the flip coin with the very torchvision calls the PIL transform makes
   (``RandomResizedCrop.get_params`` with the transform's scale and ratio, then ``torch.rand(1) < 0.5``), so under
@@ -41,6 +53,66 @@ from torchvision.transforms.v2 import functional as F
 from frozen_clip.transforms import TransformSpec
 
 
+def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """``image`` as an ``[H, W, 3]`` uint8 array (no copy where possible); anything else is an error."""
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {array.dtype} {array.shape}")
+    return array
+
+
+def _normalized(pixels: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
+    """``ToTensor``'s conversion, then ``Normalize``, on a uint8 batch ``[B, 3, H, W]`` where it lies: float32 in
+    ``[0, 1]``, then ``(x - mean) / std`` per channel, as torchvision computes them per image."""
+    device = pixels.device
+    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    scale = torch.tensor(255.0, device=device)  # a tensor: CUDA would multiply by 1/255 for a Python number
+    return pixels.float().div_(scale).sub_(mean).div_(std)
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """One image after the PIL part of its transform: uint8 ``[3, H, W]``, what ``ToTensor`` would convert."""
+
+    pixels: torch.Tensor
+    spec: TransformSpec
+
+
+class ToPixels:
+    """The loader's last step when ``ToTensor`` + ``Normalize`` run on the device: image -> :class:`Pixels`.
+
+    Takes a PIL image or an ``[H, W, 3]`` uint8 array (the image cache's evaluation crops: no PIL copy)."""
+
+    takes_arrays = True
+
+    def __init__(self, spec: TransformSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, image: Image.Image | np.ndarray) -> Pixels:
+        chw = np.array(_rgb_array(image).transpose(2, 0, 1), order="C")  # one copy: compact and writable
+        return Pixels(torch.from_numpy(chw), self.spec)
+
+
+@dataclass(frozen=True)
+class PixelBatch:
+    """A batch of :class:`Pixels`: uint8 ``[B, 3, H, W]``, normalised on the device by :meth:`finish`."""
+
+    pixels: torch.Tensor
+    spec: TransformSpec
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def pin_memory(self) -> "PixelBatch":
+        """A pinned copy, for the loader's ``pin_memory`` (it calls this method on objects it does not know)."""
+        return PixelBatch(self.pixels.pin_memory(), self.spec)
+
+    def finish(self, device: torch.device) -> torch.Tensor:
+        """The batch ``[B, 3, H, W]`` float32 on ``device``, equal to the torchvision transform's."""
+        return _normalized(self.pixels.to(device, non_blocking=True), self.spec)
+
+
 @dataclass(frozen=True)
 class AugmentedCrop:
     """One view before the device's part: the uint8 crop ``[h, w, 3]`` (HWC, as decoded) and whether to flip."""
@@ -66,9 +138,7 @@ class CropAndFlip:
         self._crop = T.RandomResizedCrop(spec.size, scale=spec.rrc_scale, interpolation=T.InterpolationMode.BICUBIC)
 
     def __call__(self, image: Image.Image | np.ndarray) -> AugmentedCrop:
-        array = np.asarray(image)
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {array.dtype} {array.shape}")
+        array = _rgb_array(image)
         top, left, height, width = self._crop.get_params(_shaped_like(array), self._crop.scale, self._crop.ratio)
         flip = bool(torch.rand(1) < 0.5)  # RandomHorizontalFlip(p=0.5)'s draw
         pixels = torch.from_numpy(np.array(array[top:top + height, left:left + width]))  # a copy: writable, compact
@@ -104,28 +174,35 @@ class CropBatch:
             chw = pixels.to(device, non_blocking=True).permute(2, 0, 1)
             resized = F.resize(chw, [size, size], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
             out[row] = resized.flip(-1) if flip else resized  # the PIL path flips after resizing too
-        mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
-        return out.float().div_(255).sub_(mean).div_(std)  # ToTensor, then Normalize's sub_/div_
+        return _normalized(out, self.spec)
 
 
 def collate(batch: Sequence[Any]) -> Any:
-    """The loaders' collation: rows of :class:`AugmentedCrop` become a :class:`CropBatch` (labels and indices
-    collated as usual); anything else goes to ``default_collate``."""
-    if batch and isinstance(batch[0], (tuple, list)) and isinstance(batch[0][0], AugmentedCrop):
-        crops = [row[0] for row in batch]
-        rest = default_collate([tuple(row[1:]) for row in batch])
-        return (CropBatch([c.pixels for c in crops], [c.flip for c in crops], crops[0].spec), *rest)
-    return default_collate(batch)
+    """The loaders' collation: rows of :class:`Pixels` become a :class:`PixelBatch`, rows of
+    :class:`AugmentedCrop` a :class:`CropBatch` (labels and indices collated as usual); anything else goes to
+    ``default_collate``."""
+    first = batch[0][0] if batch and isinstance(batch[0], (tuple, list)) else None
+    if not isinstance(first, (Pixels, AugmentedCrop)):
+        return default_collate(batch)
+    rest = default_collate([tuple(row[1:]) for row in batch])
+    if isinstance(first, Pixels):
+        return (PixelBatch(torch.stack([row[0].pixels for row in batch]), first.spec), *rest)
+    return (CropBatch([row[0].pixels for row in batch], [row[0].flip for row in batch], first.spec), *rest)
 
 
-def to_device(inputs: torch.Tensor | CropBatch, device: torch.device) -> torch.Tensor:
-    """A loader batch's images on ``device``: tensors moved, crop batches finished there."""
-    if isinstance(inputs, CropBatch):
+def to_device(inputs: torch.Tensor | PixelBatch | CropBatch, device: torch.device) -> torch.Tensor:
+    """A loader batch's images on ``device``: tensors moved, pixel and crop batches finished there."""
+    if isinstance(inputs, (PixelBatch, CropBatch)):
         return inputs.finish(device)
     return inputs.to(device)
 
 
-def training_transform(spec: TransformSpec, on_device: bool) -> Any:
-    """The loader's transform for training views: the full PIL pipeline, or only its random part."""
-    return CropAndFlip(spec) if on_device else spec.build()
+def loader_transform(spec: TransformSpec, normalize_on_device: bool = False, augment_on_device: bool = False) -> Any:
+    """What the loader applies to each image under ``spec``: the whole torchvision pipeline; or, with
+    ``normalize_on_device``, its PIL part ending in :class:`ToPixels` (exact); or, with ``augment_on_device`` (a
+    training spec), only the crop box and flip (:class:`CropAndFlip`, not exact; normalised on the device too)."""
+    if augment_on_device:
+        return CropAndFlip(spec)
+    if normalize_on_device:
+        return T.Compose([*spec.head(), ToPixels(spec)])
+    return spec.build()

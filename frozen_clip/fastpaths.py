@@ -43,6 +43,9 @@ class FastPaths:
     shared_eval_features: bool = True  # eval features keyed by the split's items, shared by every manifest/run
     image_cache: bool = True  # decoded images kept as uint8 (train: full resolution; eval: resized + cropped)
     compile: bool = False  # torch.compile the training step on CUDA (ignored on CPU); reorders fp operations
+    # the loader hands over uint8 images; ToTensor's conversion and Normalize run on the batch on the run's device
+    # (frozen_clip/device_augment.py: the same float operations, the same tensors; a quarter of the bytes to a GPU)
+    device_normalize: bool = True
     # NOT exact, off by default (hashed when set): augmented view v is read as view v mod augment_views, so a run sees
     # at most that many augmented views of each image: epoch e trains on view (e - 1) mod augment_views, and
     # Tip-Adapter-F's epochs cycle through the views of its cache passes. A head-only method then needs only that

@@ -8,9 +8,10 @@ Two kinds of entry, both keyed by (dataset, the split's items, kind) and shared 
   transform. Used for training splits, which are read once per epoch. Splits larger than ``max_decoded_mb`` are not
   cached (full-resolution ImageNet would not fit); building such an entry stops as soon as the limit is passed.
 * ``resized``: the evaluation transform's deterministic head, ``Resize(size, bicubic)`` + ``CenterCrop(size)``,
-  applied once; the stored uint8 crops go through the remaining ``ToTensor`` + ``Normalize`` (the same torchvision
-  code) when read. Exact for that transform, 150 KB per image at 224 px, read through a memory map. Used for the
-  test images of methods evaluated on images (feature-cached evaluation reads each image once and needs none).
+  applied once; the stored uint8 crops go through the remaining ``ToTensor`` + ``Normalize`` when read (the same
+  torchvision code, or its arithmetic on the device with ``fast.device_normalize``). Exact for that transform, 150
+  KB per image at 224 px, read through a memory map. Used for the test images of methods evaluated on images
+  (feature-cached evaluation reads each image once and needs none).
 
 Entries are written atomically under a file lock (two runs starting together decode once). Hits and misses are
 counted for the run record.
@@ -31,7 +32,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from frozen_clip import atomic
-from frozen_clip.device_augment import training_transform
+from frozen_clip.device_augment import ToPixels, loader_transform
 from frozen_clip.transforms import TransformSpec
 from protocols.datasets import Item
 from protocols.imagefolder import ImageListDataset, open_image
@@ -47,8 +48,7 @@ def items_hash(items: Sequence[Item]) -> str:
 
 def eval_head(spec: TransformSpec) -> T.Compose:
     """The deterministic geometric part of an evaluation transform (what a ``resized`` entry stores)."""
-    bicubic = T.InterpolationMode.BICUBIC
-    return T.Compose([T.Resize(spec.size, interpolation=bicubic), T.CenterCrop(spec.size)])
+    return T.Compose(spec.head())
 
 
 def eval_tail(spec: TransformSpec) -> T.Compose:
@@ -141,8 +141,9 @@ class CachedImageDataset(ImageListDataset):
     """An :class:`ImageListDataset` whose images come from uint8 arrays instead of files.
 
     ``arrays[i]`` is item ``i``'s image (``[H, W, 3]`` uint8); ``transform`` is applied to ``Image.fromarray`` of it,
-    i.e. the full transform for ``decoded`` entries and :func:`eval_tail` for ``resized`` ones, or to the array
-    itself if the transform says it ``takes_arrays`` (device augmentation's crop: no PIL copy of the image).
+    i.e. the training transform for ``decoded`` entries and :func:`eval_tail` for ``resized`` ones, or to the array
+    itself if the transform says it ``takes_arrays`` (:mod:`frozen_clip.device_augment`'s ``ToPixels`` for
+    ``resized`` entries and ``CropAndFlip``: no PIL copy of the image).
     """
 
     def __init__(self, items: Sequence[Item], image_root: str | Path, transform: Callable[[Image.Image], Any],
@@ -159,11 +160,12 @@ class CachedImageDataset(ImageListDataset):
 
 
 def train_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item], image_root: Path,
-                  spec: TransformSpec, device_augment: bool = False) -> ImageListDataset:
+                  spec: TransformSpec, device_normalize: bool = False, device_augment: bool = False
+                  ) -> ImageListDataset:
     """The training images of ``items`` under ``spec``: from the ``decoded`` cache when possible. With
-    ``device_augment`` the loader only crops, and the batch is finished on the device
-    (:mod:`frozen_clip.device_augment`)."""
-    transform = training_transform(spec, device_augment)
+    ``device_normalize`` the batch is converted and normalised on the device (exact); with ``device_augment`` the
+    loader only crops, and the device does the rest (:mod:`frozen_clip.device_augment`)."""
+    transform = loader_transform(spec, device_normalize, device_augment)
     arrays = None if cache is None else cache.decoded(dataset, items, image_root)
     if arrays is None:
         return ImageListDataset(items, image_root, transform)
@@ -171,8 +173,10 @@ def train_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item],
 
 
 def eval_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item], image_root: Path,
-                 spec: TransformSpec) -> ImageListDataset:
-    """The evaluation images of ``items`` under ``spec`` (a test transform): from the ``resized`` cache if given."""
+                 spec: TransformSpec, device_normalize: bool = False) -> ImageListDataset:
+    """The evaluation images of ``items`` under ``spec`` (a test transform): from the ``resized`` cache if given.
+    With ``device_normalize`` the batch is converted and normalised on the device (exact)."""
     if cache is None:
-        return ImageListDataset(items, image_root, spec.build())
-    return CachedImageDataset(items, image_root, eval_tail(spec), cache.resized(dataset, items, image_root, spec))
+        return ImageListDataset(items, image_root, loader_transform(spec, device_normalize))
+    tail = ToPixels(spec) if device_normalize else eval_tail(spec)
+    return CachedImageDataset(items, image_root, tail, cache.resized(dataset, items, image_root, spec))

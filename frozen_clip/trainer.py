@@ -300,12 +300,12 @@ class Trainer:
     def predict(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted and true labels over ``dataset`` (sequential, ``drop_last=False``)."""
         self.method.eval()
-        loader = DataLoader(dataset, batch_size=self.optim.eval_batch_size, shuffle=False,
+        loader = DataLoader(dataset, batch_size=self.optim.eval_batch_size, shuffle=False, collate_fn=collate,
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         preds, labels = [], []
         for images, target, _index in loader:
             with autocast_context(self.device, self.precision):
-                logits = self.method(images.to(self.device))
+                logits = self.method(to_device(images, self.device))
             preds.append(logits.argmax(dim=-1).cpu())
             labels.append(target)
         return torch.cat(preds), torch.cat(labels)

@@ -30,14 +30,16 @@ class TransformSpec:
         return base + (f"-rrc{list(self.rrc_scale)}-flip" if self.kind == "train" else "-resize-centercrop")
 
     def build(self) -> T.Compose:
-        """The torchvision pipeline."""
+        """The torchvision pipeline: :meth:`head`, then ``ToTensor`` and ``Normalize``."""
+        return T.Compose([*self.head(), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def head(self) -> list:
+        """The PIL part of the pipeline (before ``ToTensor``): the random crop and flip, or resize and centre crop."""
         bicubic = T.InterpolationMode.BICUBIC
-        normalize = T.Normalize(self.mean, self.std)
         if self.kind == "train":
-            return T.Compose([T.RandomResizedCrop(self.size, scale=self.rrc_scale, interpolation=bicubic),
-                              T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-        return T.Compose([T.Resize(self.size, interpolation=bicubic), T.CenterCrop(self.size), T.ToTensor(),
-                          normalize])
+            return [T.RandomResizedCrop(self.size, scale=self.rrc_scale, interpolation=bicubic),
+                    T.RandomHorizontalFlip()]
+        return [T.Resize(self.size, interpolation=bicubic), T.CenterCrop(self.size)]
 
 
 def train_spec(size: int, mean: tuple[float, ...], std: tuple[float, ...],

@@ -35,7 +35,7 @@ import torch
 from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.cache import FeatureCache
-from frozen_clip.device_augment import collate, to_device
+from frozen_clip.device_augment import collate, loader_transform, to_device
 from frozen_clip.errors import DataError, SuiteError
 from frozen_clip.fastpaths import FastPaths, FeatureViews, SeededViews, supports_feature_training
 from frozen_clip.flops import mfu, peak_flops
@@ -253,13 +253,14 @@ class RunExecution:
     def _dataset(self, manifest: SplitManifest, split: str, clip: FrozenCLIP) -> ImageListDataset:
         """Evaluation images of ``split`` under the test transform (through the image cache when on)."""
         spec = test_spec(clip.image_size, clip.mean, clip.std)
-        return eval_dataset(self.images, manifest.dataset, getattr(manifest, split), Path(manifest.image_root), spec)
+        return eval_dataset(self.images, manifest.dataset, getattr(manifest, split), Path(manifest.image_root), spec,
+                            self.fast.device_normalize)
 
     def _train_set(self, manifest: SplitManifest, clip: FrozenCLIP) -> SeededViews:
         """Training images with per-item seeded augmentation (view ``epoch - 1`` in each epoch)."""
         spec = train_spec(clip.image_size, clip.mean, clip.std)
         images = train_dataset(self.images, manifest.dataset, manifest.train, Path(manifest.image_root), spec,
-                               self.fast.device_augment)
+                               self.fast.device_normalize, self.fast.device_augment)
         return SeededViews(images, manifest.content_hash)
 
     def _feature_views(self, method: Method, features: "FeatureAccess", manifest: SplitManifest
@@ -328,7 +329,8 @@ class FeatureAccess:
             parts = {**parts, "manifest": None, "split": None, "items": items_hash(items)}
 
         def compute() -> dict[str, torch.Tensor]:  # one pass; the features are cached, so the images are not
-            return self._encode(ImageListDataset(items, Path(manifest.image_root), spec.build()))
+            transform = loader_transform(spec, self.fast.device_normalize)
+            return self._encode(ImageListDataset(items, Path(manifest.image_root), transform))
         entry = self.cache.get_or_compute(parts, compute)
         return entry["features"], entry["labels"]
 
@@ -346,7 +348,7 @@ class FeatureAccess:
         def compute() -> dict[str, torch.Tensor]:
             key = manifest.content_hash if split == "train" else f"{manifest.content_hash}-{split}"
             images = train_dataset(self.images, manifest.dataset, items, Path(manifest.image_root), spec,
-                                   self.fast.device_augment)
+                                   self.fast.device_normalize, self.fast.device_augment)
             dataset = SeededViews(images, key)
             dataset.set_view(view)
             return self._encode(dataset)

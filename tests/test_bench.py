@@ -46,6 +46,7 @@ def test_quick_bench_writes_the_report_structure(tmp_path):
     assert [r["size"] for r in views] == [224, 32] and results["threads"]["augment"] == 1
     for row in views:  # same crops on both paths: a wrong box would be tens of levels off on average
         assert row["images"] == 32 and row["speedup"] > 0 and row["mean_levels"] < 1.0
+        assert row["normalize_equal"] and row["speedup_normalize"] > 0  # device_normalize: the PIL path's tensors
     text = out.read_text()
     for heading in ("# Benchmark results", "## Training steps", "## Head-only grid", "## Hyper-parameter sweep",
                     "## Training views", "Load average", "coop (cached"):

@@ -105,8 +105,9 @@ def test_cached_and_file_images_give_the_same_crops(data_root, tmp_path):
     manifest = build_manifest("oxford_pets", data_root, 4, 1, "all", "dassl", data_root.parent / "cache")
     spec = train_spec(32, MEAN, STD)
     root = Path(manifest.image_root)
-    files = SeededViews(train_dataset(None, "oxford_pets", manifest.train, root, spec, True), "k")
-    cached = SeededViews(train_dataset(ImageCache(tmp_path), "oxford_pets", manifest.train, root, spec, True), "k")
+    files = SeededViews(train_dataset(None, "oxford_pets", manifest.train, root, spec, device_augment=True), "k")
+    cached = SeededViews(train_dataset(ImageCache(tmp_path), "oxford_pets", manifest.train, root, spec,
+                                       device_augment=True), "k")
     for view in (0, 3):
         files.set_view(view), cached.set_view(view)
         for i in range(len(files)):
