@@ -73,7 +73,8 @@ def _normalized(pixels: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Pixels:
-    """One image after the PIL part of its transform: uint8 ``[3, H, W]``, what ``ToTensor`` would convert."""
+    """One image after the PIL part of its transform: uint8 ``[H, W, 3]`` (as decoded), what ``ToTensor`` would
+    convert."""
 
     pixels: torch.Tensor
     spec: TransformSpec
@@ -90,13 +91,13 @@ class ToPixels:
         self.spec = spec
 
     def __call__(self, image: Image.Image | np.ndarray) -> Pixels:
-        chw = np.array(_rgb_array(image).transpose(2, 0, 1), order="C")  # one copy: compact and writable
-        return Pixels(torch.from_numpy(chw), self.spec)
+        return Pixels(torch.from_numpy(np.array(_rgb_array(image))), self.spec)  # a copy: writable (cache maps are not)
 
 
 @dataclass(frozen=True)
 class PixelBatch:
-    """A batch of :class:`Pixels`: uint8 ``[B, 3, H, W]``, normalised on the device by :meth:`finish`."""
+    """A batch of :class:`Pixels`: uint8 ``[B, H, W, 3]``, made channels-first and normalised on the device by
+    :meth:`finish`."""
 
     pixels: torch.Tensor
     spec: TransformSpec
@@ -110,7 +111,8 @@ class PixelBatch:
 
     def finish(self, device: torch.device) -> torch.Tensor:
         """The batch ``[B, 3, H, W]`` float32 on ``device``, equal to the torchvision transform's."""
-        return _normalized(self.pixels.to(device, non_blocking=True), self.spec)
+        chw = self.pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()  # as ToTensor lays it out
+        return _normalized(chw, self.spec)
 
 
 @dataclass(frozen=True)

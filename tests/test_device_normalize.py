@@ -46,7 +46,7 @@ def test_pixels_finished_on_the_device_are_the_torchvision_tensors(kind, size):
         torch.manual_seed(seed)
         rows.append((loader_transform(spec, normalize_on_device=True)(image), seed, seed))
         assert torch.equal(torch.get_rng_state(), state)  # the same random draws (the crop and flip of a view)
-    assert isinstance(rows[0][0], Pixels) and rows[0][0].pixels.dtype == torch.uint8
+    assert isinstance(rows[0][0], Pixels) and rows[0][0].pixels.dtype == torch.uint8 and rows[0][0].pixels.shape[2] == 3
     batch, labels, _ = collate(rows)
     assert isinstance(batch, PixelBatch) and len(batch) == 12 and labels.tolist() == list(range(12))
     assert torch.equal(to_device(batch, torch.device("cpu")), torch.stack(reference))
