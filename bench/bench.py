@@ -31,7 +31,8 @@ order given, a later measurement of the same step row replacing an earlier one. 
         bench/raw/2026-11-24o-vit_b16-mma.json,bench/raw/2026-11-24p-vit_b16-mma-tuned.json,\
         bench/raw/2026-11-24q-tiny-heba-60.json,bench/raw/2026-11-24r-tiny-heba-tuned-60.json,\
         bench/raw/2026-11-25a-grid.json,bench/raw/2026-11-25b-sweep.json,bench/raw/2026-11-25c-grid.json,\
-        bench/raw/2026-11-25d-grid.json,bench/raw/2026-11-25e-grid-device.json
+        bench/raw/2026-11-25d-grid.json,bench/raw/2026-11-25e-grid-device.json,bench/raw/2026-11-25f-views.json,\
+        bench/raw/2026-11-25g-grid.json
 """
 
 from __future__ import annotations
@@ -406,8 +407,9 @@ def report(results: dict[str, Any]) -> str:
                 f"{', '.join(g['methods'])} x shots {list(g['shots'])} x seeds {list(g['seeds'])} "
                 f"({g['runs']} runs) on a generated {g['classes']}-class dataset of {_images(g)}, tiny "
                 f"model, through the real runner. Epoch overrides: {g['epoch_overrides'] or 'none (the recipes)'}. "
-                "Reference: every run decodes and encodes every image it needs itself (no shared caches, CLIP-Adapter "
-                "through the image tower every step) and the methods' own exact switches are off (the linear probe "
+                "Reference: every run decodes and encodes every image it needs itself (no shared caches, `ToTensor` + "
+                "`Normalize` per image in the loader, CLIP-Adapter through the image tower every step) and the "
+                "methods' own exact switches are off (the linear probe "
                 "refits, Tip-Adapter searches in the official double loop). Suite: the default fast paths, one "
                 "shared cache. Both start with every image in the preflight ledger (the official code has no "
                 "preflight, so neither path pays one). Runs "
