@@ -27,10 +27,10 @@ from tests.test_device_augment import photo
 MEAN, STD = CLIP_MEAN, CLIP_STD
 
 
-def batches(dataset, device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """Every image of ``dataset`` as the runner's loaders hand it to the model (collated, finished on ``device``)."""
+def batches(dataset) -> torch.Tensor:
+    """Every image of ``dataset`` as the runner's loaders hand it to the model (collated, finished on the CPU)."""
     loader = DataLoader(dataset, batch_size=5, shuffle=False, collate_fn=collate)
-    return torch.cat([to_device(images, device) for images, _labels, _index in loader])
+    return torch.cat([to_device(images, torch.device("cpu")) for images, _labels, _index in loader])
 
 
 @pytest.mark.parametrize("kind", ["train", "test"])
@@ -80,9 +80,9 @@ def test_cached_and_file_images_give_the_torchvision_tensors(data_root, tmp_path
 
 def test_a_run_is_the_same_with_and_without_it(data_root, tmp_path):
     """HeBA trains and is evaluated on images (the trainer's loader and ``predict``); its record is the same either
-    way, and the switch is not part of the run id."""
+    way (on: batches collated in a loader worker process), and the switch is not part of the run id."""
     common = dict(method="heba", optim={"epochs": 2, "iterations": 2, "batch_size": 4})
-    on = resolve(base_run(data_root, tmp_path / "on", **common), "test")
+    on = resolve(base_run(data_root, tmp_path / "on", num_workers=1, **common), "test")
     off = resolve(base_run(data_root, tmp_path / "off", fast={"device_normalize": False}, **common), "test")
     assert on.run_id == off.run_id
     records = [execute_resolved(resolved) for resolved in (on, off)]
