@@ -15,8 +15,9 @@ Fast paths (:mod:`frozen_clip.fastpaths`): a training set wrapped in :class:`~fr
 yields augmented view ``epoch - 1`` in each epoch (``fast.augment_views``: cycled over that many views); given
 :class:`~frozen_clip.fastpaths.FeatureViews`, a method whose step needs the images only through the frozen encoder
 trains on the cached features of that same view, in the same batch order, instead of encoding the images (exact:
-pinned by a test against the image path). With ``fast.device_augment`` the loader yields the views' uint8 crops at
-their own size, and the step's batch is resized and normalised on the device (:mod:`frozen_clip.device_augment`).
+pinned by a test against the image path). Batches are finished on the device (:mod:`frozen_clip.device_augment`):
+with ``fast.device_normalize`` the loader yields uint8 images and the batch is converted and normalised there; with
+``fast.device_augment`` the loader yields the views' uint8 crops at their own size, resized there too.
 On CUDA the first step's FLOPs are counted (open_clip's profiler convention, :mod:`frozen_clip.flops`) for the
 record's MFU; ``compile`` wraps the step in ``torch.compile``.
 """

@@ -86,7 +86,7 @@ def run_id_of(config: Mapping[str, Any]) -> str:
         exact = exact_method_fields(method["name"])
         hashed["method"] = {k: v for k, v in method.items() if k not in exact}
     inexact = inexact_fast_settings(config.get("fast") or {})
-    if inexact:  # a speed switch that changes results (fast.augment_views) is part of the id when set
+    if inexact:  # a speed switch that changes results (fast.augment_views, fast.device_augment) is in the id when set
         hashed["fast"] = inexact
     return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
 

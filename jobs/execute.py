@@ -35,7 +35,7 @@ import torch
 from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.cache import FeatureCache
-from frozen_clip.device_augment import collate, loader_transform, to_device
+from frozen_clip.device_augment import collate, to_device
 from frozen_clip.errors import DataError, SuiteError
 from frozen_clip.fastpaths import FastPaths, FeatureViews, SeededViews, supports_feature_training
 from frozen_clip.flops import mfu, peak_flops
@@ -329,8 +329,9 @@ class FeatureAccess:
             parts = {**parts, "manifest": None, "split": None, "items": items_hash(items)}
 
         def compute() -> dict[str, torch.Tensor]:  # one pass; the features are cached, so the images are not
-            transform = loader_transform(spec, self.fast.device_normalize)
-            return self._encode(ImageListDataset(items, Path(manifest.image_root), transform))
+            images = eval_dataset(None, manifest.dataset, items, Path(manifest.image_root), spec,
+                                  self.fast.device_normalize)
+            return self._encode(images)
         entry = self.cache.get_or_compute(parts, compute)
         return entry["features"], entry["labels"]
 
