@@ -4,11 +4,11 @@
 often work is done, never what is computed (up to fp32 reduction order; every one is pinned by a test comparing it
 with the slow path to 1e-5). Hence the section is not part of the run id (like ``num_workers``), and every switch is
 on by default except ``compile``, which is off because graph compilation reorders floating-point operations and
-costs minutes of compile time on short runs. Two exceptions, off by default, change the training data and are part of
-the run id when set (:func:`inexact_fast_settings`): ``augment_views`` (epochs cycle through a fixed number of
+costs minutes of compile time on short runs. Three exceptions, off by default, change the training data and are part
+of the run id when set (:func:`inexact_fast_settings`): ``augment_views`` (epochs cycle through a fixed number of
 augmented views instead of drawing a fresh one each epoch, as Tip-Adapter's cache does; Tip-Adapter-F's epochs then
-cycle through its cache's views) and ``device_augment`` (views resized on the device by torch instead of PIL,
-:mod:`frozen_clip.device_augment`).
+cycle through its cache's views), ``device_augment`` (views resized on the device by torch instead of PIL,
+:mod:`frozen_clip.device_augment`) and ``shared_views`` (views drawn per image instead of per split, below).
 
 Method-side fast paths are fields of each method's config, because whether they are exact depends on the method:
 ``truncate_text`` (text cut to the longest prompt: HeBA, MMA, CoOp, CoCoOp, MaPLe; CLIP-LoRA always truncates),
@@ -24,13 +24,25 @@ numbers. The trainer draws view ``epoch - 1`` in epoch ``epoch``, so the feature
 be computed once, cached, and reused by every run on the same manifest, transform and backbone
 (:class:`FeatureViews`), and a run that trains on those cached features sees exactly the images the slow path sees.
 Official Dassl loaders draw crops from a process-global stream instead; the distribution of crops is the same.
+
+**Views shared across splits** (``fast.shared_views``, not exact). The seed of view ``v`` of an item is
+:func:`image_view_seed` of (:func:`image_key` of its image, ``v``) instead: a view is a function of the image, the
+same in every split that holds it, so one feature pass serves every run of a grid (shots, seeds, methods,
+hyper-parameters) and a run encodes only the images no earlier run encoded (:class:`frozen_clip.cache.RowStore`,
+filled from :class:`ViewsOfImages`). Each run still sees a random crop distribution independent of its labels; what
+changes is that runs which share an image share its crops: seed replicates of a small pool are more alike than
+under the official code (which draws every run's crops afresh), and comparisons across shots, methods or
+hyper-parameters see common crops (common random numbers). How much it saves depends on how much the splits
+overlap: splits of a small training pool share most of their images, 16-shot splits of ImageNet almost none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -56,6 +68,12 @@ class FastPaths:
     # instead of PIL's in the loader (frozen_clip/device_augment.py: same crop boxes and flips, pixels 0.05-0.2 of
     # 255 levels off on average). Frees the loader's cores on a GPU; on CPU torch's resize is also the faster one.
     device_augment: bool = False
+    # NOT exact, off by default (hashed when set): augmented view v of an image is drawn under a seed of (dataset,
+    # image, v) instead of (split, v, item), so it is the same view in every run whose split holds that image, and
+    # frozen features of training images (views and plain) are stored per image (frozen_clip.cache.RowStore): runs on
+    # other shots, seeds or methods encode only the images no earlier run encoded. The price: runs that share an
+    # image share its crops (seed replicates too), where the official code draws independent ones per run.
+    shared_views: bool = False
 
     def validate(self) -> None:
         if self.augment_views is not None and self.augment_views < 1:
@@ -71,7 +89,7 @@ class FastPaths:
 
 
 #: switches that change results; :func:`inexact_fast_settings` puts them into the run id when set
-INEXACT_FAST_FIELDS = ("augment_views", "device_augment")
+INEXACT_FAST_FIELDS = ("augment_views", "device_augment", "shared_views")
 
 
 def inexact_fast_defaults() -> dict[str, Any]:
@@ -93,17 +111,33 @@ def view_seed(key: str, view: int, index: int) -> int:
     return derive_seed("view", key, view, index)
 
 
+def image_key(dataset: str, path: str) -> str:
+    """What identifies an image across splits (``fast.shared_views``): its dataset and its path in the dataset."""
+    return f"{dataset}:{path}"
+
+
+def image_view_seed(image: str, view: int) -> int:
+    """The seed of augmented view ``view`` of the image :func:`image_key` ``image`` (``fast.shared_views``)."""
+    from frozen_clip.trainer import derive_seed
+    return derive_seed("view-of-image", image, view)
+
+
 class SeededViews(Dataset):
     """``dataset[i]`` drawn under a seed of (key, view, i): deterministic augmented views (module docstring).
 
     Args:
         dataset: returns ``(image, label, index)`` and draws its augmentation from the torch CPU generator.
         key: identifies the split (the manifest's content hash).
+        images: with ``fast.shared_views``, the :func:`image_key` of each item: view ``v`` of item ``i`` is then
+            drawn under :func:`image_view_seed` of (``images[i]``, ``v``), whatever split holds the image.
     """
 
-    def __init__(self, dataset: Dataset, key: str) -> None:
+    def __init__(self, dataset: Dataset, key: str, images: Sequence[str] | None = None) -> None:
+        if images is not None and len(images) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"{len(images)} image keys for {len(dataset)} items")  # type: ignore[arg-type]
         self.dataset = dataset
         self.key = key
+        self.images = images
         self.view = 0
 
     def set_view(self, view: int) -> None:
@@ -117,8 +151,55 @@ class SeededViews(Dataset):
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only (what the forked state covers): ``torch.manual_seed`` would also queue a
             # lazy seeding of every accelerator backend, recording a stack trace each time (~60 us per item on CPU)
-            torch.default_generator.manual_seed(view_seed(self.key, self.view, index))
+            torch.default_generator.manual_seed(self.seed(index))
             return self.dataset[index]
+
+    def seed(self, index: int) -> int:
+        """The seed item ``index`` of the current view is drawn under."""
+        if self.images is not None:
+            return image_view_seed(self.images[index], self.view)
+        return view_seed(self.key, self.view, index)
+
+
+class ViewsOfImages(Dataset):
+    """Views ``views`` of each item, image-major: entry ``k`` is view ``views[k % V]`` of item ``k // V`` (``V`` the
+    number of views), drawn under :func:`image_view_seed` of the item's image key, as :class:`SeededViews` with
+    ``images`` draws it. Consecutive entries share the item, so each image is decoded once for all its views (read
+    in order, as the runner's sequential encoding does); what ``fast.shared_views`` fills its row store with.
+
+    Args:
+        items: the images (``path`` relative to ``image_root``, ``label``).
+        transform: the loader's training transform (``frozen_clip.device_augment.loader_transform``).
+        images: the :func:`image_key` of each item.
+        views: the view indices to draw for every item.
+    """
+
+    def __init__(self, items: Sequence[Any], image_root: Path, transform: Callable[[Any], Any],
+                 images: Sequence[str], views: Sequence[int]) -> None:
+        if len(images) != len(items):
+            raise ValueError(f"{len(images)} image keys for {len(items)} items")
+        self.items, self.image_root, self.transform = list(items), Path(image_root), transform
+        self.images, self.views = list(images), list(views)
+        self._decoded: tuple[int, Any] | None = None  # (item, its decoded image): the last one read
+
+    def __len__(self) -> int:
+        return len(self.items) * len(self.views)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        item, which = divmod(index, len(self.views))
+        image = self._image(item)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(image_view_seed(self.images[item], self.views[which]))
+            return self.transform(image), self.items[item].label, index
+
+    def _image(self, item: int) -> Any:
+        if self._decoded is None or self._decoded[0] != item:
+            from protocols.imagefolder import open_image
+            image = open_image(self.image_root / self.items[item].path)
+            if getattr(self.transform, "takes_arrays", False):  # device_augment's crop reads the array (no copy)
+                image = np.asarray(image)
+            self._decoded = (item, image)
+        return self._decoded[1]
 
 
 class FeatureRows(Dataset):
@@ -148,9 +229,12 @@ class FeatureViews:
 
     ``view(v)`` must return the image features of exactly the images :class:`SeededViews` yields for view ``v``
     (the runner's :meth:`jobs.execute.FeatureAccess.augmented_features` with the training transform).
+    ``prefetch(views)``, if given, is told once before training which views the fit will read, so that they can be
+    encoded together (:meth:`jobs.execute.FeatureAccess.prefetch_views`).
     """
 
     view: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    prefetch: Callable[[list[int]], None] | None = None
 
 
 def supports_feature_training(method: Any) -> bool:

@@ -154,17 +154,21 @@ class Trainer:
         per_epoch = max(n_train // self.optim.batch_size, 1) if n_train >= self.optim.batch_size else 1
         return -(-self.optim.iterations // per_epoch)
 
+    def will_train(self, n_train: int) -> bool:
+        """Whether :meth:`fit` on ``n_train`` items runs any step (trainable parameters and at least one epoch)."""
+        return bool(self.method.trainable_parameters()) and self.n_epochs(n_train) > 0
+
     def fit(self, train_set: Dataset, feature_views: FeatureViews | None = None) -> FitResult:
         """Run the gradient loop (nothing if the method has no trainable parameters or epochs is 0).
 
         ``feature_views``: cached features of the training views; used (when ``fast.feature_training`` is on and the
         method trains on features alone) instead of encoding the images of ``train_set``.
         """
-        params = self.method.trainable_parameters()
         result = FitResult()
-        epochs = self.n_epochs(len(train_set))
-        if not params or epochs == 0:
+        if not self.will_train(len(train_set)):
             return result
+        params = self.method.trainable_parameters()
+        epochs = self.n_epochs(len(train_set))
         use_features = (feature_views is not None and self.fast.feature_training
                         and supports_feature_training(self.method))
         self._feature_views = feature_views if use_features else None
@@ -173,6 +177,8 @@ class Trainer:
         optimizer = build_optimizer(self.optim, params.values())
         scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "amp_fp16")
         start_epoch, iteration = self._resume(optimizer, scaler, result)
+        if use_features and feature_views is not None and feature_views.prefetch is not None:
+            feature_views.prefetch(sorted({self.fast.view_of_epoch(e) for e in range(start_epoch + 1, epochs + 1)}))
         total = self.total_iterations(len(train_set))
         saved_at, save_cost = time.perf_counter(), None
         for epoch in range(start_epoch + 1, epochs + 1):

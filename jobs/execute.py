@@ -34,17 +34,19 @@ import torch
 
 from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
-from frozen_clip.cache import FeatureCache
-from frozen_clip.device_augment import collate, to_device
+from frozen_clip.cache import BoundedMemo, FeatureCache, RowStore, cache_key
+from frozen_clip.device_augment import collate, loader_transform, to_device
 from frozen_clip.errors import DataError, SuiteError
-from frozen_clip.fastpaths import FastPaths, FeatureViews, SeededViews, supports_feature_training
+from frozen_clip.fastpaths import (FastPaths, FeatureViews, SeededViews, ViewsOfImages, image_key,
+                                  supports_feature_training)
 from frozen_clip.flops import mfu, peak_flops
 from frozen_clip.imagecache import ImageCache, eval_dataset, items_hash, train_dataset
 from frozen_clip.method import FitData, Method, MethodContext
 from frozen_clip.trainer import FitResult, Trainer, derive_seed, peak_memory_mb, seed_everything
-from frozen_clip.transforms import test_spec, train_spec
+from frozen_clip.transforms import TransformSpec, test_spec, train_spec
 from jobs.config import ResolvedRun, method_class
 from protocols import metrics
+from protocols.datasets import Item
 from protocols.imagefolder import ImageListDataset, check_images_with_ledger
 from protocols.protocols import plan as protocol_plan
 from protocols.splits import SplitManifest, build_manifest
@@ -219,7 +221,10 @@ class RunExecution:
                                  self.fast, self.images)
         method.prepare_fit(features.fit_data(manifests.fit))
         t1 = time.perf_counter()
-        fit = trainer.fit(self._train_set(manifests.fit, clip), self._feature_views(method, features, manifests.fit))
+        feature_views = self._feature_views(method, features, manifests.fit)
+        # the training images are decoded only for a fit that reads them (not one on cached features, nor no fit)
+        reads_images = feature_views is None and trainer.will_train(len(manifests.fit.train))
+        fit = trainer.fit(self._train_set(manifests.fit, clip, decode=reads_images), feature_views)
         t2 = time.perf_counter()
         evaluation = self._evaluate(method, trainer, features, manifests)
         t3 = time.perf_counter()
@@ -235,6 +240,8 @@ class RunExecution:
                          "trained_on_cached_features": fit.trained_on_features,
                          "feature_cache": {"hits": features.cache.hits, "misses": features.cache.misses},
                          "view_cache": {"hits": features.view_cache.hits, "misses": features.view_cache.misses},
+                         "row_store": ({"read": features.rows.read, "computed": features.rows.computed}
+                                       if self.fast.shared_views else None),
                          "image_cache": None if self.images is None else {"hits": self.images.hits,
                                                                           "misses": self.images.misses}},
                 "method_report": method.report(),
@@ -256,12 +263,14 @@ class RunExecution:
         return eval_dataset(self.images, manifest.dataset, getattr(manifest, split), Path(manifest.image_root), spec,
                             self.fast.device_normalize)
 
-    def _train_set(self, manifest: SplitManifest, clip: FrozenCLIP) -> SeededViews:
-        """Training images with per-item seeded augmentation (view ``epoch - 1`` in each epoch)."""
+    def _train_set(self, manifest: SplitManifest, clip: FrozenCLIP, decode: bool = True) -> SeededViews:
+        """Training images with per-item seeded augmentation (view ``epoch - 1`` in each epoch); ``decode``: through
+        the decoded-image cache (otherwise read from the files if ever read)."""
         spec = train_spec(clip.image_size, clip.mean, clip.std)
-        images = train_dataset(self.images, manifest.dataset, manifest.train, Path(manifest.image_root), spec,
-                               self.fast.device_normalize, self.fast.device_augment)
-        return SeededViews(images, manifest.content_hash)
+        images = train_dataset(self.images if decode else None, manifest.dataset, manifest.train,
+                               Path(manifest.image_root), spec, self.fast.device_normalize, self.fast.device_augment)
+        keys = image_keys(manifest.dataset, manifest.train) if self.fast.shared_views else None
+        return SeededViews(images, manifest.content_hash, keys)
 
     def _feature_views(self, method: Method, features: "FeatureAccess", manifest: SplitManifest
                        ) -> FeatureViews | None:
@@ -269,7 +278,8 @@ class RunExecution:
         if not (self.fast.feature_training and supports_feature_training(method)):
             return None
         scale = train_spec(method.clip.image_size, method.clip.mean, method.clip.std).rrc_scale
-        return FeatureViews(lambda view: features.augmented_features(manifest, "train", view, scale, True))
+        return FeatureViews(lambda view: features.augmented_features(manifest, "train", view, scale, True),
+                            lambda views: features.prefetch_views(manifest, "train", views, scale))
 
     @staticmethod
     def _flop_cost(fit: FitResult, train_time: float, device: torch.device, precision: str) -> dict[str, Any]:
@@ -307,6 +317,9 @@ class FeatureAccess:
         self.cache = FeatureCache(root)
         # same store, own counters for the trainer's fast path; memoised, since cycled views are read again and again
         self.view_cache = FeatureCache(root, memo_mb=VIEW_MEMO_MB)
+        self.rows = RowStore(root / "rows", memo_mb=VIEW_MEMO_MB)  # per-image features (fast.shared_views)
+        self._shared_memo = BoundedMemo(VIEW_MEMO_MB)  # the views this run read from ``rows``
+        self._prefetched: set[str] = set()  # splits whose views the trainer announced (``prefetch_views``)
         self.device = device
         self.batch_size = max(optim.eval_batch_size, 64)
         self.fast = fast or FastPaths()
@@ -325,6 +338,10 @@ class FeatureAccess:
         spec = test_spec(self.clip.image_size, self.clip.mean, self.clip.std)
         items = getattr(manifest, split)
         parts = self._parts(manifest, split, spec.signature(), None)
+        if self.fast.shared_views and split in ("train", "val"):  # rows per image, shared by overlapping splits
+            parts = {**parts, "manifest": None, "split": None, "rows": "per-image"}
+            return self._shared_rows(manifest, items, parts, lambda subset: eval_dataset(
+                None, manifest.dataset, subset, Path(manifest.image_root), spec, self.fast.device_normalize))
         if self.fast.shared_eval_features:
             parts = {**parts, "manifest": None, "split": None, "items": items_hash(items)}
 
@@ -342,9 +359,9 @@ class FeatureAccess:
         ``view + 1``. ``for_trainer``: counted as the trainer's fast path (``view_cache`` in the record)."""
         spec = train_spec(self.clip.image_size, self.clip.mean, self.clip.std, rrc_scale)
         items = getattr(manifest, split)
-        parts = {**self._parts(manifest, split, spec.signature(), view), "augment": "per-item-seed"}
-        if self.fast.device_augment:  # other pixels, other features (the key without it stays what it was)
-            parts["resize"] = "device"
+        parts = self._view_parts(manifest, split, spec, view)
+        if self.fast.shared_views:  # view v of an image is the same in every split: rows per image
+            return self._shared_view(manifest, split, view, spec, parts)
 
         def compute() -> dict[str, torch.Tensor]:
             key = manifest.content_hash if split == "train" else f"{manifest.content_hash}-{split}"
@@ -355,6 +372,88 @@ class FeatureAccess:
             return self._encode(dataset)
         entry = (self.view_cache if for_trainer else self.cache).get_or_compute(parts, compute)
         return entry["features"], entry["labels"]
+
+    def _shared_rows(self, manifest: SplitManifest, items: list[Item], parts: dict[str, Any],
+                     dataset_of: Callable[[list[Item]], torch.utils.data.Dataset]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of ``items`` from the per-image row store, encoding only the images no run has stored under
+        ``parts`` (``dataset_of(subset)`` yields their images); labels from the items themselves."""
+        keys = image_keys(manifest.dataset, items)
+        parts = {**parts, "row_batch": self.batch_size}
+        missing = self.rows.missing(parts, keys)
+        if missing:
+            self.rows.add(parts, [keys[i] for i in missing], self.encode_rows(dataset_of([items[i] for i in missing])))
+        return self.rows.rows(parts, keys), _labels(items)
+
+    def _shared_view(self, manifest: SplitManifest, split: str, view: int, spec: TransformSpec,
+                     parts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """View ``view`` of ``split`` under ``fast.shared_views``, from the per-image row store (memoised: the trainer
+        asks for each of its cycled views again every few epochs). Rows the store lacks are encoded first: with
+        ``fast.augment_views: V`` those of all V views at once (a run reads them over and over; the trainer says
+        beforehand which ones it reads, :meth:`prefetch_views`), else of this view."""
+        request = cache_key(parts)  # this run's view of this split
+        found = self._shared_memo.get(request)
+        if found is None:
+            every = list(range(self.fast.augment_views or 0))
+            views = every if view in every and cache_key({**parts, "view": None}) not in self._prefetched else [view]
+            store_parts = self._fill_views(manifest, split, views, spec, parts)
+            items = getattr(manifest, split)
+            found = {"features": self.rows.rows(store_parts[view], image_keys(manifest.dataset, items)),
+                     "labels": _labels(items)}
+            self._shared_memo.put(request, found)
+        return found["features"], found["labels"]
+
+    def prefetch_views(self, manifest: SplitManifest, split: str, views: list[int],
+                       rrc_scale: tuple[float, float]) -> None:
+        """Encode the rows the store lacks of the augmented ``views`` of ``split`` in one pass, each image decoded
+        once (``fast.shared_views`` with ``fast.augment_views``; nothing otherwise: per-split views are encoded a
+        view at a time, and without a bound on the views one pass could hold hundreds of views' rows)."""
+        if self.fast.shared_views and self.fast.augment_views:
+            spec = train_spec(self.clip.image_size, self.clip.mean, self.clip.std, rrc_scale)
+            parts = self._view_parts(manifest, split, spec, None)
+            self._fill_views(manifest, split, views, spec, parts)
+            self._prefetched.add(cache_key(parts))  # later requests of this split's views fill only themselves
+
+    def _view_parts(self, manifest: SplitManifest, split: str, spec: TransformSpec, view: int | None
+                    ) -> dict[str, Any]:
+        """The feature-cache key of augmented view ``view`` of ``split`` (per split: the manifest's seeds)."""
+        parts = {**self._parts(manifest, split, spec.signature(), view), "augment": "per-item-seed"}
+        if self.fast.device_augment:  # other pixels, other features (the key without it stays what it was)
+            parts["resize"] = "device"
+        return parts
+
+    def _fill_views(self, manifest: SplitManifest, split: str, views: list[int], spec: TransformSpec,
+                    parts: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        """Store the rows of ``views`` of ``split``'s images that the row store lacks, encoding every view of such an
+        image in one pass (:class:`~frozen_clip.fastpaths.ViewsOfImages`); returns each view's store key."""
+        items = getattr(manifest, split)
+        keys = image_keys(manifest.dataset, items)
+        shared = {**parts, "manifest": None, "split": None, "augment": "per-image-seed", "row_batch": self.batch_size}
+        store_parts = {v: {**shared, "view": v} for v in views}
+        todo = sorted(set().union(*(self.rows.missing(store_parts[v], keys) for v in views)))
+        if todo:
+            subset, subset_keys = [items[i] for i in todo], [keys[i] for i in todo]
+            transform = loader_transform(spec, self.fast.device_normalize, self.fast.device_augment)
+            rows = self.encode_rows(ViewsOfImages(subset, Path(manifest.image_root), transform, subset_keys, views))
+            rows = rows.view(len(todo), len(views), -1)
+            for j, v in enumerate(views):
+                self.rows.add(store_parts[v], subset_keys, rows[:, j])
+        return store_parts
+
+    @torch.no_grad()
+    def encode_rows(self, dataset: torch.utils.data.Dataset) -> torch.Tensor:
+        """Image features of ``dataset`` in batches of exactly ``batch_size`` (the last one padded with zeros, its
+        padding rows dropped): at a fixed batch size a row does not depend on the batch's other rows, so a row is
+        the same whichever run, with whichever other images, encoded it (what :class:`RowStore` needs)."""
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
+        feats = []
+        for images, _target, _index in loader:
+            batch = to_device(images, self.device)
+            rows = batch.shape[0]
+            if rows < self.batch_size:
+                batch = torch.cat([batch, batch.new_zeros((self.batch_size - rows, *batch.shape[1:]))])
+            feats.append(self.clip.encode_image(batch)[:rows].float().cpu())
+        return torch.cat(feats) if feats else torch.zeros(0, self.clip.embed_dim)
 
     @torch.no_grad()
     def _encode(self, dataset: torch.utils.data.Dataset) -> dict[str, torch.Tensor]:
@@ -379,6 +478,15 @@ class FeatureAccess:
                 raise ValueError(f"prepare_fit may only read train/val, not {split!r}")
             return self.augmented_features(manifest, split, self.fast.cycled_view(view), rrc_scale)
         return FitData(manifest.classnames, len(manifest.train), len(manifest.val), features, augmented)
+
+
+def _labels(items: list[Item]) -> torch.Tensor:
+    return torch.tensor([item.label for item in items], dtype=torch.long)
+
+
+def image_keys(dataset: str, items: list[Item]) -> list[str]:
+    """The :func:`~frozen_clip.fastpaths.image_key` of each item (``fast.shared_views``)."""
+    return [image_key(dataset, item.path) for item in items]
 
 
 def summarize(protocol: str, evaluation: dict[str, Any], targets: tuple[str, ...]) -> dict[str, float]:
