@@ -83,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run the grid with fast.augment_views=N (inexact, opt-in switch); 0 = skip")
     parser.add_argument("--grid-device-augment", action="store_true",
                         help="the views path also sets fast.device_augment (views resized by torch, not PIL)")
+    parser.add_argument("--grid-shared-views", action="store_true",
+                        help="also run the views path + fast.shared_views (views drawn per image, shared by splits)")
+    parser.add_argument("--grid-pool", type=int, default=None,
+                        help="training images per class the grid's splits draw from (default: most shots + 4)")
     parser.add_argument("--no-augment", action="store_true",
                         help="skip the training-view benchmark (PIL transform vs resize on the device)")
     parser.add_argument("--augment-images", type=int, default=None,
@@ -182,7 +186,8 @@ def _grid(args: argparse.Namespace, log) -> dict[str, Any]:
     methods = tuple(args.grid_methods.split(","))
     log(f"head-only grid: {list(methods)} x shots {shots} x seeds {seeds}")
     grid = run_grid(methods, shots, seeds, **_dataset(args), epochs=epochs, log=log, views=args.grid_views or None,
-                    views_device_augment=args.grid_device_augment)
+                    views_device_augment=args.grid_device_augment, shared_views=args.grid_shared_views,
+                    train_per_class=args.grid_pool)
     return grid.as_dict()
 
 
@@ -277,39 +282,47 @@ def step_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def grid_table(grid: dict[str, Any]) -> str:
-    """The head-only grid as a Markdown table."""
-    views = grid.get("views")
-    encoded = grid.get("images_encoded") or {}
+def _grid_paths(grid: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(path, column title)`` of the paths besides the reference that a grid result has."""
     device = " + device resize" if grid.get("views_device_augment") else ""
-    extra = f" suite + {views} views{device} s | speedup |" if views else ""
-    enc = " images encoded (ref / suite" + (" / views" if views else "") + ") |"
-    lines = ["| method | runs | reference s | suite s | speedup |" + extra + enc,
-             "|---|---|---|---|---|" + ("---|---|" if views else "") + "---|"]
+    paths = [("suite", "suite s")]
+    if grid.get("views"):
+        paths.append(("views", f"suite + {grid['views']} views{device} s"))
+    if grid.get("seconds_shared"):
+        paths.append(("shared", f"suite + {grid['views']} views{device} + shared views s"))
+    return paths
+
+
+def grid_table(grid: dict[str, Any]) -> str:
+    """The head-only grid as a Markdown table: time and speedup of each path, images each encoded."""
+    paths = _grid_paths(grid)
+    names = ["reference", *(path for path, _ in paths)]
+    encoded = grid.get("images_encoded") or {}
+    lines = ["| method | runs | reference s |" + "".join(f" {title} | speedup |" for _, title in paths)
+             + " images encoded (" + " / ".join(_ENCODED_NAMES.get(n, n) for n in names) + ") |",
+             "|---|---|---|" + "---|---|" * len(paths) + "---|"]
     per_method_runs = grid["runs"] // max(len(grid["methods"]), 1)
 
     def ratio(reference: float, other: float) -> str:
         return f"{reference / other:.2f}x" if other else "n/a"
     for method, t in grid["per_method_s"].items():
-        row = f"| {method} | {per_method_runs} | {t['reference']:.1f} | {t['suite']:.1f} | " \
-              f"{ratio(t['reference'], t['suite'])} |"
-        if views:
-            row += f" {t['views']:.1f} | {ratio(t['reference'], t['views'])} |"
+        row = f"| {method} | {per_method_runs} | {t['reference']:.1f} |"
+        row += "".join(f" {t[path]:.1f} | {ratio(t['reference'], t[path])} |" for path, _ in paths)
         counts = encoded.get(method, {})
-        row += " " + " / ".join(f"{counts.get(p, 0):,}" for p in ("reference", "suite", "views")[:3 if views else 2])
-        lines.append(row + " |")
-    total = (f"| **all** | {grid['runs']} | {grid['seconds_reference']:.1f} | {grid['seconds_suite']:.1f} | "
-             f"**{grid['speedup']:.2f}x** |")
-    if views:
-        total += f" {grid['seconds_views']:.1f} | **{grid['speedup_views']:.2f}x** |"
-    paths = ("reference", "suite", "views")[:3 if views else 2]
-    sums = {p: sum(c.get(p, 0) for c in encoded.values()) for p in paths}
-    total += " " + " / ".join(f"{sums[p]:,}" for p in paths)
-    if encoded and sums["suite"]:
-        total += f" (ratio {sums['reference'] / sums['suite']:.1f}x" + (
-            f" / {sums['reference'] / sums['views']:.1f}x)" if views and sums["views"] else ")")
+        lines.append(row + " " + " / ".join(f"{counts.get(n, 0):,}" for n in names) + " |")
+    seconds = {"suite": grid["seconds_suite"], "views": grid.get("seconds_views"),
+               "shared": grid.get("seconds_shared")}
+    total = f"| **all** | {grid['runs']} | {grid['seconds_reference']:.1f} |" + "".join(
+        f" {seconds[path]:.1f} | **{grid['seconds_reference'] / seconds[path]:.2f}x** |" for path, _ in paths)
+    sums = {n: sum(c.get(n, 0) for c in encoded.values()) for n in names}
+    total += " " + " / ".join(f"{sums[n]:,}" for n in names)
+    if encoded and all(sums[path] for path, _ in paths):
+        total += " (ratio " + " / ".join(f"{sums['reference'] / sums[path]:.1f}x" for path, _ in paths) + ")"
     lines.append(total + " |")
     return "\n".join(lines)
+
+
+_ENCODED_NAMES = {"reference": "ref"}
 
 
 def _thread_text(results: dict[str, Any], m: dict[str, Any]) -> str:
@@ -334,9 +347,15 @@ GRID_READING = (
     "Tip-Adapter's 4000-point alpha/beta search in batches). With the views switch, what is left is work "
     "per run that the switch does not touch: the linear probe's fits, Tip-Adapter's own augmented cache "
     "passes over its split, CLIP-Adapter's views of its split and its epochs of head training, evaluation"
-    " and bookkeeping. A 20x grid would need views shared across splits (keyed by image instead of by "
-    "split manifest: one feature pass for all shots and seeds, at the price of the seeds' replicates "
-    "seeing the same crops of the images their splits share), which the suite does not do.")
+    " and bookkeeping. The shared-views path removes most of what is left of the feature work: a view is "
+    "drawn per image, so the 15 splits' views are encoded once for the images they hold together (each "
+    "image's views in one pass, each image decoded once) and the linear probe's and Tip-Adapter's plain "
+    "train and val features are shared too; its encoding count includes the zero rows that pad each "
+    "pass's last batch to the fixed size that makes a stored row independent of its batch. What remains "
+    "is the methods' own work (the linear probe's fits, CLIP-Adapter's 200 epochs of head training, "
+    "Tip-Adapter's search), evaluation and per-run bookkeeping. The price is in the data: runs that share "
+    "an image share its crops, seed replicates included, so this path is an opt-in switch and part of the "
+    "run id.")
 
 
 def report(results: dict[str, Any]) -> str:
@@ -421,7 +440,7 @@ def report(results: dict[str, Any]) -> str:
                     f"reference by up to {g['accuracy_views_max_delta']:.2g} points{_largest_at(g, 'views')})"
                     + (", with `fast.device_augment` too (views resized by torch on the device)"
                        if g.get("views_device_augment") else "") + "."
-                    if g.get("views") else ""), "", grid_table(g), "",
+                    if g.get("views") else "") + _shared_text(g), "", grid_table(g), "",
                 GRID_READING]
     if results.get("sweep"):
         out += ["", *sweep_section(results["sweep"])]
@@ -469,6 +488,19 @@ def _largest_at(g: dict[str, Any], path: str) -> str:
     r = runs[deltas.index(max(deltas))]
     return f": {r['run']} {r['shots']}-shot seed {r['seed']}, {r['accuracy']['reference']:.1f} vs " \
            f"{r['accuracy'][path]:.1f}"
+
+
+def _shared_text(g: dict[str, Any]) -> str:
+    """What the grid's shared-views path is (empty if it did not run)."""
+    if not g.get("seconds_shared"):
+        return ""
+    pool = g.get("train_per_class")
+    return (" Suite + views + shared views: the views path's switches and `fast.shared_views` (view v of an image is "
+            "drawn under a seed of the image instead of the split, so every split that holds an image reuses its "
+            "features: one feature pass for all shots, seeds and methods; its accuracies differ from the reference"
+            f" by up to {g['accuracy_shared_max_delta']:.2g} points{_largest_at(g, 'shared')})."
+            + (f" The splits draw from {pool} training images per class, so they share many of them; with a larger "
+               "pool they share fewer, and this path saves less." if pool else ""))
 
 
 def _images(g: dict[str, Any]) -> str:

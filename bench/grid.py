@@ -112,6 +112,11 @@ class GridResult:
     grain: float = 0.0  # pixel noise of the generated JPEGs (write_dataset)
     run_accuracy: list[dict[str, Any]] = field(default_factory=list)  # per run: label, shots, seed, path -> accuracy
     views_device_augment: bool = False  # the views path also resized its views on the device (fast.device_augment)
+    # a fourth path: the views path's switches + fast.shared_views (views drawn per image, one feature pass shared by
+    # every split that holds an image); None: not run
+    seconds_shared: float | None = None
+    accuracy_shared_max_delta: float | None = None  # vs the reference
+    train_per_class: int | None = None  # the generated dataset's training pool per class (the splits draw from it)
 
     @property
     def speedup(self) -> float:
@@ -121,9 +126,14 @@ class GridResult:
     def speedup_views(self) -> float | None:
         return None if not self.seconds_views else self.seconds_reference / self.seconds_views
 
+    @property
+    def speedup_shared(self) -> float | None:
+        return None if not self.seconds_shared else self.seconds_reference / self.seconds_shared
+
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
-        return {**asdict(self), "speedup": self.speedup, "speedup_views": self.speedup_views}
+        return {**asdict(self), "speedup": self.speedup, "speedup_views": self.speedup_views,
+                "speedup_shared": self.speedup_shared}
 
 
 def _configs(data_root: Path, backbone: str, methods: tuple[str, ...], shots: tuple[int, ...],
@@ -203,20 +213,26 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
              seeds: tuple[int, ...] = (1, 2, 3), n_classes: int = 10, image_px: int = 400,
              epochs: dict[str, int] | None = None, workdir: Path | None = None,
              log=print, views: int | None = None, catalogue: dict[str, dict[str, Any]] | None = None,
-             grain: float = 20.0, views_device_augment: bool = False) -> GridResult:
+             grain: float = 20.0, views_device_augment: bool = False, shared_views: bool = False,
+             train_per_class: int | None = None) -> GridResult:
     """Run the grid on both paths (and the ``views`` path if given, with ``fast.device_augment`` if
-    ``views_device_augment``), alternating, and compare time and accuracy.
+    ``views_device_augment``; and the ``shared`` path, the views path + ``fast.shared_views``, if ``shared_views``),
+    alternating, and compare time and accuracy.
 
-    ``methods`` are labels of ``catalogue`` (default :data:`GRID_METHODS`; :data:`SWEEP_VARIANTS` for a sweep)."""
+    ``methods`` are labels of ``catalogue`` (default :data:`GRID_METHODS`; :data:`SWEEP_VARIANTS` for a sweep).
+    ``train_per_class``: training images per class the splits are drawn from (default: the most shots + 4); what
+    ``fast.shared_views`` saves depends on it, since splits of a small pool share more images."""
     epochs = dict(epochs or {})
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-grid-"))
-    data = write_dataset(work / "data", n_classes, (max(shots) + 4, 4, 20), image_px, grain=grain)
+    pool = train_per_class or max(shots) + 4
+    data = write_dataset(work / "data", n_classes, (pool, 4, 20), image_px, grain=grain)
     backbone = work / "bench-tiny.json"
     backbone.write_text(json.dumps(TINY_CONFIG))
     configs = _configs(data, str(backbone), methods, shots, seeds, epochs, catalogue or GRID_METHODS)
     ledger = _verified_ledger(data, work / "ledger.json")
     inexact = {"augment_views": views, **({"device_augment": True} if views_device_augment else {})}
-    paths = {"reference": REFERENCE_FAST, "suite": {}, **({"views": inexact} if views else {})}
+    paths = {"reference": REFERENCE_FAST, "suite": {}, **({"views": inexact} if views else {}),
+             **({"shared": {**inexact, "shared_views": True}} if views and shared_views else {})}
     times: dict[str, dict[str, float]] = {path: {"total": 0.0} for path in paths}
     accuracy: dict[str, list[float]] = {path: [] for path in paths}
     _execute({**configs[0], "results_dir": str(work / "warmup"), "seed": 999})  # imports, tokenizer, first call
@@ -249,4 +265,6 @@ def run_grid(methods: tuple[str, ...] = tuple(GRID_METHODS), shots: tuple[int, .
                       {m: {p: round(times[p][m], 2) for p in times} for m in methods},
                       {m: {p: encoded.get(f"{m}/{p}", 0) for p in paths} for m in methods}, views,
                       times["views"]["total"] if views else None, max_delta("views") if views else None, grain,
-                      per_run, bool(views and views_device_augment))
+                      per_run, bool(views and views_device_augment),
+                      times["shared"]["total"] if "shared" in paths else None,
+                      max_delta("shared") if "shared" in paths else None, pool)

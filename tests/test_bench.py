@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_quick_bench_writes_the_report_structure(tmp_path):
     out, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
     args = parse_args(["--quick", "--methods", "heba,coop", "--classes", "100,120", "--repeats", "1",
-                       "--grid-methods", "clip_adapter", "--grid-shots", "1", "--grid-epochs", "clip_adapter=2",
+                       "--grid-methods", "clip_adapter", "--grid-shots", "1,2", "--grid-epochs", "clip_adapter=2",
+                       "--grid-shared-views",
                        "--out", str(out), "--json", str(raw)])
     results = run(args, log=lambda _msg: None)
     rows = results["steps"]
@@ -32,12 +33,16 @@ def test_quick_bench_writes_the_report_structure(tmp_path):
         assert row["mfu_fast"] is None and row["peak_mb_fast"] is None  # CPU: no peak, no per-call memory
         assert row["allocator"] == "default"
     grid = results["grid"]
-    assert grid["runs"] == 1 and grid["accuracy_max_delta"] < 1e-9 and grid["views"] == 10
-    assert set(grid["per_method_s"]) == {"clip_adapter"} and grid["speedup_views"] > 0
-    assert [(r["run"], r["shots"], r["seed"]) for r in grid["run_accuracy"]] == [("clip_adapter", 1, 1)]
-    assert set(grid["run_accuracy"][0]["accuracy"]) == {"reference", "suite", "views"}
+    assert grid["runs"] == 2 and grid["accuracy_max_delta"] < 1e-9 and grid["views"] == 10
+    assert set(grid["per_method_s"]) == {"clip_adapter"} and grid["speedup_views"] > 0 and grid["speedup_shared"] > 0
+    assert [(r["run"], r["shots"], r["seed"]) for r in grid["run_accuracy"]] == [("clip_adapter", 1, 1),
+                                                                                 ("clip_adapter", 2, 1)]
+    assert set(grid["run_accuracy"][0]["accuracy"]) == {"reference", "suite", "views", "shared"}
     counts = grid["images_encoded"]["clip_adapter"]
-    assert min(counts.values()) > 0 and set(counts) == {"reference", "suite", "views"}
+    assert min(counts.values()) > 0 and set(counts) == {"reference", "suite", "views", "shared"}
+    # shared views: each run encodes the 2 views it reads of the images no earlier run encoded in one pass, padded to
+    # one batch (the eval batch, 100); with the 80 test images, that is all it encodes
+    assert grid["train_per_class"] == 6 and counts["shared"] == 2 * 100 + 4 * 20
     sweep = results["sweep"]
     assert sweep["runs"] == 2 and sweep["accuracy_max_delta"] < 1e-9 and sweep["views"] is None
     first, second = sweep["images_encoded"].values()  # the suite encodes for the first variant only
