@@ -201,6 +201,32 @@ def submitted_job(folder: Path) -> str:
     return json.loads((folder / "submitted.json").read_text())["job_id"]
 
 
+def record_status(folder: Path) -> str | None:
+    """The status in a run folder's record (None without a readable one)."""
+    try:
+        return json.loads((folder / "record.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def job_report(folder: Path) -> str:
+    """What a run folder holds after its jobs: record status and failure, requeue events, the tail of every job log.
+    Put in assertion messages, so that a failure in a cluster test says what the jobs did."""
+    lines = [f"== {folder}"]
+    record = folder / "record.json"
+    if record.exists():
+        data = json.loads(record.read_text())
+        lines.append(f"record: {data['status']} {(data.get('failure') or {}).get('reason', '')}")
+    else:
+        lines.append("record: none")
+    if (folder / REQUEUES_NAME).exists():
+        events = json.loads((folder / REQUEUES_NAME).read_text())["events"]
+        lines.append("events: " + ", ".join(f"{e['event']}@{e['job_id']}:{e.get('restart_count', '')}" for e in events))
+    for log in sorted(folder.parent.glob(".submitit/*/*_log.*")):
+        lines.append(f"-- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-12:]))
+    return "\n".join(lines)
+
+
 def release_requeued() -> None:
     """Requeued jobs wait ~2 minutes (BeginTime) before Slurm restarts them; start them now instead."""
     out = subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
@@ -281,9 +307,14 @@ def test_cancel_retry_requeue_and_timeout_resume_to_identical_metrics(slurm, tmp
     assert code == 0 and "cancelled 1 jobs" in out
     interrupt = {"B": ["scontrol", "requeue"], "C": ["scancel", "--signal=USR2"], "D": ["scancel"]}
     retried = False
+    seen_failed: set[str] = set()  # runs whose record read failed at some poll (reported if the test fails later)
     deadline = time.time() + 150
-    while not all((folder[n] / "record.json").exists() for n in "ABCD"):
-        assert time.time() < deadline, {n: state_of(folder[n]) for n in "ABCD"}
+    # until every run is done: a record that exists is not enough, because a run's folder can hold a failed record
+    # while a requeued or retried job of it still runs (the job report says which, should the deadline pass)
+    while not all(record_status(folder[n]) == "done" for n in "ABCD"):
+        seen_failed |= {n for n in "ABCD" if record_status(folder[n]) == "failed"}
+        assert time.time() < deadline, f"failed records seen: {sorted(seen_failed)}\n" + "\n".join(
+            job_report(folder[n]) for n in "ABCD")
         for name in list(interrupt):
             if (folder[name] / "checkpoints" / "last.pt").exists():  # mid-training: interrupt it
                 assert not (folder[name] / "record.json").exists()
@@ -299,9 +330,10 @@ def test_cancel_retry_requeue_and_timeout_resume_to_identical_metrics(slurm, tmp
                 retried = True
         time.sleep(0.1)
     records = {n: json.loads((folder[n] / "record.json").read_text()) for n in "ABCD"}
-    assert all(r["status"] == "done" for r in records.values()) and retried
+    report = f"failed records seen: {sorted(seen_failed)}\n" + "\n".join(job_report(folder[n]) for n in "ABCD")
+    assert retried, "D finished before its cancellation took effect\n" + report
     for name in "BCD":
-        assert records[name]["cost"]["resumed_from_epoch"] >= 1, name
+        assert records[name]["cost"]["resumed_from_epoch"] >= 1, f"{name}\n{report}"
         assert "resumed from" in (folder[name] / "log.txt").read_text()
         assert records[name]["metrics"] == records["A"]["metrics"], name
         assert strip_times(records[name]["history"]) == strip_times(records["A"]["history"]), name
