@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.bench import _largest_at, merge, parse_args, report, run
+from bench.bench import _largest_at, merge, other_pool_section, parse_args, report, run
+from bench.bench import _pool as bench_pool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,28 @@ def test_script_entry_point_runs_from_a_checkout():
     done = subprocess.run([sys.executable, str(REPO / "bench" / "bench.py"), "--help"], capture_output=True,
                           text=True, cwd=REPO.parent, timeout=120)
     assert done.returncode == 0 and "--quick" in done.stdout
+
+
+def test_merge_shows_a_grid_on_another_training_pool_after_the_last_grid():
+    def grid(pool: int | None, shared_s: float) -> dict:
+        return {"runs": 1, "methods": ["clip_adapter"], "shots": [1, 16], "seeds": [1], "classes": 2, "image_px": 64,
+                "grain": 0.0, "epoch_overrides": {}, "seconds_reference": 10.0, "seconds_suite": 5.0, "speedup": 2.0,
+                "accuracy_max_delta": 0.0, "views": 10, "seconds_views": 2.0, "speedup_views": 5.0,
+                "accuracy_views_max_delta": 1.0, "seconds_shared": shared_s, "speedup_shared": 10.0 / shared_s,
+                "accuracy_shared_max_delta": 1.0, "train_per_class": pool,
+                "per_method_s": {"clip_adapter": {"reference": 10.0, "suite": 5.0, "views": 2.0, "shared": shared_s}},
+                "images_encoded": {"clip_adapter": {"reference": 90, "suite": 80, "views": 40, "shared": 10 * pool}}}
+
+    def part(started: str, g: dict) -> dict:
+        return {"started": started, "finished": started, "load_average_end": [0.0], "quick": False,
+                "machine": {"load_average": [0.0]}, "threads": {}, "grid": g, "steps": []}
+    merged = merge([part("t1", grid(20, 1.0)), part("t2", grid(40, 1.5)), part("t3", grid(20, 1.25))])
+    assert merged["grid"]["seconds_shared"] == 1.25  # the last grid is the main one
+    assert [g["train_per_class"] for g in merged["other_pools"]] == [40]
+    assert bench_pool({"shots": [1, 16]}) == 20  # a result from before the pool was recorded: the most shots + 4
+    section = "\n".join(other_pool_section(merged["grid"], merged["other_pools"][0]))
+    assert "pool of 40 images per class" in section and "encodes 2.00x the images" in section
+    assert "takes 1.20x the time" in section and "| **all** | 1 | 10.0 |" in section
 
 
 def test_merge_replaces_a_re_measured_step_row_in_place():
