@@ -84,8 +84,9 @@ def test_row_store_merges_keeps_and_finds_rows_per_image(tmp_path):
 
 
 def test_a_row_does_not_depend_on_the_images_encoded_with_it(tiny_clip, tmp_path):
-    """Rows are encoded in padded batches of one size, so each row is bitwise what any other composition gives;
-    without padding a lone image's row differs in the last bits (the batch size changes the kernels)."""
+    """Rows are encoded in padded batches of one size, so each row is bitwise what any other composition gives
+    (without the padding, a lone image's row differs from the same image's in a batch of 64 in its last bits on this
+    kind of CPU: batches of 1 to 3 take other kernels)."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(40, 3, 32, 32, generator=gen)
 
@@ -103,9 +104,6 @@ def test_a_row_does_not_depend_on_the_images_encoded_with_it(tiny_clip, tmp_path
     whole = access.encode_rows(Images(list(range(40))))
     for rows in ([7], [39, 3, 21], list(range(0, 40, 3))):
         assert torch.equal(access.encode_rows(Images(rows)), whole[rows])
-    with torch.no_grad():
-        alone = tiny_clip.encode_image(images[7:8]).float()
-    assert not torch.equal(alone, whole[7:8])  # what padding protects against (if this ever holds, it is moot)
 
 
 def _run(data_root, results, **overrides) -> dict:
