@@ -122,6 +122,16 @@ def image_view_seed(image: str, view: int) -> int:
     return derive_seed("view-of-image", image, view)
 
 
+def drawn_under(seed: int, draw: Callable[[], Any]) -> Any:
+    """``draw()`` with the torch CPU generator seeded to ``seed``, inside a forked RNG (the caller's stream is left as
+    it was)."""
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only (what the forked state covers): ``torch.manual_seed`` would also queue a lazy seeding
+        # of every accelerator backend, recording a stack trace each time (~60 us per item on CPU)
+        torch.default_generator.manual_seed(seed)
+        return draw()
+
+
 class SeededViews(Dataset):
     """``dataset[i]`` drawn under a seed of (key, view, i): deterministic augmented views (module docstring).
 
@@ -148,11 +158,7 @@ class SeededViews(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only (what the forked state covers): ``torch.manual_seed`` would also queue a
-            # lazy seeding of every accelerator backend, recording a stack trace each time (~60 us per item on CPU)
-            torch.default_generator.manual_seed(self.seed(index))
-            return self.dataset[index]
+        return drawn_under(self.seed(index), lambda: self.dataset[index])
 
     def seed(self, index: int) -> int:
         """The seed item ``index`` of the current view is drawn under."""
@@ -188,9 +194,8 @@ class ViewsOfImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         item, which = divmod(index, len(self.views))
         image = self._image(item)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(image_view_seed(self.images[item], self.views[which]))
-            return self.transform(image), self.items[item].label, index
+        view = drawn_under(image_view_seed(self.images[item], self.views[which]), lambda: self.transform(image))
+        return view, self.items[item].label, index
 
     def _image(self, item: int) -> Any:
         if self._decoded is None or self._decoded[0] != item:
