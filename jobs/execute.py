@@ -378,6 +378,8 @@ class FeatureAccess:
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of ``items`` from the per-image row store, encoding only the images no run has stored under
         ``parts`` (``dataset_of(subset)`` yields their images); labels from the items themselves."""
+        if not items:
+            return torch.zeros(0, self.clip.embed_dim), _labels(items)
         keys = image_keys(manifest.dataset, items)
         parts = {**parts, "row_batch": self.batch_size}
         missing = self.rows.missing(parts, keys)
@@ -391,6 +393,8 @@ class FeatureAccess:
         asks for each of its cycled views again every few epochs). Rows the store lacks are encoded first: with
         ``fast.augment_views: V`` those of all V views at once (a run reads them over and over; the trainer says
         beforehand which ones it reads, :meth:`prefetch_views`), else of this view."""
+        if not getattr(manifest, split):
+            return torch.zeros(0, self.clip.embed_dim), torch.zeros(0, dtype=torch.long)
         request = cache_key(parts)  # this run's view of this split
         found = self._shared_memo.get(request)
         if found is None:

@@ -9,6 +9,8 @@ images no run had; plain train features from the store equal the per-split pass;
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -143,6 +145,11 @@ def test_plain_features_from_the_store_equal_the_split_pass(data_root, tmp_path,
         shared, shared_labels = per_image.split_features(manifest, split)
         assert torch.equal(labels, shared_labels) and torch.allclose(feats, shared, atol=TOL, rtol=0)
     assert per_image.rows.computed == len(manifest.train) + len(manifest.val)
+    empty = dataclasses.replace(manifest, train=())  # a split without items: nothing to look up
+    feats, labels = per_image.split_features(empty, "train")
+    assert feats.shape == (0, tiny_clip.embed_dim) and labels.shape == (0,)
+    feats, labels = per_image.augmented_features(empty, "train", 0, (0.5, 1.0))
+    assert feats.shape == (0, tiny_clip.embed_dim) and labels.shape == (0,)
     # a linear probe and Tip-Adapter-F under the switch: Tip-Adapter reuses the probe's val rows and encodes its own
     # (other crop scale) three views of the train images once, for its cache passes and its epochs alike
     probe, tip = (_run(data_root, tmp_path / "runs", shots=4, seed=1, method=method, optim={"epochs": 0},
