@@ -168,3 +168,42 @@ def test_shared_views_is_part_of_the_run_id_when_set(data_root, tmp_path):
     assert on.run_id != plain.run_id and on.fast.shared_views
     with pytest.raises(ConfigError, match="fast.shared_views"):
         resolve({**cfg, "fast": {"shared_views": "yes"}}, "t")
+
+
+def test_runs_in_parallel_processes_fill_one_store_and_match_a_sequential_grid(tmp_path):
+    """Two worker processes run three seeds at once on one row store: every stored image appears once per entry, and
+    every record (metrics, loss history) equals the one of the same grid run one run at a time, whichever process
+    encoded a shared image first."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from tests.conftest import write_dataset
+    repo = Path(__file__).resolve().parent.parent
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    records = {}
+    for name, workers in (("parallel", 2), ("sequential", 1)):
+        base = base_run(data, tmp_path / name, method="clip_adapter", protocol="fewshot", shots=4,
+                        optim={"epochs": 3, "batch_size": 4}, fast={"shared_views": True, "augment_views": 2})
+        grid = tmp_path / f"{name}.yaml"
+        grid.write_text(yaml.safe_dump({"name": "g", "base": base, "grid": {"seed": [1, 2, 3]},
+                                        # one thread per run on both: the thread count changes fp reductions
+                                        "executor": {"kind": "local", "workers": workers, "gpus": [],
+                                                     "threads_per_run": 1}}))
+        done = subprocess.run([sys.executable, str(repo / "jobs/launch.py"), "--grid", str(grid), "--no-analysis"],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        records[name] = {json.loads(f.read_text())["run_id"]: json.loads(f.read_text())
+                         for f in (tmp_path / name / "g").glob("*/record.json")}
+        for entry in (tmp_path / name / "cache" / "features" / "rows").glob("*.rows.pt"):
+            ids = torch.load(entry, weights_only=True)["ids"]
+            assert ids.unique().numel() == ids.numel(), entry  # merged, not appended twice
+    assert len(records["parallel"]) == 3 and records["parallel"].keys() == records["sequential"].keys()
+    for run_id, record in records["parallel"].items():
+        other = records["sequential"][run_id]
+        assert record["status"] == other["status"] == "done"
+        assert record["metrics"] == other["metrics"]
+        assert [e["loss"] for e in record["history"]] == [e["loss"] for e in other["history"]]
