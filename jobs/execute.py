@@ -393,15 +393,15 @@ class FeatureAccess:
         asks for each of its cycled views again every few epochs). Rows the store lacks are encoded first: with
         ``fast.augment_views: V`` those of all V views at once (a run reads them over and over; the trainer says
         beforehand which ones it reads, :meth:`prefetch_views`), else of this view."""
-        if not getattr(manifest, split):
-            return torch.zeros(0, self.clip.embed_dim), torch.zeros(0, dtype=torch.long)
+        items = getattr(manifest, split)
+        if not items:
+            return torch.zeros(0, self.clip.embed_dim), _labels(items)
         request = cache_key(parts)  # this run's view of this split
         found = self._shared_memo.get(request)
         if found is None:
             every = list(range(self.fast.augment_views or 0))
             views = every if view in every and cache_key({**parts, "view": None}) not in self._prefetched else [view]
             store_parts = self._fill_views(manifest, split, views, spec, parts)
-            items = getattr(manifest, split)
             found = {"features": self.rows.rows(store_parts[view], image_keys(manifest.dataset, items)),
                      "labels": _labels(items)}
             self._shared_memo.put(request, found)
@@ -444,27 +444,23 @@ class FeatureAccess:
                 self.rows.add(store_parts[v], subset_keys, rows[:, j])
         return store_parts
 
-    @torch.no_grad()
     def encode_rows(self, dataset: torch.utils.data.Dataset) -> torch.Tensor:
         """Image features of ``dataset`` in batches of exactly ``batch_size`` (the last one padded with zeros, its
         padding rows dropped): at a fixed batch size a row does not depend on the batch's other rows, so a row is
         the same whichever run, with whichever other images, encoded it (what :class:`RowStore` needs)."""
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
-        feats = []
-        for images, _target, _index in loader:
-            batch = to_device(images, self.device)
-            rows = batch.shape[0]
-            if rows < self.batch_size:
-                batch = torch.cat([batch, batch.new_zeros((self.batch_size - rows, *batch.shape[1:]))])
-            feats.append(self.clip.encode_image(batch)[:rows].float().cpu())
-        return torch.cat(feats) if feats else torch.zeros(0, self.clip.embed_dim)
+        return self._encode(dataset, pad=True)["features"]
 
     @torch.no_grad()
-    def _encode(self, dataset: torch.utils.data.Dataset) -> dict[str, torch.Tensor]:
+    def _encode(self, dataset: torch.utils.data.Dataset, pad: bool = False) -> dict[str, torch.Tensor]:
+        """Features and labels of ``dataset`` in order, in batches of ``batch_size`` (``pad``: the last one too)."""
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
         feats, labels = [], []
         for images, target, _index in loader:
-            feats.append(self.clip.encode_image(to_device(images, self.device)).float().cpu())
+            batch = to_device(images, self.device)
+            rows = batch.shape[0]
+            if pad and rows < self.batch_size:
+                batch = torch.cat([batch, batch.new_zeros((self.batch_size - rows, *batch.shape[1:]))])
+            feats.append(self.clip.encode_image(batch)[:rows].float().cpu())
             labels.append(target)
         if not feats:
             return {"features": torch.zeros(0, self.clip.embed_dim), "labels": torch.zeros(0, dtype=torch.long)}
