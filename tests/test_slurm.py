@@ -27,7 +27,7 @@ import yaml
 from frozen_clip.errors import ConfigError
 from jobs.cli import launch_main
 from jobs.config import resolve
-from jobs.execute import RunExecution, run_dir
+from jobs.execute import RunExecution, read_record, run_dir
 from jobs.grid import RunSpec
 from jobs.slurm import (REQUEUES_NAME, SNAPSHOT_PACKAGES, SlurmConfig, SlurmRun, executor_parameters, make_executor,
                         scheduler_states, snapshot_code)
@@ -203,20 +203,16 @@ def submitted_job(folder: Path) -> str:
 
 def record_status(folder: Path) -> str | None:
     """The status in a run folder's record (None without a readable one)."""
-    try:
-        return json.loads((folder / "record.json").read_text())["status"]
-    except (OSError, ValueError, KeyError):
-        return None
+    return (read_record(folder) or {}).get("status")
 
 
 def job_report(folder: Path) -> str:
     """What a run folder holds after its jobs: record status and failure, requeue events, the tail of every job log.
     Put in assertion messages, so that a failure in a cluster test says what the jobs did."""
     lines = [f"== {folder}"]
-    record = folder / "record.json"
-    if record.exists():
-        data = json.loads(record.read_text())
-        lines.append(f"record: {data['status']} {(data.get('failure') or {}).get('reason', '')}")
+    record = read_record(folder)
+    if record is not None:
+        lines.append(f"record: {record['status']} {(record.get('failure') or {}).get('reason', '')}")
     else:
         lines.append("record: none")
     if (folder / REQUEUES_NAME).exists():
