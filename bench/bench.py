@@ -521,7 +521,7 @@ def _shared_text(g: dict[str, Any]) -> str:
     """What the grid's shared-views path is (empty if it did not run)."""
     if not g.get("seconds_shared"):
         return ""
-    pool = g.get("train_per_class")
+    pool = _pool(g)
     return (" Suite + views + shared views: the views path's switches and `fast.shared_views` (view v of an image is "
             "drawn under a seed of the image instead of the split, so every split that holds an image reuses its "
             "features: one feature pass for all shots, seeds and methods; its accuracies differ from the reference"
