@@ -74,6 +74,7 @@ from torch.nn import functional as F
 from adapters.blocks import scaled_branch
 from adapters.bottleneck import BottleneckBlock, InitScheme, init_bottleneck_
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -97,28 +98,41 @@ class HeBAConfig:
     #: exact speed switches left out of the run id (a run with other buckets computes the same result)
     UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("text_buckets", "share_text_prefix")
 
-    bottleneck_ratio: int = 4  # RobustAdapterBlock(reduction=4): D -> D/4 at both points; any divisor of D and 4D
-    init: InitScheme = "official"  # heba.py L86-87: kaiming-normal fan_out on `up`, PyTorch default elsewhere
-    visual_adapter: Literal["conv", "linear"] = "conv"  # official: 1x1 -> dw 3x3 -> GELU -> 1x1 on the patch grid
-    text_adapter: Literal["linear", "conv1d", "conv1d_causal"] = "linear"  # official: per-token Linear
-    points: tuple[Point, ...] = ("attn_in", "mlp_hidden")  # clip/model.py L209-243: ln_1 output and c_fc output
-    text_layers: tuple[int, ...] | None = None  # None = all (ADAPTER_START=1, ADAPTER_END=12)
-    visual_layers: tuple[int, ...] | None = None  # None = all
-    scale: float = 0.025  # ADAPTER_SCALE_BASE
-    boost_factor: float = 2.25  # ADAPTER_SCALE_FACTOR
-    slow_fast_ratio: float = 0.8  # SLOW_FAST_RATIO: boost iff rand(1) > ratio (probability 0.2)
-    neg_sampling_ratio: int = 5  # NEG_SAMPLING_RATIO; 0 = positives only; < 0 = always all classes
-    label_smoothing: float = 0.1  # LabelSmoothingCrossEntropy(0.1)
-    grad_scale_trick: bool = True  # trainers/gsl.py: adapter gradients x 1/s; false = plain s·f(x)
-    cls_passthrough: bool = True  # heba.py L229-248: CLS skips the image adapters (false needs visual_adapter linear)
-    ctx_init: str = "a photo of a"  # TEXT_CTX_INIT
-    prompts: Literal["fallback", "cupl"] = "fallback"  # effective official behaviour: the fallback prompt
-    cupl_file: str | None = None  # JSON {classname: [descriptions]}, required by prompts: cupl
-    novel_scale: float | None = None  # None = official (ADAPTER_SCALE_NOVEL is dead); float = paper's intent
-    truncate_text: bool = True  # exact fast path; never applied with text_adapter conv1d (module docstring)
-    text_buckets: int = 3  # exact fast path: prompts grouped by length, each group truncated to its own longest
-    share_text_prefix: bool = True  # exact fast path: the positions all prompts share run once (linear adapter)
-    xd_preset: Literal["xd_intended", "xd_literal_rename", "none"] = "xd_intended"  # spec §4.2 (GUESS)
+    bottleneck_ratio: int = option(
+        4, "RobustAdapterBlock(reduction=4): D -> D/4 at both points; any divisor of D and 4D")
+    init: InitScheme = option(
+        "official", "heba.py L86-87: kaiming-normal fan_out on `up`, PyTorch default elsewhere", display="init",
+        values={"official": "official (Kaiming on up)", "zero": "zero up", "kaiming_all": "Kaiming (all)",
+                "xavier": "Xavier", "torch_default": "PyTorch default"},
+        value_notes={"zero": "HeBA init=zero is not an identity adapter: with the internal LayerNorm "
+                             "A(x) = x + s·LN(x)."})
+    visual_adapter: Literal["conv", "linear"] = option(
+        "conv", "official: 1x1 -> dw 3x3 -> GELU -> 1x1 on the patch grid")
+    text_adapter: Literal["linear", "conv1d", "conv1d_causal"] = option("linear", "official: per-token Linear")
+    points: tuple[Point, ...] = option(("attn_in", "mlp_hidden"), "clip/model.py L209-243: ln_1 output and c_fc output")
+    text_layers: tuple[int, ...] | None = option(None, "None = all (ADAPTER_START=1, ADAPTER_END=12)")
+    visual_layers: tuple[int, ...] | None = option(None, "None = all")
+    scale: float = option(0.025, "ADAPTER_SCALE_BASE")
+    boost_factor: float = option(2.25, "ADAPTER_SCALE_FACTOR")
+    slow_fast_ratio: float = option(0.8, "SLOW_FAST_RATIO: boost iff rand(1) > ratio (probability 0.2)")
+    neg_sampling_ratio: int = option(5, "NEG_SAMPLING_RATIO; 0 = positives only; < 0 = always all classes")
+    label_smoothing: float = option(0.1, "LabelSmoothingCrossEntropy(0.1)")
+    grad_scale_trick: bool = option(True, "trainers/gsl.py: adapter gradients x 1/s; false = plain s·f(x)")
+    cls_passthrough: bool = option(
+        True, "heba.py L229-248: CLS skips the image adapters (false needs visual_adapter linear)")
+    ctx_init: str = option("a photo of a", "TEXT_CTX_INIT")
+    prompts: Literal["fallback", "cupl"] = option("fallback", "effective official behaviour: the fallback prompt")
+    cupl_file: str | None = option(None, "JSON {classname: [descriptions]}, required by prompts: cupl")
+    novel_scale: float | None = option(
+        None, "None = official (ADAPTER_SCALE_NOVEL is dead); float = paper's intent", kind="paper")
+    truncate_text: bool = option(
+        True, "exact fast path; never applied with text_adapter conv1d (module docstring)", kind="suite")
+    text_buckets: int = option(
+        3, "exact fast path: prompts grouped by length, each group truncated to its own longest", kind="suite")
+    share_text_prefix: bool = option(
+        True, "exact fast path: the positions all prompts share run once (linear adapter)", kind="suite")
+    xd_preset: Literal["xd_intended", "xd_literal_rename", "none"] = option(
+        "xd_intended", "spec §4.2 (GUESS)", kind="suite")
 
     def validate(self) -> None:
         """Reject impossible values (divisibility of the widths is checked when the model is built)."""
@@ -204,6 +218,10 @@ class HeBA(Method):
     """Heterogeneous bottleneck adapters (module docstring)."""
 
     Config = HeBAConfig
+    info = MethodInfo(
+        name="heba", display="HeBA", paper=Paper("HeBA: heterogeneous bottleneck adapters", "arXiv", 2026, "2603.16653"),
+        code=Code("Jahid12012021/VLM-HeBA", "60ecf23"), capabilities=Capabilities(trains_on="images"),
+        factors={"heterogeneity": ("visual_adapter", "text_adapter")})
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: HeBAConfig,
                  context: MethodContext) -> None:

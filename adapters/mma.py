@@ -58,6 +58,7 @@ from torch.nn import functional as F
 
 from adapters.blocks import kaiming_linears_, scaled_branch
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -79,18 +80,24 @@ class MMAConfig:
     #: exact speed switches left out of the run id (a run with other settings computes the same result)
     UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("text_buckets", "share_text_prefix")
 
-    layers: tuple[int, ...] | None = None  # 1-based blocks of both towers; null = 5-12, or the XD preset's (above)
-    bottleneck_dim: int = 32  # ADAPTER_DIM
-    shared_layer: bool = True  # the per-layer Linear(r, r)+ReLU shared by both towers; false = no middle layer
-    scale: float = 0.001  # ADAPTER_SCALE (train and test, base and novel)
-    grad_scale_trick: bool = True  # clip/gsl.py: adapter gradients x 1/s; false = plain s·f(x), gradients s x smaller
-    activation: Activation = "relu"  # of the down-projection; "gelu" is RMAdapter's reported choice
-    tap: Literal["ln_1", "block_input"] = "ln_1"  # branch input: ln_1(block input) (official) or the block input
-    template: str = "a photo of a {}."  # TEXT_CTX_INIT + " {}."; "dataset" = the dataset's CoOp template
-    truncate_text: bool = True  # exact (per-token branch): cut the text context to the longest prompt
-    text_buckets: int = 3  # exact fast path: class prompts grouped by length, each group cut to its own longest
-    share_text_prefix: bool = True  # exact fast path: the positions all class prompts share run once
-    xd_preset: Literal["xd_start9", "xd_start10", "none"] = "xd_start9"  # cross-dataset / DG layers + recipe
+    layers: tuple[int, ...] | None = option(
+        None, "1-based blocks of both towers; null = 5-12, or the XD preset's (above)")
+    bottleneck_dim: int = option(32, "ADAPTER_DIM")
+    shared_layer: bool = option(True, "the per-layer Linear(r, r)+ReLU shared by both towers; false = no middle layer")
+    scale: float = option(0.001, "ADAPTER_SCALE (train and test, base and novel)")
+    grad_scale_trick: bool = option(
+        True, "clip/gsl.py: adapter gradients x 1/s; false = plain s·f(x), gradients s x smaller")
+    activation: Activation = option("relu", 'of the down-projection; "gelu" is RMAdapter\'s reported choice')
+    tap: Literal["ln_1", "block_input"] = option(
+        "ln_1", "branch input: ln_1(block input) (official) or the block input")
+    template: str = option("a photo of a {}.", 'TEXT_CTX_INIT + " {}."; "dataset" = the dataset\'s CoOp template')
+    truncate_text: bool = option(
+        True, "exact (per-token branch): cut the text context to the longest prompt", kind="suite")
+    text_buckets: int = option(
+        3, "exact fast path: class prompts grouped by length, each group cut to its own longest", kind="suite")
+    share_text_prefix: bool = option(
+        True, "exact fast path: the positions all class prompts share run once", kind="suite")
+    xd_preset: Literal["xd_start9", "xd_start10", "none"] = option("xd_start9", "cross-dataset / DG layers + recipe")
 
     def validate(self) -> None:
         """Reject impossible values (layers beyond the tower depth are checked when the model is built)."""
@@ -144,6 +151,9 @@ class MMA(Method):
     """Multi-Modal Adapter (module docstring)."""
 
     Config = MMAConfig
+    info = MethodInfo(
+        name="mma", display="MMA", paper=Paper("MMA: Multi-Modal Adapter for Vision-Language Models", "CVPR", 2024),
+        code=Code("ZjjConan/Multi-Modal-Adapter", "547ee34"), capabilities=Capabilities(trains_on="images"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: MMAConfig,
                  context: MethodContext) -> None:

@@ -60,6 +60,7 @@ from torch.nn import functional as F
 from adapters.blocks import grad_scaled, kaiming_linears_
 from adapters.mma import MMA, Activation, MMAConfig, activation_module
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, MethodInfo, Paper, option
 from frozen_clip.method import MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
 
@@ -82,33 +83,47 @@ class RMAdapterConfig(MMAConfig):
     SECONDARY ones come from third-party summaries. Reconstruction options are inert with ``reconstruction: false``,
     consistency options with ``consistency: false``."""
 
-    activation: Activation = "gelu"  # SECONDARY (#3): σ = GELU in the down-projection and the decoder
+    activation: Activation = option(
+        "gelu", "SECONDARY (#3): σ = GELU in the down-projection and the decoder", kind="paper")
     # -- ablation switches (spec §8) --
-    reconstruction: bool = True  # the reconstruction branch and its loss
-    share_down: bool = True  # SECONDARY (#5 of §2): decoder reads the adapter's down; false = separate down_rec
-    consistency: bool = True  # SECONDARY: L1 consistency towards frozen-CLIP features
-    decoder_depth: Literal[1, 2, 3] = 2  # SECONDARY: number of Linear layers of the decoder (2 reported best)
-    rec_loss: Literal["l2", "l1", "cosine"] = "l2"  # SECONDARY: L2 best; cosine = 1 − cos per token
-    lambda_rec_visual: float = 1.0  # GUESS (#16): λ1, no value known
-    lambda_rec_text: float = 1.0  # GUESS (#16): λ2
-    lambda_con_image: float = 10.0  # GUESS (#17): λ3, PromptSRC's image weight
-    lambda_con_text: float = 25.0  # GUESS (#17): λ4, PromptSRC's text weight
+    reconstruction: bool = option(True, "the reconstruction branch and its loss")
+    share_down: bool = option(
+        True, "SECONDARY (#5 of §2): decoder reads the adapter's down; false = separate down_rec", kind="paper")
+    consistency: bool = option(True, "SECONDARY: L1 consistency towards frozen-CLIP features", kind="paper")
+    decoder_depth: Literal[1, 2, 3] = option(
+        2, "SECONDARY: number of Linear layers of the decoder (2 reported best)", kind="paper")
+    rec_loss: Literal["l2", "l1", "cosine"] = option(
+        "l2", "SECONDARY: L2 best; cosine = 1 − cos per token", kind="paper")
+    lambda_rec_visual: float = option(1.0, "GUESS (#16): λ1, no value known", kind="suite")
+    lambda_rec_text: float = option(1.0, "GUESS (#16): λ2", kind="suite")
+    lambda_con_image: float = option(10.0, "GUESS (#17): λ3, PromptSRC's image weight", kind="suite")
+    lambda_con_text: float = option(25.0, "GUESS (#17): λ4, PromptSRC's text weight", kind="suite")
     # -- the remaining unknowns (spec §4) --
-    decoder_hidden: int | None = None  # GUESS (#5): hidden width of the decoder; null = bottleneck_dim
-    decoder_input: Literal["down", "shared"] = "down"  # GUESS (#6): x_down, or the shared layer's output
-    decoder_init: Literal["kaiming", "torch_default"] = "kaiming"  # GUESS (#25): MMA's kaiming fan_out, bias 0
-    rec_grad_scale: Literal["match", "none"] = "match"  # GUESS (#9): decoder/down get 1/α x grad like the branch
-    rec_target: Literal["adapter_input", "block_input", "block_output"] = "adapter_input"  # GUESS (#10): ln_1(h)
-    rec_detach_target: bool = True  # GUESS (#11): the target carries no gradient
-    rec_local: bool = True  # GUESS (#12): the reconstruction path reads u.detach() (no cross-layer backprop)
-    rec_text_tokens: Literal["valid", "all"] = "valid"  # GUESS (#13): SOT..EOT per prompt; all = 77, no truncation
-    rec_visual_tokens: Literal["all", "patches"] = "all"  # SECONDARY (#14): CLS + patches
-    rec_reduction: Literal["mean", "sum"] = "mean"  # GUESS (#15): mean over tokens+features; sum = ‖·‖² per sample
-    con_normalize: bool = True  # GUESS (#18): L1 between L2-normalised features (PromptSRC)
-    con_reduction: Literal["mean", "sum"] = "mean"  # GUESS (#18): mean over elements; sum = L1 norm per sample
-    con_text_target: Literal["same_template", "dataset_template"] = "same_template"  # GUESS (#19)
-    rec_at_inference: Literal[False] = False  # GUESS (#21): the decoder is skipped at inference (the only value:
-    #                                           the design defines no use of a reconstruction at inference)
+    decoder_hidden: int | None = option(
+        None, "GUESS (#5): hidden width of the decoder; null = bottleneck_dim", kind="suite")
+    decoder_input: Literal["down", "shared"] = option(
+        "down", "GUESS (#6): x_down, or the shared layer's output", kind="suite")
+    decoder_init: Literal["kaiming", "torch_default"] = option(
+        "kaiming", "GUESS (#25): MMA's kaiming fan_out, bias 0", kind="suite")
+    rec_grad_scale: Literal["match", "none"] = option(
+        "match", "GUESS (#9): decoder/down get 1/α x grad like the branch", kind="suite")
+    rec_target: Literal["adapter_input", "block_input", "block_output"] = option(
+        "adapter_input", "GUESS (#10): ln_1(h)", kind="suite")
+    rec_detach_target: bool = option(True, "GUESS (#11): the target carries no gradient", kind="suite")
+    rec_local: bool = option(
+        True, "GUESS (#12): the reconstruction path reads u.detach() (no cross-layer backprop)", kind="suite")
+    rec_text_tokens: Literal["valid", "all"] = option(
+        "valid", "GUESS (#13): SOT..EOT per prompt; all = 77, no truncation", kind="suite")
+    rec_visual_tokens: Literal["all", "patches"] = option("all", "SECONDARY (#14): CLS + patches", kind="paper")
+    rec_reduction: Literal["mean", "sum"] = option(
+        "mean", "GUESS (#15): mean over tokens+features; sum = ‖·‖² per sample", kind="suite")
+    con_normalize: bool = option(True, "GUESS (#18): L1 between L2-normalised features (PromptSRC)", kind="suite")
+    con_reduction: Literal["mean", "sum"] = option(
+        "mean", "GUESS (#18): mean over elements; sum = L1 norm per sample", kind="suite")
+    con_text_target: Literal["same_template", "dataset_template"] = option("same_template", "GUESS (#19)", kind="suite")
+    rec_at_inference: Literal[False] = option(
+        False, "GUESS (#21): the decoder is skipped at inference (the only value: the design defines no use of a "
+        "reconstruction at inference)", kind="suite")
 
     def validate(self) -> None:
         super().validate()
@@ -172,6 +187,14 @@ class RMAdapter(MMA):
     """Reconstruction-based multi-modal adapter (module docstring)."""
 
     Config = RMAdapterConfig
+    info = MethodInfo(
+        name="rmadapter", display="RMAdapter",
+        paper=Paper("RMAdapter: Reconstruction-based Multi-Modal Adapter for Vision-Language Models", "AAAI", 2026,
+                    "2512.06811"),
+        code=None, capabilities=Capabilities(trains_on="images"),
+        factors={"reconstruction branch": ("reconstruction", "consistency")},
+        caption_note="RMAdapter has no official code: its unknown design choices are the suite's guesses "
+                     "(every one a named option).")
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: RMAdapterConfig,
                  context: MethodContext) -> None:

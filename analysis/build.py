@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis import methods
 from analysis import reference as ref
 from analysis.aggregate import MAIN_METRIC, STAT_COLUMNS, dataset_average, per_run_values, seed_cells
 from analysis.latex import MISSING, Table, best_mask, fmt_count, fmt_mean_std
@@ -35,16 +36,6 @@ STD_NOTE = f"± is the population std over seeds (ddof = {STD_DDOF}, as np.std i
 HM_NOTE = ("HM = 2·B·N/(B+N) of the mean base and mean novel accuracies (its ± is the std of per-seed HMs); the "
            "Average row takes the mean base and mean novel over the datasets and their HM, as the papers compute "
            "it, not the mean of per-dataset HMs")
-METHOD_NOTES = {
-    "rmadapter": "RMAdapter's unknown design choices are GUESS defaults (specs/rmadapter.md §4).",
-}
-VALUE_NOTES = {
-    ("heba", "method.init", "zero"): "HeBA init=zero is not an identity adapter: with the internal LayerNorm "
-                                     "A(x) = x + s·LN(x).",
-    ("heba", "method.init", "zero_up"): "HeBA init=zero_up is not an identity adapter: with the internal LayerNorm "
-                                        "A(x) = x + s·LN(x).",
-}
-
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
@@ -96,10 +87,19 @@ def _context(sub: pd.DataFrame) -> str:
 
 
 def _notes(sub: pd.DataFrame) -> list[str]:
-    notes = [text for method, text in METHOD_NOTES.items() if (sub["method.name"] == method).any()]
-    for (method, column, value), text in VALUE_NOTES.items():
-        if column in sub and ((sub["method.name"] == method) & (sub[column].astype(str) == str(value))).any():
-            notes.append(text)
+    """The caption notes the methods of ``sub`` declare (``MethodInfo.caption_note``, and per option value the
+    ``value_notes`` of :func:`frozen_clip.contract.option`) for the methods and values present."""
+    notes = []
+    for method in sorted(sub["method.name"].dropna().unique(), key=methods.method_rank):
+        found = methods.card_of(method) or {}
+        if found.get("caption_note"):
+            notes.append(found["caption_note"])
+        rows = sub[sub["method.name"] == method]
+        for option, entry in found.get("options", {}).items():
+            column = f"method.{option}"
+            for value, text in (entry.get("value_notes") or {}).items():
+                if column in rows and (rows[column].astype(str) == value).any():
+                    notes.append(text)
     return notes
 
 

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from analysis.methods import remember
+
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 PROTOCOLS: tuple[str, ...] = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
 TRANSFER_PROTOCOLS: tuple[str, ...] = ("cross_dataset", "domain_generalization")
@@ -231,6 +233,7 @@ def load_records(roots: Sequence[Path | str] | Path | str) -> Records:
         except (OSError, json.JSONDecodeError, SchemaError) as err:
             problems.append(Problem(str(path), f"{type(err).__name__}: {err}"))
             continue
+        remember(record.get("method_card"))
         row = record_row(record, path, root)
         run_id = row["run_id"]
         if run_id in rows:
@@ -320,12 +323,8 @@ def speed_switch(column: str, methods: Iterable[str]) -> bool:
         return name not in INEXACT_FAST_FIELDS
     if section != "method" or not name:
         return False
-    from jobs.config import exact_method_fields  # lazy: importing a method imports torch
-    from jobs.registry import METHODS
-    defining = []
-    for method in methods:
-        if method in METHODS and name in getattr(METHODS.get(method).Config, "__dataclass_fields__", {}):
-            defining.append(name in exact_method_fields(method))
+    from analysis.methods import is_exact_option
+    defining = [exact for exact in (is_exact_option(method, name) for method in methods) if exact is not None]
     return bool(defining) and all(defining)
 
 

@@ -14,52 +14,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from analysis.methods import method_display, method_rank, paper_method, paper_names, run_display  # noqa: F401
+
 DEFAULT_REFERENCE = Path(__file__).resolve().parent / "reference_results.csv"
-
-METHOD_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
-    # reference CSV name -> (suite method name in jobs/registry.py, method options that identify the variant)
-    "ZS-CLIP": ("zeroshot", {}),
-    "Linear probe": ("linear_probe", {}),
-    "CoOp": ("coop", {}),
-    "CoCoOp": ("cocoop", {}),
-    "CLIP-Adapter": ("clip_adapter", {}),
-    "Tip-Adapter": ("tip_adapter", {"finetune": False}),
-    "Tip-Adapter-F": ("tip_adapter", {"finetune": True}),
-    "CLIP-LoRA": ("clip_lora", {}),
-    "MaPLe": ("maple", {}),
-    "MMA": ("mma", {}),
-    "HeBA": ("heba", {}),
-    "RMAdapter": ("rmadapter", {}),
-}
-"""Reference methods the suite implements. The others in the CSV (PromptSRC, KgCoOp, ...) are context only."""
-
-METHOD_DISPLAY: dict[str, str] = {
-    "zeroshot": "Zero-shot CLIP", "linear_probe": "Linear probe", "coop": "CoOp", "cocoop": "CoCoOp",
-    "clip_adapter": "CLIP-Adapter", "tip_adapter": "Tip-Adapter", "clip_lora": "CLIP-LoRA", "maple": "MaPLe",
-    "mma": "MMA", "heba": "HeBA", "rmadapter": "RMAdapter",
-}
-"""Display names of suite methods in tables and figures."""
-METHOD_ORDER: tuple[str, ...] = ("zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter",
-                                 "clip_lora", "maple", "mma", "heba", "rmadapter")
-"""Row order of methods in every table (others follow alphabetically)."""
-
-
-def paper_method(name: str, options: Mapping[str, Any]) -> str | None:
-    """The reference CSV's name of a suite run (``tip_adapter`` with ``finetune: true`` -> ``Tip-Adapter-F``)."""
-    candidates = [(len(required), paper) for paper, (suite, required) in METHOD_NAMES.items()
-                  if suite == name and all(options.get(k) == v for k, v in required.items())]
-    return max(candidates)[1] if candidates else None
-
-
-def run_display(row: Mapping[str, Any]) -> str:
-    """Display name of the run in a flat record row (``method.name`` plus ``method.<option>`` columns)."""
-    name = row["method.name"]
-    options = {k[len("method."):]: v for k, v in row.items() if str(k).startswith("method.")}
-    paper = paper_method(name, options)
-    if paper is not None and METHOD_NAMES[paper][1]:
-        return paper  # a name that depends on options (Tip-Adapter-F)
-    return METHOD_DISPLAY.get(name, name)
-
 
 DATASETS: dict[str, tuple[str, str]] = {
     # suite dataset key -> (display name, reference CSV name)
@@ -110,17 +67,6 @@ def dataset_order(keys) -> list[str]:
     return sorted(set(keys), key=lambda k: (known.index(k) if k in known else len(known), str(k)))
 
 
-def method_display(name: str) -> str:
-    """Display name of a suite method (``heba`` -> ``HeBA``)."""
-    return METHOD_DISPLAY.get(name, name)
-
-
-def method_rank(name: str) -> tuple[int, str]:
-    """Sort key: the canonical method order, unknown methods after it."""
-    order = list(METHOD_ORDER)
-    return (order.index(name) if name in order else len(order), name)
-
-
 def normalize_backbone(name: str) -> str:
     """``ViT-B/16``, ``ViT-B-16``, ``ViT-B-16-quickgelu`` -> ``ViT-B-16`` (same for RN50 etc.)."""
     name = str(name).replace("/", "-")
@@ -154,7 +100,8 @@ def load_reference(path: Path | str | None = None) -> pd.DataFrame:
             return "source"
         return by_reference_name.get(name)
 
-    frame["suite_method"] = frame["method"].map(lambda m: METHOD_NAMES[m][0] if m in METHOD_NAMES else None)
+    names = paper_names()
+    frame["suite_method"] = frame["method"].map(lambda m: names[m][0] if m in names else None)
     frame["suite_dataset"] = frame["dataset"].map(suite_dataset)
     frame["suite_metric"] = frame["metric"].map(METRICS)
     frame["backbone_key"] = frame["backbone"].map(normalize_backbone)
@@ -162,6 +109,6 @@ def load_reference(path: Path | str | None = None) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["DEFAULT_REFERENCE", "METHOD_NAMES", "METHOD_DISPLAY", "METHOD_ORDER", "paper_method", "run_display", "DATASETS", "COOP_DATASETS",
+__all__ = ["DEFAULT_REFERENCE", "paper_names", "paper_method", "run_display", "DATASETS", "COOP_DATASETS",
            "XD_TARGETS", "DG_TARGETS", "AVERAGE_NAMES", "SOURCE_NAME", "dataset_display", "dataset_order",
            "method_display", "method_rank", "normalize_backbone", "trust_tag", "load_reference"]

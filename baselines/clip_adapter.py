@@ -19,6 +19,7 @@ from torch import nn
 
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.method import FeatureMethod, MethodContext, normalize
 
 
@@ -26,14 +27,18 @@ from frozen_clip.method import FeatureMethod, MethodContext, normalize
 class CLIPAdapterConfig:
     """CLIP-Adapter options (defaults: the released trainer)."""
 
-    reduction: int = 4  # bottleneck c -> c / reduction
-    residual_ratio: float = 0.2  # literal in the released trainer
+    reduction: int = option(4, "bottleneck c -> c / reduction")
+    residual_ratio: float = option(0.2, "literal in the released trainer")
 
 
 class CLIPAdapter(FeatureMethod):
     """Visual residual adapter on frozen CLIP features."""
 
     Config = CLIPAdapterConfig
+    info = MethodInfo(
+        name="clip_adapter", display="CLIP-Adapter",
+        paper=Paper("CLIP-Adapter: Better Vision-Language Models with Feature Adapters", "IJCV", 2024, "2110.04544"),
+        code=Code("gaopengcuhk/CLIP-Adapter", "9ac913a"), capabilities=Capabilities(trains_on="features"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CLIPAdapterConfig,
                  context: MethodContext) -> None:

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -54,15 +55,17 @@ TOWERS = {"both": ("text", "visual"), "text": ("text",), "vision": ("visual",)}
 class CLIPLoRAConfig:
     """CLIP-LoRA options; defaults are the official ``run_utils.get_arguments`` defaults."""
 
-    params: tuple[str, ...] = ("q", "k", "v")  # --params: adapted projections (q, k, v, o)
-    encoder: Literal["both", "text", "vision"] = "both"  # --encoder
-    position: Literal["all", "top1", "top2", "top3", "bottom", "mid", "up", "half-up", "half-bottom"] = "all"
-    layers: tuple[int, ...] = ()  # explicit 0-based block indices; overrides ``position``
-    r: int = 2  # --r
-    alpha: float = 1.0  # --alpha
-    scaling: Literal["sqrt", "standard"] = "sqrt"  # alpha / sqrt(r) (official) or alpha / r (loralib, commented out)
-    dropout_rate: float = 0.25  # --dropout_rate, on the LoRA input, training only
-    logit_scale: float = 100.0  # main.py: logit_scale = 100
+    params: tuple[str, ...] = option(("q", "k", "v"), "--params: adapted projections (q, k, v, o)")
+    encoder: Literal["both", "text", "vision"] = option("both", "--encoder")
+    position: Literal["all", "top1", "top2", "top3", "bottom", "mid", "up", "half-up", "half-bottom"] = option(
+        "all", "--position (run_utils.get_arguments): LoRA in every block")
+    layers: tuple[int, ...] = option((), "explicit 0-based block indices; overrides ``position``")
+    r: int = option(2, "--r")
+    alpha: float = option(1.0, "--alpha")
+    scaling: Literal["sqrt", "standard"] = option(
+        "sqrt", "alpha / sqrt(r) (official) or alpha / r (loralib, commented out)")
+    dropout_rate: float = option(0.25, "--dropout_rate, on the LoRA input, training only")
+    logit_scale: float = option(100.0, "main.py: logit_scale = 100")
 
     def validate(self) -> None:
         unknown = sorted(set(self.params) - set(PROJECTIONS))
@@ -128,6 +131,10 @@ class CLIPLoRA(Method):
     """LoRA on the attention projections of both frozen CLIP towers."""
 
     Config = CLIPLoRAConfig
+    info = MethodInfo(
+        name="clip_lora", display="CLIP-LoRA",
+        paper=Paper("Low-Rank Few-Shot Adaptation of Vision-Language Models", "CVPR Workshops", 2024, "2405.18541"),
+        code=Code("MaxZanella/CLIP-LoRA", "358f0d7"), capabilities=Capabilities(trains_on="images"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CLIPLoRAConfig,
                  context: MethodContext) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from baselines.coop import CoOp
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext, normalize
 
@@ -35,12 +36,13 @@ from frozen_clip.method import MethodContext, normalize
 class CoCoOpConfig:
     """CoCoOp options; defaults are ``TRAINER.COCOOP`` of ``vit_b16_c4_ep10_batch1_ctxv1.yaml``."""
 
-    n_ctx: int = 4  # N_CTX (ignored when ctx_init is given: M = number of its words)
-    ctx_init: str = "a photo of a"  # CTX_INIT; "" = random N(0, init_std) context
-    init_std: float = 0.02  # std of a random context (official literal)
-    meta_net_reduction: int = 16  # hidden width = E // 16 (official literal ``vis_dim // 16``)
-    batched_prompts: bool = False  # suite option: one text pass for all images of a batch (official: per image)
-    truncate_text: bool = True  # suite option (exact): cut the text context to the longest prompt
+    n_ctx: int = option(4, "N_CTX (ignored when ctx_init is given: M = number of its words)")
+    ctx_init: str = option("a photo of a", 'CTX_INIT; "" = random N(0, init_std) context')
+    init_std: float = option(0.02, "std of a random context (official literal)")
+    meta_net_reduction: int = option(16, "hidden width = E // 16 (official literal ``vis_dim // 16``)")
+    batched_prompts: bool = option(
+        False, "suite option: one text pass for all images of a batch (official: per image)", kind="suite")
+    truncate_text: bool = option(True, "suite option (exact): cut the text context to the longest prompt", kind="suite")
 
     @property
     def csc(self) -> bool:
@@ -63,6 +65,10 @@ class CoCoOp(CoOp):
     """Conditional context optimisation: CoOp's prompt learner plus an image-conditioned meta-net."""
 
     Config = CoCoOpConfig
+    info = MethodInfo(
+        name="cocoop", display="CoCoOp",
+        paper=Paper("Conditional Prompt Learning for Vision-Language Models", "CVPR", 2022, "2203.05557"),
+        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="images"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CoCoOpConfig,
                  context: MethodContext) -> None:
@@ -84,10 +90,6 @@ class CoCoOp(CoOp):
         protocol)."""
         return {"name": "sgd", "lr": 0.002, "epochs": 10, "batch_size": 1, "warmup_epochs": 1,
                 "eval_batch_size": 100}
-
-    @classmethod
-    def check_run(cls, run: Any, config: CoCoOpConfig) -> None:
-        """Every protocol is possible: the prompts are built from class names, seen or not."""
 
     # -- prompts -----------------------------------------------------------------------------------------------------
     def shifted_context(self, image_features: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.shared_prefix import can_share, encode_text_shared_prefix
 
@@ -49,13 +50,14 @@ def prompt_tokens(clip: FrozenCLIP, classnames: Sequence[str], prompt_prefix: st
 class CoOpConfig:
     """CoOp options; defaults are ``TRAINER.COOP`` of the official configs."""
 
-    n_ctx: int = 16  # N_CTX (ignored when ctx_init is given: M = number of its words)
-    ctx_init: str = ""  # CTX_INIT, e.g. "a photo of a" (base-to-novel configs); "" = random N(0, init_std)
-    csc: bool = False  # CSC: class-specific contexts
-    class_token_position: Literal["end", "middle", "front"] = "end"  # CLASS_TOKEN_POSITION
-    init_std: float = 0.02
-    truncate_text: bool = True  # exact fast path: cut the text context to the longest prompt
-    shared_prefix: bool = True  # exact fast path: [SOS] + shared context encoded once, not per class (end position)
+    n_ctx: int = option(16, "N_CTX (ignored when ctx_init is given: M = number of its words)")
+    ctx_init: str = option("", 'CTX_INIT, e.g. "a photo of a" (base-to-novel configs); "" = random N(0, init_std)')
+    csc: bool = option(False, "CSC: class-specific contexts")
+    class_token_position: Literal["end", "middle", "front"] = option("end", "CLASS_TOKEN_POSITION")
+    init_std: float = option(0.02, "coop.py PromptLearner: nn.init.normal_(ctx_vectors, std=0.02)")
+    truncate_text: bool = option(True, "exact fast path: cut the text context to the longest prompt", kind="suite")
+    shared_prefix: bool = option(
+        True, "exact fast path: [SOS] + shared context encoded once, not per class (end position)", kind="suite")
 
     def validate(self) -> None:
         if self.n_ctx <= 0 and not self.ctx_init:
@@ -66,6 +68,10 @@ class CoOp(Method):
     """Context optimisation on a frozen CLIP."""
 
     Config = CoOpConfig
+    info = MethodInfo(
+        name="coop", display="CoOp",
+        paper=Paper("Learning to Prompt for Vision-Language Models", "IJCV", 2022, "2109.01134"),
+        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CoOpConfig,
                  context: MethodContext) -> None:

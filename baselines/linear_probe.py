@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, normalize
 
 C_GRID = (1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6)  # the official list (1 is an int there)
@@ -30,10 +31,10 @@ C_GRID = (1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6)  # the official list (1 is an int 
 class LinearProbeConfig:
     """Linear-probe options (defaults: CoOp's lpclip)."""
 
-    search_steps: int = 8  # interval-halving steps after the coarse grid
-    max_iter: int = 1000
-    normalize_features: bool = False  # official: raw features
-    reuse_fits: bool = True  # a C fitted before is not fitted again (official: refits; same classifier)
+    search_steps: int = option(8, "interval-halving steps after the coarse grid")
+    max_iter: int = option(1000, "lpclip/linear_probe.py: LogisticRegression(max_iter=1000)")
+    normalize_features: bool = option(False, "official: raw features")
+    reuse_fits: bool = option(True, "a C fitted before is not fitted again (official: refits; same classifier)")
 
     UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("reuse_fits",)
 
@@ -42,6 +43,10 @@ class LinearProbe(FeatureMethod):
     """Logistic regression on frozen features, C selected on the few-shot validation split."""
 
     Config = LinearProbeConfig
+    info = MethodInfo(
+        name="linear_probe", display="Linear probe", paper=Paper("Learning Transferable Visual Models From Natural Language Supervision", "ICML", 2021, "2103.00020"),
+        code=Code("KaiyangZhou/CoOp", "ff61507"), paper_names={"Linear probe": {}},
+        capabilities=Capabilities(trains_on="features", unseen_classes=False, protocols=("fewshot",)))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: LinearProbeConfig,
                  context: MethodContext) -> None:
@@ -55,11 +60,6 @@ class LinearProbe(FeatureMethod):
     def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
         """Closed-form fit: no gradient epochs."""
         return {"epochs": 0}
-
-    @classmethod
-    def check_run(cls, run: Any, config: LinearProbeConfig) -> None:
-        if run.protocol != "fewshot":
-            raise ValueError(f"linear_probe cannot classify classes unseen in training (protocol {run.protocol!r})")
 
     def _prep(self, feats: torch.Tensor) -> np.ndarray:
         feats = normalize(feats) if self.config.normalize_features else feats

@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from baselines.coop import prompt_tokens
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -46,11 +47,11 @@ PAPER_DEPTH = {"base2novel": 9, "fewshot": 9, "cross_dataset": 3, "domain_genera
 class MaPLeConfig:
     """MaPLe options; defaults are ``TRAINER.MAPLE`` of ``vit_b16_c2_ep5_batch4_2ctx.yaml``."""
 
-    n_ctx: int = 2  # N_CTX
-    ctx_init: str = "a photo of a"  # CTX_INIT (used when n_ctx <= 4, as the official condition)
-    prompt_depth: int | None = None  # PROMPT_DEPTH; None: 9 (base2novel, fewshot) or 3 (cross_dataset, DG)
-    init_std: float = 0.02  # deep text prompts (and a random ctx): N(0, 0.02)
-    truncate_text: bool = True  # suite option (exact): cut the text context to the longest prompt
+    n_ctx: int = option(2, "N_CTX")
+    ctx_init: str = option("a photo of a", "CTX_INIT (used when n_ctx <= 4, as the official condition)")
+    prompt_depth: int | None = option(None, "PROMPT_DEPTH; None: 9 (base2novel, fewshot) or 3 (cross_dataset, DG)")
+    init_std: float = option(0.02, "deep text prompts (and a random ctx): N(0, 0.02)")
+    truncate_text: bool = option(True, "suite option (exact): cut the text context to the longest prompt", kind="suite")
 
     def validate(self) -> None:
         if self.n_ctx < 1:
@@ -80,6 +81,9 @@ class MaPLe(Method):
     """Deep vision-language prompts; the image prompts are projections of the text prompts."""
 
     Config = MaPLeConfig
+    info = MethodInfo(
+        name="maple", display="MaPLe", paper=Paper("MaPLe: Multi-modal Prompt Learning", "CVPR", 2023, "2210.03117"),
+        code=Code("muzairkhattak/multimodal-prompt-learning", "69bce21"), capabilities=Capabilities(trains_on="images"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: MaPLeConfig,
                  context: MethodContext) -> None:

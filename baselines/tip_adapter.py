@@ -57,6 +57,7 @@ from torch.nn import functional as F
 from baselines.templates import IMAGENET_TEMPLATES_SELECT
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, StepOutput, normalize
 from frozen_clip.trainer import derive_seed
 
@@ -91,24 +92,28 @@ DEFAULT_HPARAMS = OFFICIAL_HPARAMS["imagenet"]  # = OxfordPets; used for dataset
 class TipAdapterConfig:
     """Tip-Adapter(-F) options. ``None`` means the official per-dataset value (:data:`OFFICIAL_HPARAMS`)."""
 
-    finetune: bool = False  # Tip-Adapter-F: train the cache keys
-    augment_epoch: int = 10  # augmented passes averaged into the keys (configs: augment_epoch)
-    rrc_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop scale of the cache/training passes (main.py)
-    init_beta: float = 1.0  # configs: init_beta (all datasets)
-    init_alpha: float | None = None  # configs: init_alpha
-    search_hp: bool = True  # configs: search_hp (on the few-shot val split only, see the module docstring)
-    search_scale: tuple[float, float] | None = None  # configs: search_scale [beta, alpha]
-    search_step: tuple[int, int] = (200, 20)  # configs: search_step [beta, alpha]
-    train_epoch: int | None = None  # configs: train_epoch (Tip-Adapter-F)
-    lr: float = 0.001  # configs: lr (AdamW)
-    eps: float = 1e-4  # main.py: AdamW(eps=1e-4)
-    weight_decay: float = 0.01  # main.py passes none: torch.optim.AdamW's default
-    batch_size: int = 256  # main.py: train_loader_F batch size
-    epoch_selection: Literal["last", "val"] = "last"  # official: best on test (an oracle, not offered)
-    fix_key_aliasing: bool = True  # clone the keys before training them (false: official shared storage)
-    template_list: tuple[str, ...] = ()  # explicit templates; default: dataset template, ImageNet the 7-ensemble
-    clip_logit_scale: float = 100.0  # the literal 100. of the official logits (= exp(logit_scale) of OpenAI CLIP)
-    batched_search: bool = True  # all alphas of a beta in one batch (exact; false: the official double loop)
+    finetune: bool = option(False, "Tip-Adapter-F: train the cache keys")
+    augment_epoch: int = option(10, "augmented passes averaged into the keys (configs: augment_epoch)")
+    rrc_scale: tuple[float, float] = option(
+        (0.5, 1.0), "RandomResizedCrop scale of the cache/training passes (main.py)")
+    init_beta: float = option(1.0, "configs: init_beta (all datasets)")
+    init_alpha: float | None = option(None, "configs: init_alpha")
+    search_hp: bool = option(True, "configs: search_hp (on the few-shot val split only, see the module docstring)")
+    search_scale: tuple[float, float] | None = option(None, "configs: search_scale [beta, alpha]")
+    search_step: tuple[int, int] = option((200, 20), "configs: search_step [beta, alpha]")
+    train_epoch: int | None = option(None, "configs: train_epoch (Tip-Adapter-F)")
+    lr: float = option(0.001, "configs: lr (AdamW)")
+    eps: float = option(1e-4, "main.py: AdamW(eps=1e-4)")
+    weight_decay: float = option(0.01, "main.py passes none: torch.optim.AdamW's default")
+    batch_size: int = option(256, "main.py: train_loader_F batch size")
+    epoch_selection: Literal["last", "val"] = option("last", "official: best on test (an oracle, not offered)")
+    fix_key_aliasing: bool = option(True, "clone the keys before training them (false: official shared storage)")
+    template_list: tuple[str, ...] = option(
+        (), "explicit templates; default: dataset template, ImageNet the 7-ensemble")
+    clip_logit_scale: float = option(
+        100.0, "the literal 100. of the official logits (= exp(logit_scale) of OpenAI CLIP)")
+    batched_search: bool = option(
+        True, "all alphas of a beta in one batch (exact; false: the official double loop)", kind="suite")
 
     UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("batched_search",)
 
@@ -217,6 +222,13 @@ class TipAdapter(FeatureMethod):
     """Training-free cache model (Tip-Adapter) or its fine-tuned keys (Tip-Adapter-F, ``finetune: true``)."""
 
     Config = TipAdapterConfig
+    info = MethodInfo(
+        name="tip_adapter", display="Tip-Adapter",
+        paper=Paper("Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification", "ECCV", 2022,
+                    "2207.09519"),
+        code=Code("gaopengcuhk/Tip-Adapter", "d0e2d6f"),
+        capabilities=Capabilities(trains_on="features", unseen_classes=False, protocols=("fewshot",)),
+        paper_names={"Tip-Adapter": {"finetune": False}, "Tip-Adapter-F": {"finetune": True}})
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: TipAdapterConfig,
                  context: MethodContext) -> None:
@@ -235,12 +247,6 @@ class TipAdapter(FeatureMethod):
     def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
         """No epochs in the runner's loop: the cache is built, and Tip-Adapter-F fine-tuned, in ``prepare_fit``."""
         return {"epochs": 0}
-
-    @classmethod
-    def check_run(cls, run: Any, config: TipAdapterConfig) -> None:
-        if run.protocol != "fewshot":
-            raise ValueError(f"tip_adapter cannot classify classes absent from its cache (protocol {run.protocol!r}); "
-                             "it runs under 'fewshot' only")
 
     # -- text -------------------------------------------------------------------------------------------------------
     def templates(self) -> tuple[str, ...]:

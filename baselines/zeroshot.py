@@ -15,6 +15,7 @@ import torch
 from baselines.templates import ensemble_templates
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.method import FeatureMethod, MethodContext, normalize
 
 
@@ -22,14 +23,17 @@ from frozen_clip.method import FeatureMethod, MethodContext, normalize
 class ZeroShotConfig:
     """Zero-shot options."""
 
-    templates: Literal["coop_custom", "ensemble"] = "coop_custom"  # CoOp ZeroshotCLIP / ZeroshotCLIP2
-    template_list: tuple[str, ...] = ()  # explicit templates ("{}" = class name); overrides ``templates``
+    templates: Literal["coop_custom", "ensemble"] = option("coop_custom", "CoOp ZeroshotCLIP / ZeroshotCLIP2")
+    template_list: tuple[str, ...] = option((), 'explicit templates ("{}" = class name); overrides ``templates``')
 
 
 class ZeroShotCLIP(FeatureMethod):
     """Zero-shot CLIP with per-dataset templates or a template ensemble."""
 
     Config = ZeroShotConfig
+    info = MethodInfo(
+        name="zeroshot", display="Zero-shot CLIP", paper=Paper("Learning Transferable Visual Models From Natural Language Supervision", "ICML", 2021, "2103.00020"),
+        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"), paper_names={"ZS-CLIP": {}})
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: ZeroShotConfig,
                  context: MethodContext) -> None:

@@ -102,14 +102,19 @@ def build(cls: type[T], values: Mapping[str, Any], where: str, prefix: str = "")
     return obj
 
 
+def _json_form(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return [_json_form(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _json_form(x) for k, x in v.items()}
+    return v
+
+
+def to_dict_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping of option values in JSON-friendly form (tuples become lists), as :func:`to_dict` writes them."""
+    return {k: _json_form(v) for k, v in values.items()}
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as a JSON-friendly dict (tuples become lists)."""
-    def convert(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [convert(x) for x in v]
-        if isinstance(v, list):
-            return [convert(x) for x in v]
-        if isinstance(v, dict):
-            return {k: convert(x) for k, x in v.items()}
-        return v
-    return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    return to_dict_values({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})

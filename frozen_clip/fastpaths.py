@@ -244,15 +244,8 @@ class FeatureViews:
 
 def supports_feature_training(method: Any) -> bool:
     """Whether ``method``'s training step depends on the images only through the frozen image encoder, so that it can
-    run on cached features of the batch (``feature_training_step(features, labels)``). Either:
-
-    * a :class:`~frozen_clip.method.FeatureMethod` whose ``training_step`` is the generic ``encode_image`` +
-      ``feature_training_step`` (zero-shot, linear probe, CLIP-Adapter), or
-    * a class that defines ``feature_training_step`` **itself** (CoOp: frozen image encoder, learned prompts). A
-      subclass that inherits it is not trusted, because it may read the images otherwise (CoCoOp's meta-net).
-    """
-    from frozen_clip.method import FeatureMethod
-    cls = type(method)
-    if isinstance(method, FeatureMethod):
-        return method.frozen_image_path and cls.training_step is FeatureMethod.training_step
-    return "feature_training_step" in cls.__dict__
+    run on cached features of the batch (``feature_training_step(features, labels)``): what the method declares in
+    ``info.capabilities.trains_on`` (``"features"``: zero-shot's and the linear probe's heads aside, CLIP-Adapter,
+    Tip-Adapter, CoOp; CoCoOp inherits CoOp's step but declares ``"images"``, its meta-net reads the images)."""
+    info = getattr(type(method), "info", None)
+    return info is not None and info.capabilities.feature_training

@@ -13,6 +13,11 @@ on, its frozen config dataclass and a :class:`MethodContext`. It provides:
 
 Methods whose image path is entirely frozen (zero-shot, linear probe, CLIP-Adapter, Tip-Adapter) subclass
 :class:`FeatureMethod`: they work on cached image features through ``logits_from_features``.
+
+What a method declares about itself (``Config`` fields built with :func:`~frozen_clip.contract.option`, ``info``, a
+:class:`~frozen_clip.contract.MethodInfo`) lives in :mod:`frozen_clip.contract`, which imports no torch;
+:func:`check_method_class` verifies a registered class against it. ``docs/adding_a_method.md`` walks through a
+complete method file.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 
 from frozen_clip.backbone import FrozenCLIP
+from frozen_clip.contract import MethodInfo, undocumented_options
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Method(nn.Module):
     """Base class of every method. Subclasses set ``Config`` and implement the abstract hooks."""
 
     Config: ClassVar[type]
+    #: display name, paper, official code, capabilities, factor groups, recipe version (frozen_clip/contract.py)
+    info: ClassVar[MethodInfo]
     #: True when no trainable parameter sits on the image path, so image features can be cached per split.
     frozen_image_path: ClassVar[bool] = False
 
@@ -92,6 +100,17 @@ class Method(nn.Module):
 
     def invalidate(self) -> None:
         """Drop caches that depend on trainable weights (called on every mode switch and after loading)."""
+
+    @classmethod
+    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+        """The official optimisation for this run (``OptimConfig`` fields: optimiser, lr, schedule, epochs, batch),
+        overridable by ``optim.*``; default: nothing beyond ``OptimConfig``'s defaults."""
+        return {}
+
+    @classmethod
+    def check_run(cls, run: Any, config: Any) -> None:
+        """Raise ``ValueError`` for a combination of run and options the method cannot do (beyond the protocols its
+        capabilities declare, which the runner checks itself); default: every combination is possible."""
 
     # -- hooks --------------------------------------------------------------------------------------------------------
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -146,6 +165,30 @@ class FeatureMethod(Method):
         logits = self.logits_from_features(features)
         loss = nn.functional.cross_entropy(logits, labels)
         return StepOutput(loss, {"loss_ce": loss.detach()}, logits)
+
+
+def check_method_class(name: str, cls: type) -> None:
+    """Raise ``TypeError`` naming what a registered method class lacks: a ``Method`` subclass with a frozen
+    dataclass ``Config`` whose every option has a documented source, and an ``info`` whose name is ``name``; a method
+    declaring ``trains_on="features"`` must implement ``feature_training_step``."""
+    import dataclasses
+    where = f"method {name!r} ({cls.__module__}.{cls.__qualname__})"
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{where}: must be a subclass of frozen_clip.method.Method")
+    config = getattr(cls, "Config", None)
+    if config is None or not dataclasses.is_dataclass(config) or not config.__dataclass_params__.frozen:
+        raise TypeError(f"{where}: Config must be a frozen dataclass")
+    undocumented = undocumented_options(config)
+    if undocumented:
+        raise TypeError(f"{where}: options {undocumented} have no source; declare them with "
+                        "frozen_clip.contract.option(default, source)")
+    info = cls.__dict__.get("info")
+    if not isinstance(info, MethodInfo):
+        raise TypeError(f"{where}: needs its own `info = MethodInfo(...)` (frozen_clip/contract.py)")
+    if info.name != name:
+        raise TypeError(f"{where}: info.name is {info.name!r}, registered as {name!r}")
+    if info.capabilities.feature_training and getattr(cls, "feature_training_step", None) is None:
+        raise TypeError(f"{where}: declares trains_on='features' but has no feature_training_step")
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,15 @@ class Registry:
         """All registered names, sorted."""
         return sorted(self._targets)
 
+    def in_order(self) -> list[str]:
+        """All registered names in the order of registration."""
+        return list(self._targets)
+
+    def target(self, name: str) -> str:
+        """The ``"package.module:Attribute"`` of ``name`` (nothing imported)."""
+        self.check(name)
+        return self._targets[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._targets
 

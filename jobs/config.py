@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from frozen_clip.backbone import resolve_backbone
-from frozen_clip.configtools import build, check_value, suggest, to_dict
+from frozen_clip.configtools import build, check_value, suggest, to_dict, to_dict_values
+from frozen_clip.contract import defaults
 from frozen_clip.errors import ConfigError
 from frozen_clip.fastpaths import FastPaths, inexact_fast_settings
 from frozen_clip.optim import OptimConfig
@@ -78,15 +79,51 @@ def exact_method_fields(name: str) -> tuple[str, ...]:
     return tuple(getattr(METHODS.get(name).Config, "UNHASHED_FIELDS", ()))
 
 
+def _without_defaults(values: Mapping[str, Any], config_cls: type) -> dict[str, Any]:
+    """``values`` minus the entries equal to ``config_cls``'s defaults (compared in their JSON form)."""
+    reference = to_dict_values(defaults(config_cls))
+    return {k: v for k, v in values.items() if k not in reference or reference[k] != v}
+
+
+def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run id hashes (DESIGN.md, "Run ids"): the resolved config without the keys that cannot change a result
+    and without every option equal to its default, plus the method's recipe version.
+
+    Leaving defaults out is what lets a new option whose default reproduces the old behaviour keep every existing run
+    id; a changed default must bump the method's ``info.recipe_version`` (pinned by ``tests/test_method_registry.py``),
+    which changes the ids of all its runs, so a run made under the old default is never mistaken for a new one.
+    """
+    hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    method = hashed.get("method")
+    if isinstance(method, Mapping) and method.get("name") in METHODS:
+        cls = METHODS.get(method["name"])
+        exact = exact_method_fields(method["name"])
+        options = _without_defaults({k: v for k, v in method.items() if k not in exact and k != "name"}, cls.Config)
+        hashed["method"] = {"name": method["name"], "recipe_version": cls.info.recipe_version, **options}
+    top = _without_defaults({k: v for k, v in hashed.items() if k not in ("method", "optim")}, RunConfig)
+    hashed = {"method": hashed.get("method"), **top,
+              **({"optim": _without_defaults(hashed["optim"], OptimConfig)} if "optim" in hashed else {})}
+    inexact = inexact_fast_settings(config.get("fast") or {})
+    if inexact:  # a speed switch that changes results (fast.augment_views, fast.device_augment) is in the id when set
+        hashed["fast"] = inexact
+    return hashed
+
+
 def run_id_of(config: Mapping[str, Any]) -> str:
-    """16 hex chars of sha256 over the canonical JSON of the hashed keys."""
+    """16 hex chars of sha256 over the canonical JSON of :func:`canonical_config`."""
+    return hashlib.sha256(json.dumps(canonical_config(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def legacy_run_id(config: Mapping[str, Any]) -> str:
+    """The id the suite gave runs before defaults were left out of ids (every option hashed); read by
+    ``python -m jobs.migrate_ids`` to find run folders of that layout."""
     hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
     method = hashed.get("method")
     if isinstance(method, Mapping) and method.get("name") in METHODS:
         exact = exact_method_fields(method["name"])
         hashed["method"] = {k: v for k, v in method.items() if k not in exact}
     inexact = inexact_fast_settings(config.get("fast") or {})
-    if inexact:  # a speed switch that changes results (fast.augment_views, fast.device_augment) is in the id when set
+    if inexact:
         hashed["fast"] = inexact
     return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -105,9 +142,13 @@ def _split_method(raw: Mapping[str, Any], where: str) -> tuple[str, dict[str, An
 
 
 def method_class(name: str, where: str) -> type:
-    """The registered class of method ``name`` (ConfigError with a suggestion if unknown)."""
+    """The registered class of method ``name`` (ConfigError with a suggestion if unknown; TypeError naming what a
+    method file lacks when it does not fill in the contract)."""
+    from frozen_clip.method import check_method_class
     METHODS.check(name, where)
-    return METHODS.get(name)
+    cls = METHODS.get(name)
+    check_method_class(name, cls)
+    return cls
 
 
 def _check_dataset(key: str, where: str, field_name: str) -> None:
@@ -138,7 +179,7 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
     run = build(RunConfig, top, where)
     method_config = build(cls.Config, method_options, where, prefix="method.")
     optim_raw = _section(raw, "optim", "optimiser settings", where)
-    recipe = dict(cls.recipe(run.protocol, run.dataset, run.shots, method_config)) if hasattr(cls, "recipe") else {}
+    recipe = dict(cls.recipe(run.protocol, run.dataset, run.shots, method_config))
     optim = build(OptimConfig, {**recipe, **optim_raw}, where, prefix="optim.")
     fast = build(FastPaths, _section(raw, "fast", "speed switches", where), where, prefix="fast.")
     run = _resolve_targets(run, where)
@@ -147,17 +188,26 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
         source = resolve_backbone(run.backbone, run.pretrained)
     except ConfigError as err:
         raise ConfigError(f"{where}: backbone: {err}") from None
-    check = getattr(cls, "check_run", None)
-    if check is not None:
-        try:
-            check(run, method_config)
-        except ValueError as err:
-            raise ConfigError(f"{where}: impossible combination: {err}") from None
+    _check_capabilities(cls, run, where)
+    try:
+        cls.check_run(run, method_config)
+    except ValueError as err:
+        raise ConfigError(f"{where}: impossible combination: {err}") from None
     config = to_dict(run)
     config["backbone"], config["pretrained"] = source.name, source.pretrained
     config = {"method": {"name": method_name, **to_dict(method_config)}, **config, "optim": to_dict(optim),
               "fast": to_dict(fast)}
     return ResolvedRun(run, method_name, method_config, optim, config, run_id_of(config), fast)
+
+
+def _check_capabilities(cls: type, run: RunConfig, where: str) -> None:
+    """A protocol the method does not declare is an impossible combination (e.g. the linear probe, which cannot
+    score classes unseen in training, under base-to-novel)."""
+    capabilities = cls.info.capabilities
+    if run.protocol not in capabilities.protocols:
+        unseen = "" if capabilities.unseen_classes else " (it cannot score classes unseen in training)"
+        raise ConfigError(f"{where}: impossible combination: {cls.info.name} does not support protocol "
+                          f"{run.protocol!r}{unseen}; it supports {', '.join(capabilities.protocols)}")
 
 
 def _resolve_targets(run: RunConfig, where: str) -> RunConfig:
@@ -229,4 +279,4 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 
 
 __all__ = ["RunConfig", "ResolvedRun", "resolve", "run_id_of", "parse_overrides", "set_dotted", "merge",
-           "check_value", "suggest"]
+           "check_value", "suggest", "canonical_config", "legacy_run_id"]

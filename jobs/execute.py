@@ -34,6 +34,7 @@ import torch
 
 from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
+from frozen_clip.contract import card
 from frozen_clip.cache import BoundedMemo, FeatureCache, RowStore, cache_key
 from frozen_clip.device_augment import collate, loader_transform, to_device
 from frozen_clip.errors import DataError, SuiteError
@@ -245,6 +246,7 @@ class RunExecution:
                          "image_cache": None if self.images is None else {"hits": self.images.hits,
                                                                           "misses": self.images.misses}},
                 "method_report": method.report(),
+                "method_card": card(type(method)),
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
                 "env": environment(device, precision)}

@@ -1,23 +1,25 @@
-"""The catalogue of methods: name -> ``"module:Class"``, imported lazily (listing methods imports no torch code).
+"""The catalogue of methods: one line per method, name -> ``"module:Class"``, imported lazily (listing methods or
+reading this file imports no torch code).
 
-Adding a method is one file plus one line here. Each class has a frozen ``Config`` dataclass whose defaults follow
-its official code (see the class docstring for sources and deviations).
+Adding a method is one file under ``adapters/`` or ``baselines/`` plus one ``METHODS.register`` line at the end of
+this file (``docs/adding_a_method.md``). The order of registration is the order of methods in every table. What a
+method declares about itself (options, recipe, capabilities, names, sources) lives in its own file
+(``frozen_clip/contract.py`` says what).
 """
 
 from __future__ import annotations
 
 from frozen_clip.registry import Registry
 
-METHODS = Registry("method", {
-    "zeroshot": "baselines.zeroshot:ZeroShotCLIP",
-    "linear_probe": "baselines.linear_probe:LinearProbe",
-    "coop": "baselines.coop:CoOp",
-    "clip_adapter": "baselines.clip_adapter:CLIPAdapter",
-    "cocoop": "baselines.cocoop:CoCoOp",
-    "tip_adapter": "baselines.tip_adapter:TipAdapter",
-    "clip_lora": "baselines.clip_lora:CLIPLoRA",
-    "maple": "baselines.maple:MaPLe",
-    "heba": "adapters.heba:HeBA",
-    "mma": "adapters.mma:MMA",
-    "rmadapter": "adapters.rmadapter:RMAdapter",
-})
+METHODS = Registry("method")
+METHODS.register("zeroshot", "baselines.zeroshot:ZeroShotCLIP")
+METHODS.register("linear_probe", "baselines.linear_probe:LinearProbe")
+METHODS.register("coop", "baselines.coop:CoOp")
+METHODS.register("cocoop", "baselines.cocoop:CoCoOp")
+METHODS.register("clip_adapter", "baselines.clip_adapter:CLIPAdapter")
+METHODS.register("tip_adapter", "baselines.tip_adapter:TipAdapter")
+METHODS.register("clip_lora", "baselines.clip_lora:CLIPLoRA")
+METHODS.register("maple", "baselines.maple:MaPLe")
+METHODS.register("mma", "adapters.mma:MMA")
+METHODS.register("heba", "adapters.heba:HeBA")
+METHODS.register("rmadapter", "adapters.rmadapter:RMAdapter")

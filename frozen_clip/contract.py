@@ -1,0 +1,183 @@
+"""The method contract's declarations: what a method says about itself, readable without torch.
+
+Every method class (``frozen_clip.method.Method`` subclass, one file under ``adapters/`` or ``baselines/``) sets
+
+* ``Config``: a frozen dataclass whose fields are declared with :func:`option`, so every option carries its
+  default, a display name, display names of its values and the source of its default;
+* ``info``: a :class:`MethodInfo` (display name, paper, official code, capabilities, factor groups, recipe version);
+* ``recipe(protocol, dataset, shots, config)``: the optimisation settings the official scripts use for that run.
+
+Nothing else in the suite keeps lists of methods, names or captions: the runner, the analysis and the benchmarks
+read them from here. A finished run stores :func:`card` of its method in the record, so the analysis can name
+methods and options without importing the method (and torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+SourceKind = Literal["official", "paper", "suite"]
+PROTOCOL_NAMES = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
+#: protocols that score classes the method never saw in training
+UNSEEN_CLASS_PROTOCOLS = ("base2novel", "cross_dataset", "domain_generalization")
+
+
+def option(default: Any, source: str, *, kind: SourceKind = "official", display: str | None = None,
+           values: Mapping[Any, str] | None = None, value_notes: Mapping[Any, str] | None = None) -> Any:
+    """A config field with its documentation: ``source`` says where the default comes from (an official
+    ``file:line``, a paper section, or for ``kind="suite"`` the reason the suite chose it); ``display`` names the
+    option in tables (default: the field name with spaces); ``values`` names option values (default: the value);
+    ``value_notes`` are sentences a table caption must carry when a value appears in it.
+    """
+    if not source:
+        raise ValueError("option(): every default needs its source")
+    meta = {"source": source, "kind": kind, "display": display, "values": dict(values or {}),
+            "value_notes": dict(value_notes or {})}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Paper:
+    """The publication a method comes from."""
+
+    title: str
+    venue: str
+    year: int
+    arxiv: str = ""  # arXiv id, e.g. "2109.01134"
+
+
+@dataclass(frozen=True)
+class Code:
+    """The official implementation the port reproduces."""
+
+    repository: str  # "owner/name" on GitHub
+    commit: str  # the commit the port follows
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the runner may ask of a method, declared instead of inferred.
+
+    ``trains_on``: ``"features"`` when the training step reads images only through the frozen image encoder, so it
+    can train on cached features of each augmented view (the method implements ``feature_training_step``);
+    ``"images"`` when its image path has trainable parts or the step reads the images otherwise (CoCoOp's meta-net).
+    Training-free methods on frozen features (zero-shot, the linear probe) declare ``"features"``.
+    ``unseen_classes``: whether it can score classes absent from training (novel classes, other datasets).
+    ``protocols``: the protocols it supports (default: all four, minus the unseen-class ones when it cannot).
+    """
+
+    trains_on: Literal["features", "images"] = "images"
+    unseen_classes: bool = True
+    protocols: tuple[str, ...] = PROTOCOL_NAMES
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.protocols if p not in PROTOCOL_NAMES]
+        if unknown:
+            raise ValueError(f"Capabilities: unknown protocols {unknown}; known: {', '.join(PROTOCOL_NAMES)}")
+        if not self.unseen_classes and any(p in UNSEEN_CLASS_PROTOCOLS for p in self.protocols):
+            raise ValueError("Capabilities: a method that cannot score unseen classes supports only 'fewshot'")
+
+    @property
+    def feature_training(self) -> bool:
+        """Whether the training step can run on cached image features."""
+        return self.trains_on == "features"
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method's metadata: how tables name it, where it comes from, what it can do.
+
+    ``factors`` names groups of options a paper ablates together (HeBA's ``heterogeneity`` = visual x text adapter
+    kinds). ``recipe_version`` is part of every run id of the method: bump it when a default changes, so that runs
+    made under the old default are never mistaken for runs of the new one (DESIGN.md, "Run ids").
+    ``paper_names`` names the method in the papers' reported numbers (``analysis/reference_results.csv``), each name
+    with the options that identify that variant (Tip-Adapter-F = ``tip_adapter`` with ``finetune: true``); a name
+    whose options are not empty is also how tables name that variant. Empty: the display name, no options.
+    """
+
+    name: str  # registry name, e.g. "heba"
+    display: str  # e.g. "HeBA"
+    paper: Paper | None
+    code: Code | None
+    capabilities: Capabilities = Capabilities()
+    factors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    recipe_version: int = 1
+    paper_names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    caption_note: str = ""  # a sentence every table holding this method's runs must carry
+
+    def names_in_papers(self) -> dict[str, dict[str, Any]]:
+        """``paper_names``, or the display name with no options."""
+        return {k: dict(v) for k, v in self.paper_names.items()} or {self.display: {}}
+
+
+def option_meta(config_cls: type, name: str) -> dict[str, Any]:
+    """The :func:`option` metadata of field ``name`` of ``config_cls`` ({} for a plain field)."""
+    for f in dataclasses.fields(config_cls):
+        if f.name == name:
+            return dict(f.metadata)
+    raise KeyError(f"{config_cls.__name__} has no option {name!r}")
+
+
+def option_display(config_cls: type, name: str) -> str:
+    """How tables name option ``name`` (``bottleneck_ratio`` -> ``bottleneck ratio``)."""
+    return option_meta(config_cls, name).get("display") or name.replace("_", " ")
+
+
+def value_display(config_cls: type, name: str, value: Any) -> str:
+    """How tables name ``value`` of option ``name`` (``kaiming_all`` -> ``Kaiming (all)`` where declared)."""
+    values = option_meta(config_cls, name).get("values") or {}
+    key = tuple(value) if isinstance(value, list) else value
+    if key in values:
+        return values[key]
+    return str(value)
+
+
+def defaults(config_cls: type) -> dict[str, Any]:
+    """Every option's default (``default_factory`` called)."""
+    out = {}
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def undocumented_options(config_cls: type) -> list[str]:
+    """Fields declared without a source (the registry-wide tests require none)."""
+    return [f.name for f in dataclasses.fields(config_cls) if not f.metadata.get("source")]
+
+
+def card(method_cls: type) -> dict[str, Any]:
+    """A JSON-ready description of a method, stored in every record: display names of the method, its options and
+    their values, its factor groups, paper and code, and the recipe version its runs were made under."""
+    info: MethodInfo = method_cls.info
+    config_cls = method_cls.Config
+    options = {}
+    exact = getattr(config_cls, "UNHASHED_FIELDS", ())
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        options[f.name] = {"display": option_display(config_cls, f.name), "exact": f.name in exact,
+                           "values": {_json_key(v): d for v, d in (meta.get("values") or {}).items()},
+                           "value_notes": {_json_key(v): d for v, d in (meta.get("value_notes") or {}).items()},
+                           "source": meta.get("source", ""), "kind": meta.get("kind", "")}
+    return {"name": info.name, "display": info.display, "recipe_version": info.recipe_version,
+            "paper_names": info.names_in_papers(), "caption_note": info.caption_note,
+            "capabilities": dataclasses.asdict(info.capabilities),
+            "paper": dataclasses.asdict(info.paper) if info.paper else None,
+            "code": dataclasses.asdict(info.code) if info.code else None,
+            "factors": {k: list(v) for k, v in info.factors.items()}, "options": options}
+
+
+def _json_key(value: Any) -> str:
+    """Option values as JSON object keys (``True`` -> ``"true"``, ``4`` -> ``"4"``, tuples as lists)."""
+    import json
+    if isinstance(value, str):
+        return value
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+__all__ = ["option", "Paper", "Code", "Capabilities", "MethodInfo", "option_meta", "option_display",
+           "value_display", "defaults", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]
