@@ -58,7 +58,7 @@ from baselines.templates import IMAGENET_TEMPLATES_SELECT
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, StepOutput, normalize
-from frozen_clip.trainer import derive_seed
+from frozen_clip.seeding import derive_seed
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from frozen_clip.seeding import drawn_under, image_view_seed, view_seed
+
 
 @dataclass(frozen=True)
 class FastPaths:
@@ -105,31 +107,9 @@ def inexact_fast_settings(fast: dict[str, Any]) -> dict[str, Any]:
     return {k: fast[k] for k, default in inexact_fast_defaults().items() if k in fast and fast[k] != default}
 
 
-def view_seed(key: str, view: int, index: int) -> int:
-    """The seed of augmented view ``view`` of item ``index`` of the split identified by ``key``."""
-    from frozen_clip.trainer import derive_seed
-    return derive_seed("view", key, view, index)
-
-
 def image_key(dataset: str, path: str) -> str:
     """What identifies an image across splits (``fast.shared_views``): its dataset and its path in the dataset."""
     return f"{dataset}:{path}"
-
-
-def image_view_seed(image: str, view: int) -> int:
-    """The seed of augmented view ``view`` of the image :func:`image_key` ``image`` (``fast.shared_views``)."""
-    from frozen_clip.trainer import derive_seed
-    return derive_seed("view-of-image", image, view)
-
-
-def drawn_under(seed: int, draw: Callable[[], Any]) -> Any:
-    """``draw()`` with the torch CPU generator seeded to ``seed``, inside a forked RNG (the caller's stream is left as
-    it was)."""
-    with torch.random.fork_rng(devices=[]):
-        # the CPU generator only (what the forked state covers): ``torch.manual_seed`` would also queue a lazy seeding
-        # of every accelerator backend, recording a stack trace each time (~60 us per item on CPU)
-        torch.default_generator.manual_seed(seed)
-        return draw()
 
 
 class SeededViews(Dataset):

@@ -24,9 +24,7 @@ record's MFU; ``compile`` wraps the step in ``torch.compile``.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 import resource
 import sys
 import time
@@ -35,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
@@ -44,32 +41,13 @@ from frozen_clip.device_augment import collate, to_device
 from frozen_clip.fastpaths import FastPaths, FeatureRows, FeatureViews, supports_feature_training
 from frozen_clip.method import Method
 from frozen_clip.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from frozen_clip.seeding import derive_seed, seed_everything
 
 CHECKPOINT_NAME = "last.pt"
 #: a checkpoint is written after an epoch once the time since the last one is this many times the last write's cost
 #: (and always after the first and the last epoch): at most ~5 % of a fit goes to checkpoints, so millisecond epochs
 #: (head-only methods on cached features) are not dominated by writes, and epochs longer than 20 writes are all saved
 CHECKPOINT_SPACING = 20.0
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes, unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices), as Dassl's ``set_random_seed``.
-
-    Without an accelerator only the CPU generator is seeded, which is all ``torch.manual_seed`` seeds there too: it
-    would also queue a lazy seeding of every accelerator backend, recording a stack trace each time (~0.6 ms a call,
-    paid every epoch, as much as a whole epoch of a head-only method on cached features).
-    """
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    if torch.accelerator.is_available():
-        torch.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
 
 
 def peak_memory_mb(device: torch.device) -> float:

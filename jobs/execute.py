@@ -42,7 +42,8 @@ from frozen_clip.fastpaths import (FastPaths, FeatureViews, SeededViews, ViewsOf
 from frozen_clip.flops import mfu, peak_flops
 from frozen_clip.imagecache import ImageCache, eval_dataset, items_hash, train_dataset
 from frozen_clip.method import FitData, Method, MethodContext
-from frozen_clip.trainer import FitResult, Trainer, derive_seed, peak_memory_mb, seed_everything
+from frozen_clip.seeding import derive_seed, seed_everything
+from frozen_clip.trainer import FitResult, Trainer, peak_memory_mb
 from frozen_clip.transforms import TransformSpec, test_spec, train_spec
 from jobs.config import ResolvedRun, method_class
 from protocols import metrics
@@ -80,7 +81,7 @@ def read_record(folder: Path) -> dict[str, Any] | None:
 def resolve_data_root(data_root: str) -> Path:
     """``builtin`` -> the generated world (created on first use); otherwise the expanded path, which must exist."""
     if data_root == "builtin":
-        from protocols.world import ensure_world
+        from world.generate import ensure_world
         return ensure_world()
     root = Path(os.path.expandvars(os.path.expanduser(data_root)))
     if not root.is_dir():

@@ -21,7 +21,8 @@ from bench.steps import build_method, class_names
 from frozen_clip import flops
 from frozen_clip.backbone import length_buckets
 from frozen_clip.errors import ConfigError
-from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training, view_seed
+from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training
+from frozen_clip.seeding import view_seed
 from frozen_clip.imagecache import ImageCache, eval_dataset, train_dataset
 from frozen_clip.method import MethodContext
 from frozen_clip.shared_prefix import common_prefix_length
