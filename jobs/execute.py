@@ -10,6 +10,10 @@ Order of work (the method never sees test data before fit ends):
    rebuilds its class-dependent state with ``set_classnames``);
 5. write ``record.json`` atomically: ``status: done``, or ``status: failed`` with the reason and traceback.
 
+This module orchestrates; the steps live elsewhere: data roots and manifests in :mod:`jobs.data`, the device and
+environment in :mod:`jobs.environment`, feature access and caching in :mod:`frozen_clip.features`, the gradient loop
+in :mod:`frozen_clip.trainer`, evaluation and the headline numbers in :mod:`jobs.evaluation`.
+
 Fast paths (the run's ``fast`` section, :mod:`frozen_clip.fastpaths`; all exact): training images are augmented per
 item under a seed of (manifest, view, item), so a head-only method trains on cached features of each epoch's view
 (``feature_training``); evaluation features are keyed by the evaluated items rather than by the manifest, so runs
