@@ -59,7 +59,7 @@ from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
 from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, StepOutput, normalize
-from frozen_clip.trainer import derive_seed
+from frozen_clip.seeding import derive_seed
 
 
 @dataclass(frozen=True)

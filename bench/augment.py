@@ -29,9 +29,9 @@ from frozen_clip.backbone import CLIP_MEAN, CLIP_STD
 from frozen_clip.device_augment import collate, loader_transform, to_device
 from frozen_clip.fastpaths import SeededViews
 from frozen_clip.imagecache import CachedImageDataset
+from frozen_clip.images import open_image
 from frozen_clip.transforms import train_spec
 from protocols.datasets import Item
-from protocols.imagefolder import open_image
 
 MEAN, STD = CLIP_MEAN, CLIP_STD
 BATCH = 32

@@ -202,7 +202,7 @@ def _verified_ledger(data: Path, ledger: Path) -> Path:
 def _copy_ledger(ledger: Path, results: Path) -> None:
     """Both paths start with every image verified, so neither pays the suite's preflight decode (the official code
     has none; a grid's runs after the first pay only a ``stat`` per image)."""
-    from jobs.execute import LEDGER_NAME
+    from jobs.data import LEDGER_NAME
     target = results / "cache" / LEDGER_NAME
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ Official Dassl loaders draw crops from a process-global stream instead; the dist
 **Views shared across splits** (``fast.shared_views``, not exact). The seed of view ``v`` of an item is
 :func:`image_view_seed` of (:func:`image_key` of its image, ``v``) instead: a view is a function of the image, the
 same in every split that holds it, so one feature pass serves every run of a grid (shots, seeds, methods,
-hyper-parameters) and a run encodes only the images no earlier run encoded (:class:`frozen_clip.cache.RowStore`,
+hyper-parameters) and a run encodes only the images no earlier run encoded (:class:`frozen_clip.features.RowStore`,
 filled from :class:`ViewsOfImages`). Each run still sees a random crop distribution independent of its labels; what
 changes is that runs which share an image share its crops: seed replicates of a small pool are more alike than
 under the official code (which draws every run's crops afresh), and comparisons across shots, methods or
@@ -45,6 +45,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from frozen_clip.device_augment import loader_transform
+from frozen_clip.imagecache import eval_dataset, train_dataset
+from frozen_clip.images import open_image
+from frozen_clip.seeding import drawn_under, image_view_seed, view_seed
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class FastPaths:
     device_augment: bool = False
     # NOT exact, off by default (hashed when set): augmented view v of an image is drawn under a seed of (dataset,
     # image, v) instead of (split, v, item), so it is the same view in every run whose split holds that image, and
-    # frozen features of training images (views and plain) are stored per image (frozen_clip.cache.RowStore): runs on
+    # frozen features of training images (views and plain) are stored per image (frozen_clip.features.RowStore): runs on
     # other shots, seeds or methods encode only the images no earlier run encoded. The price: runs that share an
     # image share its crops (seed replicates too), where the official code draws independent ones per run.
     shared_views: bool = False
@@ -79,6 +84,16 @@ class FastPaths:
         if self.augment_views is not None and self.augment_views < 1:
             raise ValueError(f"augment_views must be null or >= 1, got {self.augment_views}")
 
+    # -- the questions the runner asks (each answer combines the switches in one place) ---------------------------
+    def feature_training_for(self, method: Any) -> bool:
+        """Whether ``method`` trains on cached features of its training views instead of encoding the images:
+        ``feature_training`` is on and the method's step reads the images only through the frozen encoder."""
+        return self.feature_training and supports_feature_training(method)
+
+    def compiles_step_on(self, device: Any) -> bool:
+        """Whether the training step is wrapped in ``torch.compile`` on ``device`` (CUDA only)."""
+        return self.compile and device.type == "cuda"
+
     def view_of_epoch(self, epoch: int) -> int:
         """The augmented view trained on in ``epoch`` (1-based)."""
         return self.cycled_view(epoch - 1)
@@ -86,6 +101,35 @@ class FastPaths:
     def cycled_view(self, view: int) -> int:
         """The augmented view actually drawn when view ``view`` is asked for (cycled over ``augment_views``)."""
         return view if self.augment_views is None else view % self.augment_views
+
+    def bounded_views(self) -> list[int]:
+        """Every view a run may draw when ``augment_views`` bounds them (``[0, V)``); empty when unbounded."""
+        return list(range(self.augment_views or 0))
+
+    def rows_per_image(self, split: str) -> bool:
+        """Whether plain (test-transform) features of ``split`` are stored per image and shared by every split that
+        holds the image (``shared_views``; training splits only, evaluation splits are keyed by their items)."""
+        return self.shared_views and split in ("train", "val")
+
+    def encodes_views_together(self) -> bool:
+        """Whether the training views a fit announces are encoded in one pass before it (per-image views, bounded
+        by ``augment_views``)."""
+        return self.shared_views and bool(self.augment_views)
+
+    def train_loader_transform(self, spec: Any) -> Callable[[Any], Any]:
+        """The loader's part of the training transform ``spec`` (the rest runs on the device: ``device_normalize``,
+        ``device_augment``; :func:`frozen_clip.device_augment.loader_transform`)."""
+        return loader_transform(spec, self.device_normalize, self.device_augment)
+
+    def train_images(self, cache: Any, dataset: str, items: Sequence[Any], image_root: Path, spec: Any) -> Dataset:
+        """Training images of ``items`` under ``spec`` as the loader reads them (through the decoded-image ``cache``
+        if given; :func:`frozen_clip.imagecache.train_dataset`)."""
+        return train_dataset(cache, dataset, items, image_root, spec, self.device_normalize, self.device_augment)
+
+    def eval_images(self, cache: Any, dataset: str, items: Sequence[Any], image_root: Path, spec: Any) -> Dataset:
+        """Evaluation images of ``items`` under the test transform ``spec`` as the loader reads them (through the
+        resized-image ``cache`` if given; :func:`frozen_clip.imagecache.eval_dataset`)."""
+        return eval_dataset(cache, dataset, items, image_root, spec, self.device_normalize)
 
 
 #: switches that change results; :func:`inexact_fast_settings` puts them into the run id when set
@@ -105,31 +149,14 @@ def inexact_fast_settings(fast: dict[str, Any]) -> dict[str, Any]:
     return {k: fast[k] for k, default in inexact_fast_defaults().items() if k in fast and fast[k] != default}
 
 
-def view_seed(key: str, view: int, index: int) -> int:
-    """The seed of augmented view ``view`` of item ``index`` of the split identified by ``key``."""
-    from frozen_clip.trainer import derive_seed
-    return derive_seed("view", key, view, index)
-
-
 def image_key(dataset: str, path: str) -> str:
     """What identifies an image across splits (``fast.shared_views``): its dataset and its path in the dataset."""
     return f"{dataset}:{path}"
 
 
-def image_view_seed(image: str, view: int) -> int:
-    """The seed of augmented view ``view`` of the image :func:`image_key` ``image`` (``fast.shared_views``)."""
-    from frozen_clip.trainer import derive_seed
-    return derive_seed("view-of-image", image, view)
-
-
-def drawn_under(seed: int, draw: Callable[[], Any]) -> Any:
-    """``draw()`` with the torch CPU generator seeded to ``seed``, inside a forked RNG (the caller's stream is left as
-    it was)."""
-    with torch.random.fork_rng(devices=[]):
-        # the CPU generator only (what the forked state covers): ``torch.manual_seed`` would also queue a lazy seeding
-        # of every accelerator backend, recording a stack trace each time (~60 us per item on CPU)
-        torch.default_generator.manual_seed(seed)
-        return draw()
+def image_keys(dataset: str, items: Sequence[Any]) -> list[str]:
+    """The :func:`image_key` of each item (anything with a ``path``; ``fast.shared_views``)."""
+    return [image_key(dataset, item.path) for item in items]
 
 
 class SeededViews(Dataset):
@@ -199,7 +226,6 @@ class ViewsOfImages(Dataset):
 
     def _image(self, item: int) -> Any:
         if self._decoded is None or self._decoded[0] != item:
-            from protocols.imagefolder import open_image
             image = open_image(self.image_root / self.items[item].path)
             if getattr(self.transform, "takes_arrays", False):  # device_augment's crop reads the array (no copy)
                 image = np.asarray(image)
@@ -233,9 +259,9 @@ class FeatureViews:
     """Where a head-only method's training features come from: ``view(v) -> (features [N, E], labels [N])``.
 
     ``view(v)`` must return the image features of exactly the images :class:`SeededViews` yields for view ``v``
-    (the runner's :meth:`jobs.execute.FeatureAccess.augmented_features` with the training transform).
+    (the runner's :meth:`frozen_clip.features.FeatureAccess.augmented_features` with the training transform).
     ``prefetch(views)``, if given, is told once before training which views the fit will read, so that they can be
-    encoded together (:meth:`jobs.execute.FeatureAccess.prefetch_views`).
+    encoded together (:meth:`frozen_clip.features.FeatureAccess.prefetch_views`).
     """
 
     view: Callable[[int], tuple[torch.Tensor, torch.Tensor]]

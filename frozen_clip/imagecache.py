@@ -3,7 +3,7 @@
 Two kinds of entry, both keyed by (dataset, the split's items, kind) and shared by every run and method:
 
 * ``decoded``: every image of a split at full resolution, RGB uint8, exactly as
-  :func:`~protocols.imagefolder.open_image` returns it. Any transform applied to ``Image.fromarray`` of an entry
+  :func:`~frozen_clip.images.open_image` returns it. Any transform applied to ``Image.fromarray`` of an entry
   gives the same tensor as applied to the file (training augmentation included), so the cache is exact for every
   transform. Used for training splits, which are read once per epoch. Splits larger than ``max_decoded_mb`` are not
   cached (full-resolution ImageNet would not fit); building such an entry stops as soon as the limit is passed.
@@ -33,14 +33,13 @@ from torchvision import transforms as T
 
 from frozen_clip import atomic
 from frozen_clip.device_augment import ToPixels, loader_transform
+from frozen_clip.images import ImageItem, ImageListDataset, open_image
 from frozen_clip.transforms import TransformSpec
-from protocols.datasets import Item
-from protocols.imagefolder import ImageListDataset, open_image
 
 DEFAULT_MAX_DECODED_MB = 4096.0  # full-resolution entries above this size are not written (decode per epoch)
 
 
-def items_hash(items: Sequence[Item]) -> str:
+def items_hash(items: Sequence[ImageItem]) -> str:
     """16 hex chars of sha256 over the items' relative paths and labels, in order."""
     payload = json.dumps([[item.path, item.label] for item in items], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -93,7 +92,7 @@ class ImageCache:
         return load(path)
 
     # -- full resolution ----------------------------------------------------------------------------------------------
-    def decoded(self, dataset: str, items: Sequence[Item], image_root: Path) -> list[np.ndarray] | None:
+    def decoded(self, dataset: str, items: Sequence[ImageItem], image_root: Path) -> list[np.ndarray] | None:
         """Full-resolution RGB uint8 arrays ``[H, W, 3]`` of ``items``; None if the split is over the size limit."""
         parts = {"kind": "decoded", "dataset": dataset, "items": items_hash(items), "n": len(items)}
         key = self._key(parts)
@@ -120,7 +119,7 @@ class ImageCache:
         return arrays
 
     # -- evaluation crops -----------------------------------------------------------------------------------------
-    def resized(self, dataset: str, items: Sequence[Item], image_root: Path, spec: TransformSpec) -> np.ndarray:
+    def resized(self, dataset: str, items: Sequence[ImageItem], image_root: Path, spec: TransformSpec) -> np.ndarray:
         """``[N, size, size, 3]`` uint8 crops of ``items`` after :func:`eval_head` (memory-mapped)."""
         parts = {"kind": "resized", "dataset": dataset, "items": items_hash(items), "n": len(items),
                  "transform": spec.signature()}
@@ -146,7 +145,7 @@ class CachedImageDataset(ImageListDataset):
     ``resized`` entries and ``CropAndFlip``: no PIL copy of the image).
     """
 
-    def __init__(self, items: Sequence[Item], image_root: str | Path, transform: Callable[[Image.Image], Any],
+    def __init__(self, items: Sequence[ImageItem], image_root: str | Path, transform: Callable[[Image.Image], Any],
                  arrays: Sequence[np.ndarray] | np.ndarray) -> None:
         super().__init__(items, image_root, transform)
         if len(arrays) != len(self.items):
@@ -159,7 +158,7 @@ class CachedImageDataset(ImageListDataset):
         return self.transform(image), self.items[index].label, index
 
 
-def train_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item], image_root: Path,
+def train_dataset(cache: ImageCache | None, dataset: str, items: Sequence[ImageItem], image_root: Path,
                   spec: TransformSpec, device_normalize: bool = False, device_augment: bool = False
                   ) -> ImageListDataset:
     """The training images of ``items`` under ``spec``: from the ``decoded`` cache when possible. With
@@ -172,7 +171,7 @@ def train_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item],
     return CachedImageDataset(items, image_root, transform, arrays)
 
 
-def eval_dataset(cache: ImageCache | None, dataset: str, items: Sequence[Item], image_root: Path,
+def eval_dataset(cache: ImageCache | None, dataset: str, items: Sequence[ImageItem], image_root: Path,
                  spec: TransformSpec, device_normalize: bool = False) -> ImageListDataset:
     """The evaluation images of ``items`` under ``spec`` (a test transform): from the ``resized`` cache if given.
     With ``device_normalize`` the batch is converted and normalised on the device (exact)."""

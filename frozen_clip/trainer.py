@@ -11,11 +11,12 @@ once per process.
 Evaluation happens once, after fit, on the last-epoch model (CoOp protocol); the trainer never sees test data
 before ``fit`` returns.
 
-Fast paths (:mod:`frozen_clip.fastpaths`): a training set wrapped in :class:`~frozen_clip.fastpaths.SeededViews`
-yields augmented view ``epoch - 1`` in each epoch (``fast.augment_views``: cycled over that many views); given
-:class:`~frozen_clip.fastpaths.FeatureViews`, a method whose step needs the images only through the frozen encoder
-trains on the cached features of that same view, in the same batch order, instead of encoding the images (exact:
-pinned by a test against the image path). Batches are finished on the device (:mod:`frozen_clip.device_augment`):
+Batch sources (:class:`BatchSource`, chosen once when ``fit`` starts): the training images
+(:class:`ImageBatches`; a set wrapped in :class:`~frozen_clip.fastpaths.SeededViews` yields augmented view
+``epoch - 1`` in each epoch, cycled over ``fast.augment_views`` views when set), or, given
+:class:`~frozen_clip.fastpaths.FeatureViews` for a method whose step needs the images only through the frozen encoder
+(``fast.feature_training_for``), the cached features of that same view, in the same batch order
+(:class:`FeatureBatches`; exact: pinned by a test against the image path). Batches are finished on the device (:mod:`frozen_clip.device_augment`):
 with ``fast.device_normalize`` the loader yields uint8 images and the batch is converted and normalised there; with
 ``fast.device_augment`` the loader yields the views' uint8 crops at their own size, resized there too.
 On CUDA the first step's FLOPs are counted (open_clip's profiler convention, :mod:`frozen_clip.flops`) for the
@@ -24,9 +25,7 @@ record's MFU; ``compile`` wraps the step in ``torch.compile``.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 import resource
 import sys
 import time
@@ -35,41 +34,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from frozen_clip import atomic
 from frozen_clip.device_augment import collate, to_device
-from frozen_clip.fastpaths import FastPaths, FeatureRows, FeatureViews, supports_feature_training
+from frozen_clip.fastpaths import FastPaths, FeatureRows, FeatureViews
 from frozen_clip.method import Method
 from frozen_clip.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from frozen_clip.seeding import derive_seed, seed_everything
 
 CHECKPOINT_NAME = "last.pt"
 #: a checkpoint is written after an epoch once the time since the last one is this many times the last write's cost
 #: (and always after the first and the last epoch): at most ~5 % of a fit goes to checkpoints, so millisecond epochs
 #: (head-only methods on cached features) are not dominated by writes, and epochs longer than 20 writes are all saved
 CHECKPOINT_SPACING = 20.0
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes, unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices), as Dassl's ``set_random_seed``.
-
-    Without an accelerator only the CPU generator is seeded, which is all ``torch.manual_seed`` seeds there too: it
-    would also queue a lazy seeding of every accelerator backend, recording a stack trace each time (~0.6 ms a call,
-    paid every epoch, as much as a whole epoch of a head-only method on cached features).
-    """
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    if torch.accelerator.is_available():
-        torch.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -99,6 +78,61 @@ class FitResult:
     flops_per_image: float | None = None  # model FLOPs of the first step / its batch (CUDA only, see flops.py)
 
 
+class BatchSource:
+    """Where a fit's batches come from, chosen once before the loop (:meth:`Trainer.fit`): the epoch's data set and
+    the step that consumes its batches."""
+
+    #: the step reads cached features, not images (``FitResult.trained_on_features``)
+    on_features: bool = False
+
+    def prefetch(self, views: list[int]) -> None:
+        """Told once before the loop which augmented views the remaining epochs read."""
+
+    def epoch_data(self, view: int) -> Dataset:
+        """The data of an epoch that trains on augmented view ``view``."""
+        raise NotImplementedError
+
+    def step(self, method: Method, compiled: Callable | None) -> Callable:
+        """The training step for this source's batches (``compiled``: the compiled image step, if any)."""
+        raise NotImplementedError
+
+
+class ImageBatches(BatchSource):
+    """The training images: a set with per-item seeded views (:class:`~frozen_clip.fastpaths.SeededViews`) is set to
+    the epoch's view; any other set yields the same images every epoch. The method's ``training_step`` runs on them."""
+
+    def __init__(self, train_set: Dataset) -> None:
+        self.train_set = train_set
+
+    def epoch_data(self, view: int) -> Dataset:
+        if hasattr(self.train_set, "set_view"):
+            self.train_set.set_view(view)
+        return self.train_set
+
+    def step(self, method: Method, compiled: Callable | None) -> Callable:
+        return compiled or method.training_step
+
+
+class FeatureBatches(BatchSource):
+    """Cached features of the epoch's augmented view (:class:`~frozen_clip.fastpaths.FeatureViews`), read in the
+    batch order of the image path; the method's ``feature_training_step`` runs on them."""
+
+    on_features = True
+
+    def __init__(self, views: FeatureViews) -> None:
+        self.views = views
+
+    def prefetch(self, views: list[int]) -> None:
+        if self.views.prefetch is not None:
+            self.views.prefetch(views)
+
+    def epoch_data(self, view: int) -> Dataset:
+        return FeatureRows(*self.views.view(view))
+
+    def step(self, method: Method, compiled: Callable | None) -> Callable:
+        return method.feature_training_step
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the run fails (a record of chance-level metrics would pass for a result)."""
 
@@ -120,11 +154,11 @@ class Trainer:
         self.log = log
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.fast = fast or FastPaths()
-        self._feature_views: FeatureViews | None = None
+        self._source: BatchSource | None = None  # chosen by fit
         self._count_next_step = False
         # FLOPs of the first step for the record's MFU: by default on CUDA only (no peak to compare with on CPU)
         self.count_flops = device.type == "cuda" if count_flops is None else count_flops
-        self._step_fn = self._compiled_step() if self.fast.compile and device.type == "cuda" else None
+        self._step_fn = self._compiled_step() if self.fast.compiles_step_on(device) else None
 
     # -- fit ----------------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
@@ -169,20 +203,17 @@ class Trainer:
             return result
         params = self.method.trainable_parameters()
         epochs = self.n_epochs(len(train_set))
-        use_features = (feature_views is not None and self.fast.feature_training
-                        and supports_feature_training(self.method))
-        self._feature_views = feature_views if use_features else None
-        result.trained_on_features = use_features
+        self._source = self.batch_source(train_set, feature_views)
+        result.trained_on_features = self._source.on_features
         self._count_next_step = self.count_flops and self._step_fn is None
         optimizer = build_optimizer(self.optim, params.values())
         scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "amp_fp16")
         start_epoch, iteration = self._resume(optimizer, scaler, result)
-        if use_features and feature_views is not None and feature_views.prefetch is not None:
-            feature_views.prefetch(sorted({self.fast.view_of_epoch(e) for e in range(start_epoch + 1, epochs + 1)}))
+        self._source.prefetch(sorted({self.fast.view_of_epoch(e) for e in range(start_epoch + 1, epochs + 1)}))
         total = self.total_iterations(len(train_set))
         saved_at, save_cost = time.perf_counter(), None
         for epoch in range(start_epoch + 1, epochs + 1):
-            iteration = self._epoch(train_set, epoch, iteration, total, optimizer, scaler, result)
+            iteration = self._epoch(epoch, iteration, total, optimizer, scaler, result)
             last = epoch == epochs or (self.optim.iterations is not None and iteration >= self.optim.iterations)
             if last or save_cost is None or time.perf_counter() - saved_at >= CHECKPOINT_SPACING * save_cost:
                 start = time.perf_counter()
@@ -193,7 +224,7 @@ class Trainer:
                 break
         return result
 
-    def _epoch(self, train_set: Dataset, epoch: int, iteration: int, total: int, optimizer: torch.optim.Optimizer,
+    def _epoch(self, epoch: int, iteration: int, total: int, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, result: FitResult) -> int:
         seed_everything(derive_seed("epoch", self.seed, epoch))
         self.method.train()
@@ -201,7 +232,7 @@ class Trainer:
         sums: dict[str, float] = {}
         n_batches = 0
         lr = lr_at(self.optim, epoch, iteration, total)
-        for images, labels, _index in self._batches(self._epoch_data(train_set, epoch), epoch):
+        for images, labels, _index in self._batches(self._source.epoch_data(self.fast.view_of_epoch(epoch)), epoch):
             if self.optim.iterations is not None and iteration >= self.optim.iterations:
                 break
             lr = lr_at(self.optim, epoch, iteration, total)
@@ -227,15 +258,12 @@ class Trainer:
         self.log(f"epoch {epoch}: loss {entry['loss']:.4f} lr {lr:.3g} ({elapsed:.1f}s)")
         return iteration
 
-    def _epoch_data(self, train_set: Dataset, epoch: int) -> Dataset:
-        """The epoch's data: cached features of its augmented view (fast path) or the images of that view
-        (view ``epoch - 1``, or cycled over ``fast.augment_views``)."""
-        view = self.fast.view_of_epoch(epoch)
-        if self._feature_views is not None:
-            return FeatureRows(*self._feature_views.view(view))
-        if hasattr(train_set, "set_view"):
-            train_set.set_view(view)
-        return train_set
+    def batch_source(self, train_set: Dataset, feature_views: FeatureViews | None = None) -> BatchSource:
+        """Cached features of the training views when given and the method trains on features alone
+        (``fast.feature_training_for``), else the images of ``train_set``."""
+        if feature_views is not None and self.fast.feature_training_for(self.method):
+            return FeatureBatches(feature_views)
+        return ImageBatches(train_set)
 
     def _batches(self, train_set: Dataset, epoch: int) -> Iterator:
         loader = self._loader(train_set, epoch)
@@ -262,10 +290,7 @@ class Trainer:
     def _step(self, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler):
         with autocast_context(self.device, self.precision):
-            if self._feature_views is not None:
-                out = self.method.feature_training_step(inputs, labels)
-            else:
-                out = (self._step_fn or self.method.training_step)(inputs, labels)
+            out = self._source.step(self.method, self._step_fn)(inputs, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(out.loss).backward()
         if self.optim.grad_clip is not None:

@@ -75,7 +75,7 @@ def print_status(grid: Grid) -> int:
 
 def preflight(specs: list[RunSpec]) -> None:
     """Check the data of every run (split files, images) before anything runs; raises :class:`SuiteError`."""
-    from jobs.execute import Manifests, resolve_data_root
+    from jobs.data import Manifests, resolve_data_root
     checked: set[tuple[str, ...]] = set()
     for spec in specs:
         run = spec.resolved.run

@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # the suite's importable packages ([tool.setuptools] packages in pyproject.toml): what a job needs to run
-SNAPSHOT_PACKAGES = ("frozen_clip", "adapters", "baselines", "protocols", "jobs", "analysis")
+SNAPSHOT_PACKAGES = ("frozen_clip", "adapters", "baselines", "protocols", "world", "jobs", "analysis")
 REQUEUES_NAME = "requeues.json"
 SNAPSHOT_INFO = "SNAPSHOT.json"
 

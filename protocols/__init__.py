@@ -1,6 +1,6 @@
 """Datasets in the CoOp on-disk layout, few-shot sampling, class subsampling, split manifests, protocols, metrics.
 
-Importing the package is light (no torch): :mod:`protocols.imagefolder` (the torch dataset and image checks) and
+Importing the package is light (no torch): :mod:`protocols.imagefolder` (image checks) and
 :mod:`protocols.verify_data` (``python -m protocols.verify_data DATA_ROOT``) are imported on their own.
 """
 

@@ -5,7 +5,7 @@ classes read them (``docs: shared/specs/protocol.md`` §1). :func:`load_splits` 
 layout **unchanged**: it never writes into the data root (Dassl writes ``split_fewshot/*.pkl`` and ImageNet's
 ``preprocessed.pkl`` there) and it never opens an image (see :mod:`protocols.imagefolder` for that).
 
-Keys starting with ``world_`` (the built-in procedural demo data) are provided lazily by ``protocols.world``
+Keys starting with ``world_`` (the built-in procedural demo data) are provided lazily by ``world.generate`` (the built-in world package)
 through its ``WORLD_SPECS`` mapping, when that module exists.
 """
 
@@ -26,7 +26,7 @@ LAYOUTS = ("json", "fgvc_txt", "imagenet", "imagenet_variant")
 FOLDER_LABELS = ("sorted", "numeric")
 CLASSNAMES_FILE = "classnames.txt"
 WORLD_PREFIX = "world_"
-WORLD_MODULE = "protocols.world"
+WORLD_MODULE = "world.generate"
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 
 
 def _world_specs() -> Mapping[str, DatasetSpec]:
-    """``protocols.world.WORLD_SPECS`` if that module exists, else an empty mapping."""
+    """``world.generate.WORLD_SPECS`` if that module exists, else an empty mapping."""
     try:
         module = importlib.import_module(WORLD_MODULE)
     except ModuleNotFoundError as err:

@@ -1,7 +1,7 @@
-"""Images of a split manifest as a torch dataset, and image checks that run before any compute is spent.
+"""Image checks that run before any compute is spent: every image a run will read exists and decodes.
 
-Decoding follows Dassl: PIL, converted to RGB (protocol.md §6). A missing or undecodable image raises
-:class:`DataError` naming the file, never a bare PIL traceback deep inside a DataLoader worker.
+Decoding is the runner's own (:mod:`frozen_clip.images`: PIL, converted to RGB, as Dassl; protocol.md §6), so an
+image that passes here is one the runner can read.
 """
 
 from __future__ import annotations
@@ -10,34 +10,10 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
-
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from typing import Iterable
 
 from frozen_clip import atomic
-from frozen_clip.errors import DataError
-from protocols.datasets import Item
-from protocols.splits import SplitManifest
-
-DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
-"""What PIL raises on corrupt, truncated or hostile files."""
-
-
-def _load_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """The image at ``path`` fully decoded as RGB; :class:`DataError` naming the file if missing or undecodable."""
-    try:
-        return _load_rgb(path)
-    except FileNotFoundError as err:
-        raise DataError(f"image {path} is missing") from err
-    except DECODE_ERRORS as err:
-        raise DataError(f"image {path} cannot be decoded ({type(err).__name__}: {err})") from err
+from frozen_clip.images import DECODE_ERRORS, load_rgb
 
 
 def image_problem(path: str | Path, decode: bool = True) -> str | None:
@@ -48,7 +24,7 @@ def image_problem(path: str | Path, decode: bool = True) -> str | None:
     if not decode:
         return None if os.path.isfile(path) else "missing"
     try:
-        _load_rgb(path)
+        load_rgb(path)
     except FileNotFoundError:
         return "missing"
     except DECODE_ERRORS as err:
@@ -105,40 +81,3 @@ def check_images_with_ledger(paths: Iterable[str | Path], ledger: Path, workers:
     if fresh:
         atomic.write_json(ledger, {**_read_ledger(ledger), **fresh})  # read again: another run may have added some
     return [(p, problems[p]) for p in paths if p in problems]
-
-
-class ImageListDataset(Dataset):
-    """Items (paths relative to ``image_root``) as ``(transform(image), label, index)``.
-
-    Args:
-        items: the items, e.g. ``manifest.train``.
-        image_root: the directory item paths are relative to.
-        transform: maps the RGB PIL image to a tensor (the train or test transform).
-    """
-
-    def __init__(self, items: Sequence[Item], image_root: str | Path,
-                 transform: Callable[[Image.Image], Any]) -> None:
-        self.items = tuple(items)
-        self.image_root = Path(image_root)
-        self.transform = transform
-
-    @classmethod
-    def from_manifest(cls, manifest: SplitManifest, split: str,
-                      transform: Callable[[Image.Image], Any]) -> "ImageListDataset":
-        """The ``split`` (``train``, ``val`` or ``test``) items of ``manifest``."""
-        return cls(manifest.items(split), manifest.image_root, transform)
-
-    @property
-    def labels(self) -> list[int]:
-        """The label of every item, in order."""
-        return [item.label for item in self.items]
-
-    def path(self, index: int) -> Path:
-        """Absolute path of item ``index``."""
-        return self.image_root / self.items[index].path
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        return self.transform(open_image(self.path(index))), self.items[index].label, index

@@ -21,14 +21,15 @@ from bench.steps import build_method, class_names
 from frozen_clip import flops
 from frozen_clip.backbone import length_buckets
 from frozen_clip.errors import ConfigError
-from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training, view_seed
+from frozen_clip.fastpaths import FastPaths, FeatureRows, SeededViews, supports_feature_training
 from frozen_clip.imagecache import ImageCache, eval_dataset, train_dataset
+from frozen_clip.images import ImageListDataset
 from frozen_clip.method import MethodContext
+from frozen_clip.seeding import view_seed
 from frozen_clip.shared_prefix import common_prefix_length
 from frozen_clip.taps import Taps
 from frozen_clip import transforms
 from jobs.config import method_class, resolve
-from protocols.imagefolder import ImageListDataset
 from protocols.splits import build_manifest
 from tests.conftest import base_run, execute_resolved
 
@@ -361,7 +362,8 @@ def test_feature_rows_loader_yields_the_collated_batches(tiny_clip, n_rows):
     those the per-row DataLoader with the same generator would collate."""
     from baselines.zeroshot import ZeroShotCLIP, ZeroShotConfig
     from frozen_clip.optim import OptimConfig
-    from frozen_clip.trainer import Trainer, derive_seed
+    from frozen_clip.seeding import derive_seed
+    from frozen_clip.trainer import Trainer
     from torch.utils.data import DataLoader, RandomSampler
     gen = torch.Generator().manual_seed(0)
     rows = FeatureRows(torch.randn(n_rows, 8, generator=gen), torch.randint(0, 5, (n_rows,), generator=gen))
@@ -394,10 +396,10 @@ def test_checkpoint_cadence_first_last_and_spaced_by_write_cost(tiny_clip, tmp_p
         saved: list[int] = []
         crash_at: int | None = None
 
-        def _epoch(self, train_set, epoch, *args):
+        def _epoch(self, epoch, *args):
             if epoch == self.crash_at:
                 raise Crash
-            return super()._epoch(train_set, epoch, *args)
+            return super()._epoch(epoch, *args)
 
         def _checkpoint(self, epoch, *args):
             self.saved.append(epoch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from baselines.linear_probe import LinearProbe, LinearProbeConfig
 from baselines.templates import IMAGENET_TEMPLATES_SELECT
 from baselines.zeroshot import ZeroShotCLIP, ZeroShotConfig
-from frozen_clip.cache import FeatureCache, cache_key
+from frozen_clip.features import FeatureCache, FeatureKey
 from frozen_clip.method import FitData, MethodContext, normalize
 from jobs.config import resolve
 from tests.conftest import base_run, execute_resolved
@@ -138,18 +140,18 @@ def test_linear_probe_and_zeroshot_runs_use_the_feature_cache(data_root, tmp_pat
 
 def test_feature_cache_keys_and_reuse(tmp_path):
     cache = FeatureCache(tmp_path)
-    parts = {"backbone": "b", "pretrained": None, "transform": "t", "dataset": "d", "manifest": "m",
-             "split": "test", "view": None}
+    key = FeatureKey("b", None, "t", "d", manifest="m", split="test")
     calls = []
 
     def compute():
         calls.append(1)
         return {"features": torch.ones(2, 3)}
-    assert torch.equal(cache.get_or_compute(parts, compute)["features"], torch.ones(2, 3))
-    cache.get_or_compute(parts, compute)
+    assert torch.equal(cache.get_or_compute(key, compute)["features"], torch.ones(2, 3))
+    cache.get_or_compute(key, compute)
     assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
-    for key in parts:
-        assert cache_key({**parts, key: "other"}) != cache_key(parts)
+    assert json.loads(cache.path(key).with_suffix(".json").read_text()) == key.parts()  # the key, for inspection
+    for field in key.parts():
+        assert key.replace(**{field: "other"}).digest() != key.digest()
 
 
 def test_feature_cache_memo_keeps_the_first_entries_within_its_budget(tmp_path):
@@ -160,16 +162,19 @@ def test_feature_cache_memo_keeps_the_first_entries_within_its_budget(tmp_path):
     memo = FeatureCache(tmp_path, memo_mb=2.5 * entry_mb)
     plain = FeatureCache(tmp_path)
     values = {i: torch.full((4, 2 ** 18), float(i)) for i in range(3)}
+
+    def view(i: int) -> FeatureKey:
+        return FeatureKey("b", None, "t", "d", view=i)
     for cycle in range(2):
         for i in range(3):
-            got = memo.get_or_compute({"view": i}, lambda i=i: {"features": values[i]})["features"]
+            got = memo.get_or_compute(view(i), lambda i=i: {"features": values[i]})["features"]
             assert torch.equal(got, values[i])
-            assert torch.equal(plain.get_or_compute({"view": i}, lambda: pytest.fail("not on disk"))["features"],
+            assert torch.equal(plain.get_or_compute(view(i), lambda: pytest.fail("not on disk"))["features"],
                                values[i])
-    assert list(memo._memo) == [memo.path({"view": 0}), memo.path({"view": 1})]  # view 2 did not fit
+    assert list(memo._memo) == [memo.path(view(0)), memo.path(view(1))]  # view 2 did not fit
     assert (memo.hits, memo.misses) == (3, 3)  # second cycle: 0 and 1 from memory, 2 from disk
     tiny = FeatureCache(tmp_path, memo_mb=entry_mb / 2)
-    tiny.get_or_compute({"view": 0}, lambda: pytest.fail("not cached"))
+    tiny.get_or_compute(view(0), lambda: pytest.fail("not cached"))
     assert not tiny._memo
 
 

@@ -29,18 +29,27 @@ DEFAULTS_FILE = Path(__file__).resolve().parent / "fixtures" / "method_defaults.
 METHOD_NAMES = METHODS.in_order()
 WORLD = {"backbone": "tiny-world", "pretrained": "world", "data_root": "builtin", "dataset": "world_hues"}
 TARGETS = {"cross_dataset": ["world_objects"], "domain_generalization": ["world_hues_outline"]}
+#: images per class (train, val, test) of the small instance of the built-in world the runs use: the generator and
+#: the datasets of ``data_root: builtin``, with fewer images, so that ~60 runs take minutes, not a quarter hour
+SMALL_WORLD = (4, 2, 6)
 
 
 def declared(name: str) -> tuple[str, ...]:
     return METHODS.get(name).info.capabilities.protocols
 
 
-def world_config(name: str, protocol: str, results: Path, **extra) -> dict:
+def world_config(name: str, protocol: str, results: Path, long: bool = False, **extra) -> dict:
     """A short run of ``name`` on the built-in world: 2 shots, at most 2 epochs of batch 4 (training-free methods
-    keep their 0 epochs)."""
+    keep their 0 epochs). ``long``: enough epochs of batch 2 that a kill after the first checkpoint lands before the
+    end (epochs on cached features take milliseconds, hence more of them)."""
     cls = METHODS.get(name)
     epochs = cls.recipe(protocol, WORLD["dataset"], 2, cls.Config()).get("epochs", 1)
-    optim = {"eval_batch_size": 256, **({"epochs": min(epochs, 2), "batch_size": 4} if epochs else {})}
+    if long:
+        epochs = min(epochs, 40 if cls.info.capabilities.feature_training else 6)
+        batch = 2
+    else:
+        epochs, batch = min(epochs, 2), 4
+    optim = {"eval_batch_size": 256, **({"epochs": epochs, "batch_size": batch} if epochs else {})}
     cfg = {**WORLD, "method": name, "protocol": protocol, "shots": 2, "seed": 1, "results_dir": str(results),
            "optim": optim, **extra}
     if protocol in TARGETS:
@@ -145,19 +154,28 @@ def to_dict_defaults(cls: type) -> dict:
 # -- runs on the built-in world -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def world_runs(tmp_path_factory):
-    """``(method, protocol) -> record`` of short runs on the built-in world, each run once through jobs/run.py."""
+def small_world(tmp_path_factory) -> Path:
+    """The built-in world's datasets these runs use, generated with :data:`SMALL_WORLD` images per class."""
+    from world import generate as world
+    keys = [WORLD["dataset"], *(t for targets in TARGETS.values() for t in targets)]
+    return world.generate_world(tmp_path_factory.mktemp("small_world") / "root", per_class=SMALL_WORLD,
+                                datasets=keys)
+
+
+@pytest.fixture(scope="module")
+def world_runs(tmp_path_factory, small_world):
+    """``(method, protocol) -> record`` of short runs on the small world, each run once through jobs/run.py."""
     root = tmp_path_factory.mktemp("world_runs")
     done: dict[tuple[str, str], dict] = {}
 
-    def get(name: str, protocol: str) -> dict:
-        if (name, protocol) not in done:
-            results = root / f"{name}-{protocol}"
-            proc = subprocess.run(run_command(world_config(name, protocol, results), root), capture_output=True,
-                                  text=True, timeout=900)
+    def get(name: str, protocol: str, long: bool = False) -> dict:
+        if (name, protocol, long) not in done:
+            results = root / f"{name}-{protocol}-{long}"
+            cfg = world_config(name, protocol, results, long, data_root=str(small_world))
+            proc = subprocess.run(run_command(cfg, root), capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            done[(name, protocol)] = record_of(results)
-        return done[(name, protocol)]
+            done[(name, protocol, long)] = record_of(results)
+        return done[(name, protocol, long)]
     return get
 
 
@@ -176,11 +194,11 @@ def test_short_run_on_every_declared_protocol(name, world_runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_killed_run_resumes_to_identical_metrics(name, world_runs, tmp_path):
+def test_killed_run_resumes_to_identical_metrics(name, world_runs, small_world, tmp_path):
     protocol = declared(name)[0]
-    reference = world_runs(name, protocol)
+    reference = world_runs(name, protocol, long=True)
     results = tmp_path / "killed"
-    cfg = world_config(name, protocol, results)
+    cfg = world_config(name, protocol, results, True, data_root=str(small_world))
     proc = subprocess.Popen(run_command(cfg, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trains = reference["config"]["optim"]["epochs"] > 0
     deadline, killed_after = time.time() + 600, None
@@ -194,7 +212,7 @@ def test_killed_run_resumes_to_identical_metrics(name, world_runs, tmp_path):
         if killed_after:
             os.kill(proc.pid, signal.SIGKILL)
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     proc.wait()
     assert killed_after, "the run ended before it could be killed"
     folder = next(results.glob("*/*/log.txt")).parent

@@ -92,9 +92,9 @@ def test_spec_validation() -> None:
 
 def test_world_specs_resolved_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
     world = dataclasses.replace(get_spec("dtd"), key="world_colours", dassl_name="WorldColours", folder="world")
-    module = types.ModuleType("protocols.world")
+    module = types.ModuleType("world.generate")
     module.WORLD_SPECS = {"world_colours": world}
-    monkeypatch.setitem(sys.modules, "protocols.world", module)
+    monkeypatch.setitem(sys.modules, "world.generate", module)
     assert get_spec("world_colours") is world
     assert list_datasets()[-1] == "world_colours"
     assert "world_colours" not in list_datasets(include_world=False)

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from frozen_clip.errors import DataError
+from frozen_clip.images import ImageListDataset, open_image
 from protocols.datasets import Item
-from protocols.imagefolder import ImageListDataset, check_images, check_images_with_ledger, image_problem, open_image
+from protocols.imagefolder import check_images, check_images_with_ledger, image_problem
 from protocols.splits import build_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"

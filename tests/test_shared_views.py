@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from frozen_clip import transforms
-from frozen_clip.cache import RowStore
 from frozen_clip.errors import ConfigError
-from frozen_clip.fastpaths import FastPaths, SeededViews, ViewsOfImages, image_key
+from frozen_clip.fastpaths import FastPaths, SeededViews, ViewsOfImages, image_key, image_keys
+from frozen_clip.features import FeatureAccess, FeatureKey, RowStore
+from frozen_clip.images import ImageListDataset
 from frozen_clip.optim import OptimConfig
 from jobs.config import resolve
-from jobs.execute import FeatureAccess, image_keys
-from protocols.imagefolder import ImageListDataset
 from protocols.splits import build_manifest
 from tests.conftest import base_run, execute_resolved
 
@@ -64,7 +63,7 @@ def test_a_shared_view_of_an_image_is_the_same_in_every_split(data_root):
 
 
 def test_row_store_merges_keeps_and_finds_rows_per_image(tmp_path):
-    parts = {"backbone": "b", "view": 0}
+    parts = FeatureKey("b", None, "t", "d", view=0)
     store = RowStore(tmp_path, memo_mb=1.0)
     assert store.missing(parts, ["a", "b"]) == [0, 1]
     store.add(parts, ["a", "b", "a"], torch.tensor([[1.0], [2.0], [9.0]]))  # an image listed twice: stored once
@@ -74,7 +73,7 @@ def test_row_store_merges_keeps_and_finds_rows_per_image(tmp_path):
     assert store.computed == 3
     other = RowStore(tmp_path)  # another process: reads the entry from disk, no memo
     assert other.rows(parts, ["b", "c"]).flatten().tolist() == [2.0, 3.0]
-    assert other.missing({**parts, "view": 1}, ["a"]) == [0]  # other parts, other entry
+    assert other.missing(parts.replace(view=1), ["a"]) == [0]  # other parts, other entry
     with pytest.raises(KeyError, match="'d'"):
         other.rows(parts, ["a", "d"])
     # a writer that read the entry before another one added rows merges with what is on disk

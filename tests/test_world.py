@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from frozen_clip.errors import DataError
-from protocols import world
+from world import generate as world
 from protocols.datasets import get_spec, list_datasets, load_splits
 
 SMALL = (2, 1, 2)  # (train, val, test) images per class: the reduced world of these tests
@@ -197,7 +197,7 @@ def test_backbone_loader_resolves_tiny_world() -> None:
 
 
 def test_shipped_model_zero_shot_above_chance(tmp_path: Path) -> None:
-    from protocols import world_pretrain as wp
+    from world import pretrain as wp
 
     keys = ["world_shapes", "world_patterns", "world_objects", "world_hues"]
     root = world.generate_world(tmp_path, seed=11, per_class=(0, 0, 12), datasets=keys)
@@ -206,14 +206,14 @@ def test_shipped_model_zero_shot_above_chance(tmp_path: Path) -> None:
         feats = wp.dataset_features(model, key, root, shots=0)
         n = len(feats.classnames)
         acc = wp.zero_shot(model, feats, world.WORLD_SPECS[key].template, list(range(n)))
-        assert acc >= 1.5 * 100 / n, (key, acc)  # the full-world numbers are in protocols/WORLD.md
+        assert acc >= 1.5 * 100 / n, (key, acc)  # the full-world numbers are in world/WORLD.md
 
 
 def test_adaptation_beats_zero_shot_on_world_hues(tmp_path: Path) -> None:
     # The world's promise that adaptation helps: on the fine-grained hues, a 16-shot CoOp (the probe's minimal one,
     # on frozen features) gains on base classes and loses on novel ones. Measured here: 74.0 -> 92.7 base,
     # novel 54.2 (the full 200-epoch numbers are in the README).
-    from protocols import world_pretrain as wp
+    from world import pretrain as wp
 
     root = world.generate_world(tmp_path, seed=11, per_class=(16, 0, 12), datasets=["world_hues"])
     model = wp.load_model(ASSET)
@@ -227,7 +227,7 @@ def test_adaptation_beats_zero_shot_on_world_hues(tmp_path: Path) -> None:
 
 
 def test_pretraining_is_deterministic() -> None:
-    from protocols import world_pretrain as wp
+    from world import pretrain as wp
 
     cfg = wp.PretrainConfig(samples=64, batch=32, threads=1)
     threads = torch.get_num_threads()

@@ -1,12 +1,12 @@
 """The built-in procedural, captioned image world: datasets in the CoOp on-disk layout, generated on first use.
 
 No real CLIP weights and no real dataset can be downloaded where the suite must run offline, so the suite brings its
-own small world in which every protocol is meaningful (design and measured numbers: ``protocols/WORLD.md``).
+own small world in which every protocol is meaningful (design and measured numbers: ``world/WORLD.md``).
 
 An image shows one object on a background. Its attributes are a shape, a colour, a fill pattern, a size, a position
 and a background; it is rendered with PIL/numpy at 64 px in one of several styles (``photo``; the shifted styles
 ``outline``, ``noise`` and ``palette``). Captions are composed from the attributes (:func:`caption`); the tiny CLIP
-shipped with the suite (``frozen_clip/assets/tiny-world``, reproduced by ``python -m protocols.world_pretrain``) was
+shipped with the suite (``frozen_clip/assets/tiny-world``, reproduced by ``python -m world.pretrain``) was
 pretrained on such image-caption pairs, with the colour+shape pairs of :data:`HELD_OUT_PAIRS` never shown, so the
 novel classes of ``world_objects`` are genuinely novel.
 
@@ -28,7 +28,6 @@ compression settings and no metadata; JSON with fixed formatting) for the same n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from PIL import Image, ImageDraw
 
 from frozen_clip.atomic import write_text
 from frozen_clip.errors import DataError
+from frozen_clip.seeding import derive_string_seed
 from protocols.datasets import DatasetSpec
 
 WORLD_VERSION = "world-v1"
@@ -222,12 +222,6 @@ WORLD_XD_TARGETS: dict[str, tuple[str, ...]] = {
 
 # ----------------------------------------------------------------------------------------------------------------
 # Random draws
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any printable parts (stable across processes and platforms, unlike ``hash``)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str], weights: Sequence[float] | None = None) -> str:
@@ -497,7 +491,7 @@ def dataset_scenes(dataset: WorldDataset, seed: int, per_class: tuple[int, int, 
         scenes[split] = []
         for label, (_, fixed) in enumerate(source.classes):
             for i in range(count):
-                rng = np.random.default_rng(derive_seed(WORLD_VERSION, seed, source.key, split, label, i))
+                rng = np.random.default_rng(derive_string_seed(WORLD_VERSION, seed, source.key, split, label, i))
                 scenes[split].append(replace(random_scene(rng, fixed), style=dataset.style))
     return scenes
 

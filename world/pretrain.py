@@ -2,20 +2,20 @@
 
 Reproduce the shipped weights (``frozen_clip/assets/tiny-world``)::
 
-    python -m protocols.world_pretrain --out frozen_clip/assets/tiny-world
+    python -m world.pretrain --out frozen_clip/assets/tiny-world
 
 Measure zero-shot and simple 16-shot probes of a model folder on the world datasets::
 
-    python -m protocols.world_pretrain --probe frozen_clip/assets/tiny-world
+    python -m world.pretrain --probe frozen_clip/assets/tiny-world
 
 The model is open_clip's own ``CLIP`` class with :data:`MODEL_CFG` (32 px input, patch 4, vision 4 x 128, text
 3 x 64, context length 77). It is trained from scratch on image-caption pairs drawn from the world's pretraining
-distribution (:func:`protocols.world.pretraining_scene`; the held-out colour+shape pairs are never shown), rendered
+distribution (:func:`world.generate.pretraining_scene`; the held-out colour+shape pairs are never shown), rendered
 at 64 px and preprocessed exactly as the suite's evaluation transform does (bicubic resize to 32 px). Training:
 AdamW (betas 0.9/0.98, weight decay 0.1 on matrices only), linear warm-up then cosine decay, batch 128, fp32,
 logit scale clamped at 100, InfoNCE with identical captions in a batch counted as positives. Determinism: one
 seed for the data stream and one for the initialisation, ``torch.use_deterministic_algorithms(True)``, a fixed
-thread count; the result is bit-identical on the same machine type and library versions (``protocols/WORLD.md``
+thread count; the result is bit-identical on the same machine type and library versions (``world/WORLD.md``
 records what was measured). The weights are saved in fp16 with the token-embedding rows that no caption used set
 to zero (they never received a gradient), so the file compresses well in git and wheels.
 """
@@ -42,7 +42,8 @@ from torch import nn
 
 from frozen_clip import atomic
 from frozen_clip.backbone import CLIP_MEAN, CLIP_STD
-from protocols import world
+from frozen_clip.seeding import derive_string_seed
+from world import generate as world
 
 IMAGE_INPUT = 32
 MODEL_CFG: dict[str, Any] = {
@@ -205,7 +206,7 @@ def pretrain(cfg: PretrainConfig, log_every: int = 50) -> tuple[open_clip.model.
 def _train(cfg: PretrainConfig, log_every: int) -> tuple[open_clip.model.CLIP, set[int]]:
     model = build_model(cfg.init_seed).train()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=1e-6)
-    rng = np.random.default_rng(world.derive_seed("pretrain", world.WORLD_VERSION, cfg.data_seed))
+    rng = np.random.default_rng(derive_string_seed("pretrain", world.WORLD_VERSION, cfg.data_seed))
     tokens, transform = CaptionTokens(), image_transform()
     start = time.time()
     for step in range(cfg.steps):
