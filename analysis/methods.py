@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from jobs.registry import METHODS
+from jobs.registry import METHODS, method_card
 
 _CARDS: dict[str, dict[str, Any]] = {}
 
@@ -26,8 +26,7 @@ def card_of(name: str) -> dict[str, Any] | None:
     """The card of method ``name``: from a record, else from its class, else None."""
     if name not in _CARDS and name in METHODS:
         try:
-            from frozen_clip.contract import card
-            _CARDS[name] = card(METHODS.get(name))
+            _CARDS[name] = method_card(name)
         except ImportError:  # torch (or the method's own dependencies) unavailable: names fall back to keys
             return None
     return _CARDS.get(name)

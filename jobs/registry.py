@@ -9,7 +9,16 @@ method declares about itself (options, recipe, capabilities, names, sources) liv
 
 from __future__ import annotations
 
+from typing import Any
+
 from frozen_clip.registry import Registry
+
+
+def method_card(name: str) -> dict[str, Any]:
+    """The card of registered method ``name`` (``frozen_clip.contract.card``); imports the method, hence torch."""
+    from frozen_clip.contract import card
+    return card(METHODS.get(name))
+
 
 METHODS = Registry("method")
 METHODS.register("zeroshot", "baselines.zeroshot:ZeroShotCLIP")
