@@ -31,6 +31,11 @@ class Registry:
         """All registered names, sorted."""
         return sorted(self._targets)
 
+    def target(self, name: str) -> str:
+        """The ``"package.module:Attribute"`` registered as ``name`` (nothing imported)."""
+        self.check(name)
+        return self._targets[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._targets
 

@@ -8,9 +8,10 @@ Order of work (the method never sees test data before fit ends):
 3. ``prepare_fit`` (closed-form fits, caches), then the gradient loop, checkpointed at epoch ends (resumable);
 4. evaluate the last-epoch model once on each evaluation split (for novel classes or other datasets the method
    rebuilds its class-dependent state with ``set_classnames``);
-5. write ``record.json`` atomically: ``status: done``, or ``status: failed`` with the reason and traceback.
+5. write ``record.json`` atomically (:func:`jobs.runfolder.write_record`): ``status: done``, or ``status: failed``
+   with the reason and traceback.
 
-Fast paths (the run's ``fast`` section, :mod:`frozen_clip.fastpaths`; all exact): training images are augmented per
+Fast paths (the run's ``fast`` section, :mod:`frozen_clip.fastpaths`, which says which are exact): training images are augmented per
 item under a seed of (manifest, view, item), so a head-only method trains on cached features of each epoch's view
 (``feature_training``); evaluation features are keyed by the evaluated items rather than by the manifest, so runs
 with other shots or seeds on the same test split reuse them (``shared_eval_features``); decoded images are kept as
@@ -24,7 +25,6 @@ import datetime as dt
 import os
 import platform
 import socket
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -32,7 +32,6 @@ from typing import Any, Callable
 
 import torch
 
-from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.cache import BoundedMemo, FeatureCache, RowStore, cache_key
 from frozen_clip.device_augment import collate, loader_transform, to_device
@@ -45,36 +44,21 @@ from frozen_clip.method import FitData, Method, MethodContext
 from frozen_clip.trainer import FitResult, Trainer, derive_seed, peak_memory_mb, seed_everything
 from frozen_clip.transforms import TransformSpec, test_spec, train_spec
 from jobs.config import ResolvedRun, method_class
+from jobs.runfolder import SCHEMA_VERSION, git_sha, run_dir, write_config, write_record
 from protocols import metrics
 from protocols.datasets import Item
 from protocols.imagefolder import ImageListDataset, check_images_with_ledger
 from protocols.protocols import plan as protocol_plan
 from protocols.splits import SplitManifest, build_manifest
 
-SCHEMA_VERSION = 1
 SUITE_VERSION = "0.1.0"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LEDGER_NAME = "verified-images.json"  # in a results folder's cache: images that decoded, with size and mtime
 VIEW_MEMO_MB = 512.0  # cached training views a run keeps in memory (a 16-shot ImageNet view at 1024-d: 66 MiB)
-
-
-def run_dir(resolved: ResolvedRun) -> Path:
-    """``<results_dir>/<name>/<run_id>``."""
-    return Path(resolved.run.results_dir) / resolved.run.name / resolved.run_id
 
 
 def cache_dir(resolved: ResolvedRun) -> Path:
     """Shared caches (split manifests, features) of a results folder."""
     return Path(resolved.run.results_dir) / "cache"
-
-
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """The record of a run folder, or None if absent or unreadable."""
-    import json
-    try:
-        return json.loads((Path(folder) / "record.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def resolve_data_root(data_root: str) -> Path:
@@ -96,16 +80,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SuiteError(f"device {name!r} requested but CUDA is not available")
     return device
-
-
-def git_sha() -> str | None:
-    """The suite's git commit, if it runs from a git checkout."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def environment(device: torch.device, precision: str) -> dict[str, Any]:
@@ -172,9 +146,7 @@ class RunExecution:
             self._log_sink(f"{self.resolved.run_id}: {message}")
 
     def write_config(self) -> None:
-        import yaml
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(self.folder / "config.yaml", yaml.safe_dump(self.resolved.config, sort_keys=False))
+        write_config(self.folder, self.resolved.config)
 
     def run(self) -> dict[str, Any]:
         """Run to completion and write the record; on failure write a failed record and re-raise."""
@@ -197,7 +169,7 @@ class RunExecution:
 
     def _write(self, record: dict[str, Any]) -> None:
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
-        atomic.write_json(self.folder / "record.json", record)
+        write_record(self.folder, record)
 
     def _execute(self) -> dict[str, Any]:
         run = self.resolved.run
