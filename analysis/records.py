@@ -305,7 +305,7 @@ def variant_axes(frame: pd.DataFrame, within: Sequence[str] = ("method.name", "p
 
 def _inexact_fast_columns() -> dict[str, Any]:
     """``{"fast.<switch>": default}`` of the result-changing fast switches."""
-    from frozen_clip.fastpaths import inexact_fast_defaults  # lazy: torch
+    from jobs.switches import inexact_fast_defaults  # read from the source: no torch
     return {f"fast.{name}": default for name, default in inexact_fast_defaults().items()}
 
 
@@ -315,17 +315,18 @@ def speed_switch(column: str, methods: Iterable[str]) -> bool:
     ``methods`` defining it lists in its config's ``UNHASHED_FIELDS``. Such a column never tells results apart, and
     runs recorded before a switch existed lack it, which must not split them from later ones."""
     section, _, name = column.partition(".")
+    from jobs.switches import inexact_fast_defaults, method_config  # read from the source: no torch
     if section == "fast":
-        from frozen_clip.fastpaths import INEXACT_FAST_FIELDS  # lazy: torch
-        return name not in INEXACT_FAST_FIELDS
+        return name not in inexact_fast_defaults()
     if section != "method" or not name:
         return False
-    from jobs.config import exact_method_fields  # lazy: importing a method imports torch
     from jobs.registry import METHODS
     defining = []
     for method in methods:
-        if method in METHODS and name in getattr(METHODS.get(method).Config, "__dataclass_fields__", {}):
-            defining.append(name in exact_method_fields(method))
+        if method in METHODS:
+            fields, exact = method_config(method)
+            if name in fields:
+                defining.append(name in exact)
     return bool(defining) and all(defining)
 
 
