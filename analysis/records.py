@@ -347,12 +347,12 @@ def variant_labels(frame: pd.DataFrame, axes: Sequence[str] | None = None,
     """A label per row: the method's display name plus every variant axis that is set for it.
 
     ``HeBA (bottleneck_ratio=2, init=zero)``; a method with one configuration is just its name. ``display`` maps
-    ``method.name`` to a display name, or is a function of the whole row.
+    ``method.name`` to a display name, or is a function of the whole row (a mapping of column -> value).
     """
     axes = variant_axes(frame) if axes is None else list(axes)
     display = display or {}
     labels = []
-    for _, row in frame.iterrows():
+    for row in frame.to_dict("records"):  # plain dicts: a pandas row per run costs more than the label
         name = display(row) if callable(display) else display.get(row["method.name"], row["method.name"])
         parts = [f"{_short(a)}={_value_text(row[a])}" for a in axes if a in row and not _missing(row[a])]
         labels.append(f"{name} ({', '.join(parts)})" if parts else name)
