@@ -308,7 +308,7 @@ def variant_axes(frame: pd.DataFrame, within: Sequence[str] = ("method.name", "p
 
 def _inexact_fast_columns() -> dict[str, Any]:
     """``{"fast.<switch>": default}`` of the result-changing fast switches."""
-    from frozen_clip.fastpaths import inexact_fast_defaults  # lazy: torch
+    from jobs.switches import inexact_fast_defaults  # read from the source: no torch
     return {f"fast.{name}": default for name, default in inexact_fast_defaults().items()}
 
 
@@ -318,9 +318,9 @@ def speed_switch(column: str, methods: Iterable[str]) -> bool:
     ``methods`` defining it lists in its config's ``UNHASHED_FIELDS``. Such a column never tells results apart, and
     runs recorded before a switch existed lack it, which must not split them from later ones."""
     section, _, name = column.partition(".")
+    from jobs.switches import inexact_fast_defaults  # read from the source: no torch
     if section == "fast":
-        from frozen_clip.fastpaths import INEXACT_FAST_FIELDS  # lazy: torch
-        return name not in INEXACT_FAST_FIELDS
+        return name not in inexact_fast_defaults()
     if section != "method" or not name:
         return False
     from analysis.methods import is_exact_option
@@ -345,12 +345,12 @@ def variant_labels(frame: pd.DataFrame, axes: Sequence[str] | None = None,
     """A label per row: the method's display name plus every variant axis that is set for it.
 
     ``HeBA (bottleneck_ratio=2, init=zero)``; a method with one configuration is just its name. ``display`` maps
-    ``method.name`` to a display name, or is a function of the whole row.
+    ``method.name`` to a display name, or is a function of the whole row (a mapping of column -> value).
     """
     axes = variant_axes(frame) if axes is None else list(axes)
     display = display or {}
     labels = []
-    for _, row in frame.iterrows():
+    for row in frame.to_dict("records"):  # plain dicts: a pandas row per run costs more than the label
         name = display(row) if callable(display) else display.get(row["method.name"], row["method.name"])
         parts = [f"{_short(a)}={_value_text(row[a])}" for a in axes if a in row and not _missing(row[a])]
         labels.append(f"{name} ({', '.join(parts)})" if parts else name)

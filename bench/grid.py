@@ -157,7 +157,7 @@ def _configs(data_root: Path, backbone: str, methods: tuple[str, ...], shots: tu
 
 def _execute(cfg: dict[str, Any]) -> dict[str, Any]:
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
+    from jobs.runfolder import read_record, run_dir
     from jobs.executors import execute_run
     from jobs.grid import RunSpec
     resolved = resolve(cfg, "bench grid")

@@ -1,6 +1,8 @@
 """Atomic file writes: a temp file in the destination folder, flushed and fsynced, then ``os.replace``.
 
 A reader sees either the old file or the complete new one, never a partial write, even if the writer is killed.
+The JSON and text writers need no torch (run records are read and written where torch is not installed); torch is
+imported by :func:`torch_save` only.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
-
-import torch
 
 
 def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -43,4 +43,5 @@ def write_text(path: Path, text: str) -> None:
 
 def torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` atomically."""
+    import torch
     _atomic(path, lambda handle: torch.save(obj, handle))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -79,10 +80,16 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {tp!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _schema(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """``(type hints, init fields)`` of a dataclass: evaluating string annotations is the costly part of
+    :func:`build`, and a class's annotations do not change (a grid of 1,000 runs builds 4,000 configs)."""
+    return get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+
 def build(cls: type[T], values: Mapping[str, Any], where: str, prefix: str = "") -> T:
     """Instantiate the frozen dataclass ``cls`` from ``values`` with full validation."""
-    hints = get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    hints, fields = _schema(cls)
     kwargs = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"

@@ -2,6 +2,10 @@
 
 Exit codes: 0 success; 2 bad input (config or data), reported as one clear message before anything runs;
 1 a run failed for another reason (its record holds the traceback).
+
+Only this module (with its two scripts) is the command line; no library module imports it. What the parser and
+``--status`` need is imported at module level and is light (no torch): resolving a grid (:mod:`jobs.config`, the
+methods) and executing runs are imported where they are used.
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from frozen_clip.errors import ConfigError, SuiteError
-from jobs.config import parse_overrides, resolve
-from jobs.grid import Grid, RunSpec, load_grid
+from frozen_clip.errors import SuiteError
+from jobs.grid import Grid, GridPlan, RunSpec, expand_grid, resolve_plan
+from jobs.rawconfig import merge, parse_overrides
+from jobs.runfolder import read_record, read_run_config, run_dir
 
 
 def _progress_printer(total: int):
@@ -41,35 +45,60 @@ def _progress_printer(total: int):
 
 def describe(spec: RunSpec) -> str:
     """A short human label of a run."""
-    cfg = spec.config
-    return f"{cfg['method']['name']} {cfg['dataset']} {cfg['protocol']} shots={cfg['shots']} seed={cfg['seed']}"
+    from jobs.index import describe_config
+    return describe_config(spec.config)
 
 
-def run_states(grid: Grid) -> list[tuple[RunSpec, Any]]:
-    """The state of every run: records and locks on disk, and for submitted runs what the scheduler knows
-    (one ``sacct`` call; a job cancelled before it wrote a record is ``failed``, reason ``cancelled``)."""
-    from jobs.execute import run_dir
-    from jobs.state import read_submission, state_of
-    folders = [run_dir(spec.resolved) for spec in grid.runs]
-    job_ids = [str(sub.get("job_id")) for sub in map(read_submission, folders)
-               if sub and sub.get("executor") == "slurm" and sub.get("job_id")]
-    scheduler = None
-    if job_ids:
-        from jobs.slurm import scheduler_states
-        scheduler = scheduler_states(job_ids)
-    return [(spec, state_of(folder, scheduler)) for spec, folder in zip(grid.runs, folders)]
+def remember_ids(plan: GridPlan, grid: Grid) -> None:
+    """Record the grid's run ids in its results folder's index (:mod:`jobs.index`), for ``--status``."""
+    from jobs import index
+    if grid.runs:
+        index.save(plan, grid)
 
 
-def print_status(grid: Grid) -> int:
+def status_entries(plan: GridPlan) -> list[Any]:
+    """The runs of the grid for ``--status`` (:class:`jobs.index.RunEntry`): from the run-id index when it holds this
+    expansion under the current code; else by resolving (and rewriting the index); where resolution cannot import
+    the suite (no torch), a results folder without run folders means every run is missing."""
+    from jobs import index
+    entries = index.lookup(plan)
+    if entries is not None:
+        return entries
+    try:
+        grid = resolve_plan(plan)
+    except ImportError as err:
+        if list(index.run_folders(plan.results_dir)):
+            raise SuiteError(f"--status: the run ids of {plan.path} are not in {plan.results_dir / index.INDEX_NAME} "
+                             f"for this code, and computing them needs the suite's methods, which cannot be imported "
+                             f"here ({err}); run `python jobs/launch.py --grid {plan.path} --dry-run` once where "
+                             "torch is installed") from None
+        return [index.RunEntry("-" * 16, raw.results_dir / ("-" * 16), _raw_label(raw.raw)) for raw in plan.raws]
+    remember_ids(plan, grid)
+    return [index.RunEntry(spec.run_id, run_dir(spec.resolved), describe(spec)) for spec in grid.runs]
+
+
+def _raw_label(raw: dict[str, Any]) -> str:
+    """A label of an unresolved run config (values not given show as ``?``)."""
+    method = raw.get("method")
+    name = method.get("name", "?") if isinstance(method, dict) else method
+    return (f"{name} {raw.get('dataset', '?')} {raw.get('protocol', '?')} shots={raw.get('shots', '?')} "
+            f"seed={raw.get('seed', '?')}")
+
+
+def print_status(plan: GridPlan) -> int:
     """``--status``: one line per run from the records on disk (and sacct for submitted runs), then counts."""
-    rows = run_states(grid)
+    from jobs.state import run_states
+    entries = status_entries(plan)
+    states = run_states([entry.folder for entry in entries])
     counts: dict[str, int] = {}
-    for spec, state in rows:
+    lines = []
+    for entry, state in zip(entries, states):
         counts[state.status] = counts.get(state.status, 0) + 1
         reason = f"  {state.reason}" if state.reason else ""
-        print(f"{state.status:8s} {spec.run_id} {describe(spec)}{reason}")
+        lines.append(f"{state.status:8s} {entry.run_id} {entry.label}{reason}")
+    print("\n".join(lines))
     summary = ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "queued", "failed", "missing") if k in counts)
-    print(f"{grid.name}: {len(rows)} runs: {summary}")
+    print(f"{plan.name}: {len(entries)} runs: {summary}")
     return 0
 
 
@@ -89,7 +118,6 @@ def preflight(specs: list[RunSpec]) -> None:
 def results_table(grid: Grid) -> str:
     """Mean over seeds of each run's summary numbers, per method and dataset."""
     import pandas as pd
-    from jobs.execute import read_record, run_dir
     rows = []
     for spec in grid.runs:
         record = read_record(run_dir(spec.resolved))
@@ -119,9 +147,10 @@ def write_analysis(grid: Grid) -> str | None:
 
 def launch_main(argv: list[str] | None = None) -> int:
     """``python jobs/launch.py --grid FILE [--executor ...] [--dry-run] [--status] [overrides...]``."""
+    from jobs.executors import EXECUTORS
     parser = argparse.ArgumentParser(prog="jobs/launch.py", description="Launch (or inspect) a grid of runs.")
     parser.add_argument("--grid", required=True, help="grid YAML file")
-    parser.add_argument("--executor", choices=["inline", "local", "slurm"], help="override the grid's executor")
+    parser.add_argument("--executor", choices=EXECUTORS.names(), help="override the grid's executor")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would run; run nothing")
     parser.add_argument("--status", action="store_true", help="show the state of every run from the records")
     parser.add_argument("--workers", type=int, help="local executor: number of worker slots")
@@ -136,12 +165,13 @@ def launch_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 method.init=zero")
     args = parser.parse_args(argv)
     try:
-        grid = load_grid(args.grid, parse_overrides(args.overrides))
+        plan = expand_grid(args.grid, parse_overrides(args.overrides))
         if args.status:
-            return print_status(grid)
+            return print_status(plan)
+        grid = resolve_plan(plan)
         if args.cancel:
             return cancel_grid(grid)
-        return _launch(grid, args)
+        return _launch(plan, grid, args)
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -151,7 +181,6 @@ def executor_block(grid: Grid, args: argparse.Namespace) -> dict[str, Any]:
     """The grid's ``executor:`` block with the command line applied (``--executor``, ``--workers``,
     ``--executor-opt``). When ``--executor`` names another kind than the file, the file's settings that the chosen
     kind does not have (e.g. ``runs_per_gpu`` for slurm) are dropped, with a note."""
-    from jobs.config import merge
     from jobs.executors import executor_fields
     block = dict(grid.executor)
     if args.executor and args.executor != block.get("kind", "local"):
@@ -168,11 +197,12 @@ def executor_block(grid: Grid, args: argparse.Namespace) -> dict[str, Any]:
     return merge(block, parse_overrides(args.executor_opt, "--executor-opt"))
 
 
-def _launch(grid: Grid, args: argparse.Namespace) -> int:
-    from jobs.executors import parse_executor, run_inline, run_local
+def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
+    from jobs.executors import get_executor, parse_executor
+    from jobs.state import run_states
     where = f"{grid.path}: executor" + (" (with command-line options)" if args.executor_opt else "")
-    executor = parse_executor(executor_block(grid, args), where)
-    states = run_states(grid)
+    options = parse_executor(executor_block(grid, args), where)
+    states = list(zip(grid.runs, run_states([run_dir(spec.resolved) for spec in grid.runs])))
     wanted = ("failed",) if args.retry_failed else ("failed", "missing")
     pending = [spec for spec, state in states if state.status in wanted]
     counts = {k: sum(state.status == k for _, state in states) for k in ("done", "queued", "running", "missing")}
@@ -181,30 +211,25 @@ def _launch(grid: Grid, args: argparse.Namespace) -> int:
              else "")
           + (f"{counts['missing']} missing not retried (--retry-failed), " if args.retry_failed and counts["missing"]
              else "")
-          + f"{len(pending)} to run (executor: {executor.kind})")
+          + f"{len(pending)} to run (executor: {options.kind})")
     if args.dry_run:
-        for spec, state in states:
-            mark = "run " if spec in pending else f"{state.status:4s}"
-            print(f"  {mark} {spec.run_id} {describe(spec)}")
+        remember_ids(plan, grid)
+        to_run = {spec.run_id for spec in pending}
+        print("\n".join(f"  {'run ' if spec.run_id in to_run else f'{state.status:4s}'} {spec.run_id} {describe(spec)}"
+                        for spec, state in states))
         return 0
     if not pending:
         print("Nothing to run: every run is already done." if counts["done"] == len(grid.runs)
               else "Nothing to run now.")
+        remember_ids(plan, grid)
         _finish(grid, args)
         return 0
     preflight(pending)
+    remember_ids(plan, grid)  # after the checks: a launch refused for bad input writes nothing
     start = time.perf_counter()
-    if executor.kind == "slurm":
-        from jobs.slurm import submit_grid
-        code = submit_grid(grid, pending, executor, args)
-        if args.wait:
-            _finish(grid, args)
-        return code
-    report = _progress_printer(len(pending))
-    if executor.kind == "inline":
-        outcomes = run_inline(pending, report)
-    else:
-        outcomes = run_local(pending, executor, report)
+    outcomes = get_executor(options.kind).submit(grid, pending, options, _progress_printer(len(pending)), args.wait)
+    if outcomes is None:  # handed to a scheduler: --status follows the runs
+        return 0
     failed = [o for o in outcomes if o.status == "failed"]
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished in {time.perf_counter() - start:.1f}s"
           + (f"; {len(failed)} failed" if failed else ""))
@@ -222,11 +247,10 @@ def cancel_grid(grid: Grid) -> int:
     import datetime as dt
 
     from frozen_clip import atomic
-    from jobs.execute import run_dir
     from jobs.slurm import cancel_jobs
-    from jobs.state import SUBMITTED_NAME, read_submission
+    from jobs.state import SUBMITTED_NAME, read_submission, run_states
     targets = []
-    for spec, state in run_states(grid):
+    for spec, state in zip(grid.runs, run_states([run_dir(spec.resolved) for spec in grid.runs])):
         submission = read_submission(run_dir(spec.resolved))
         if state.status in ("queued", "running") and submission and submission.get("executor") == "slurm":
             targets.append((run_dir(spec.resolved), submission))
@@ -262,8 +286,8 @@ def run_main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(int(threads))
     try:
+        from jobs.config import resolve
         raw = read_run_config(args.config) if args.config else {}
-        from jobs.config import merge
         raw = merge(raw, parse_overrides(args.overrides))
         resolved = resolve(raw, args.config or "command line")
         spec = RunSpec(resolved.run_id, resolved.config, resolved)
@@ -277,18 +301,3 @@ def run_main(argv: list[str] | None = None) -> int:
         print(f"error: {outcome.detail}", file=sys.stderr)
         return 2 if outcome.user_error else 1
     return 0
-
-
-def read_run_config(path: str) -> dict[str, Any]:
-    """A run config YAML file (e.g. a run folder's ``config.yaml``) as a mapping; :class:`ConfigError` if not."""
-    import yaml
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"run config {path} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a run config must be a mapping")
-    return data

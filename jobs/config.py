@@ -19,12 +19,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from frozen_clip.backbone import resolve_backbone
 from frozen_clip.configtools import build, check_value, suggest, to_dict, to_dict_values
 from frozen_clip.contract import defaults
 from frozen_clip.errors import ConfigError
 from frozen_clip.fastpaths import FastPaths, inexact_fast_settings
 from frozen_clip.optim import OptimConfig
+from jobs.rawconfig import merge, parse_overrides, set_dotted
 from jobs.registry import METHODS
 
 UNHASHED_KEYS = ("name", "data_root", "results_dir", "device", "num_workers", "fast")
@@ -184,6 +184,7 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
     fast = build(FastPaths, _section(raw, "fast", "speed switches", where), where, prefix="fast.")
     run = _resolve_targets(run, where)
     _check_dataset(run.dataset, where, "dataset")
+    from frozen_clip.backbone import resolve_backbone  # lazy: open_clip, torch, torchvision, timm
     try:
         source = resolve_backbone(run.backbone, run.pretrained)
     except ConfigError as err:
@@ -222,60 +223,6 @@ def _resolve_targets(run: RunConfig, where: str) -> RunConfig:
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return replace(run, targets=tuple(targets))
-
-
-def parse_overrides(items: list[str], where: str = "command line") -> dict[str, Any]:
-    """``["method.init=zero", "seed=1", "optim.lr=0.01"]`` -> nested dict; values parsed as YAML scalars/lists."""
-    import yaml
-    nested: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{where}: override {item!r} must look like key=value")
-        key, text = item.split("=", 1)
-        try:
-            value = yaml.safe_load(text) if text != "" else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{where}: override {key!r}: cannot parse {text!r}: {err}") from None
-        set_dotted(nested, key, value, where)
-    return nested
-
-
-def set_dotted(target: dict[str, Any], key: str, value: Any, where: str) -> None:
-    """Set ``a.b.c`` in a nested dict; ``method.x`` turns a string ``method`` into ``{"name": ...}``."""
-    parts = key.split(".")
-    node = target
-    for part in parts[:-1]:
-        child = node.get(part)
-        if isinstance(child, str) and part == "method":
-            child = {"name": child}
-        elif child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"{where}: {key!r}: {part!r} is not a mapping")
-        node[part] = child
-        node = child
-    last = parts[-1]
-    if last == "method" and isinstance(value, str) and isinstance(node.get("method"), dict):
-        node["method"] = {**node["method"], "name": value}
-    else:
-        node[last] = value
-
-
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge of nested config dicts (``override`` wins); string methods are promoted to mappings."""
-    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
-    for key, value in override.items():
-        current = out.get(key)
-        if key == "method":
-            current = {"name": current} if isinstance(current, str) else current
-            value = {"name": value} if isinstance(value, str) else value
-            if isinstance(current, Mapping) and "name" in current and value.get("name", current["name"]) != current["name"]:
-                current = {}  # another method: the base's options belong to the base's method
-        if isinstance(current, Mapping) and isinstance(value, Mapping):
-            out[key] = merge(current, value)
-        else:
-            out[key] = value
-    return out
 
 
 __all__ = ["RunConfig", "ResolvedRun", "resolve", "run_id_of", "parse_overrides", "set_dotted", "merge",

@@ -8,7 +8,8 @@ Order of work (the method never sees test data before fit ends):
 3. ``prepare_fit`` (closed-form fits, caches), then the gradient loop, checkpointed at epoch ends (resumable);
 4. evaluate the last-epoch model once on each evaluation split (for novel classes or other datasets the method
    rebuilds its class-dependent state with ``set_classnames``);
-5. write ``record.json`` atomically: ``status: done``, or ``status: failed`` with the reason and traceback.
+5. write ``record.json`` atomically (:func:`jobs.runfolder.write_record`): ``status: done``, or ``status: failed``
+   with the reason and traceback.
 
 This module orchestrates; the steps live elsewhere: data roots and manifests in :mod:`jobs.data`, the device and
 environment in :mod:`jobs.environment`, feature access and caching in :mod:`frozen_clip.features`, the gradient loop
@@ -25,7 +26,6 @@ model FLOPs per image of the first step and the MFU against the device's dense p
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 import torch
 
-from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.contract import card
 from frozen_clip.errors import SuiteError
@@ -49,35 +48,9 @@ from jobs.config import ResolvedRun, method_class
 from jobs.data import Manifests, cache_dir, resolve_data_root
 from jobs.environment import environment, make_deterministic, pick_device, resolve_precision
 from jobs.evaluation import evaluate, summarize
+from jobs.runfolder import SCHEMA_VERSION, git_sha, run_dir, write_config, write_record
 from protocols.datasets import get_spec
 from protocols.splits import SplitManifest
-
-SCHEMA_VERSION = 1
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_dir(resolved: ResolvedRun) -> Path:
-    """``<results_dir>/<name>/<run_id>``."""
-    return Path(resolved.run.results_dir) / resolved.run.name / resolved.run_id
-
-
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """The record of a run folder, or None if absent or unreadable."""
-    import json
-    try:
-        return json.loads((Path(folder) / "record.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def git_sha() -> str | None:
-    """The suite's git commit, if it runs from a git checkout."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class RunExecution:
@@ -99,9 +72,7 @@ class RunExecution:
             self._log_sink(f"{self.resolved.run_id}: {message}")
 
     def write_config(self) -> None:
-        import yaml
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(self.folder / "config.yaml", yaml.safe_dump(self.resolved.config, sort_keys=False))
+        write_config(self.folder, self.resolved.config)
 
     def run(self) -> dict[str, Any]:
         """Run to completion and write the record; on failure write a failed record and re-raise."""
@@ -124,7 +95,7 @@ class RunExecution:
 
     def _write(self, record: dict[str, Any]) -> None:
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
-        atomic.write_json(self.folder / "record.json", record)
+        write_record(self.folder, record)
 
     def _execute(self) -> dict[str, Any]:
         run = self.resolved.run

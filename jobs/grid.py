@@ -9,9 +9,11 @@ A grid file is YAML with these top-level keys::
       - {method: coop, method.ctx_init: "a photo of a"}    # the grid is crossed with their union
     executor: {kind: local, ...}  # how to run it (overridable with --executor)
 
-Every run of the expansion is resolved (and thereby validated) when the grid is loaded: an unknown key, a wrong
-type, an unknown method/dataset/backbone or an impossible combination raises one :class:`ConfigError` naming the
-file and the key, before anything runs. Command-line overrides (``key=value``) replace base values and pin axes.
+Command-line overrides (``key=value``) replace base values and pin axes. :func:`expand_grid` expands a file into raw
+run configs (:class:`GridPlan`; YAML and dicts only, no torch). :func:`load_grid` also resolves (and thereby
+validates) every run: an unknown key, a wrong type, an unknown method/dataset/backbone or an impossible combination
+raises one :class:`ConfigError` naming the file and the key, before anything runs. Resolution imports the methods
+(torch); :mod:`jobs.index` remembers its run ids so that ``--status`` need not resolve again.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-
-import yaml
+from typing import TYPE_CHECKING, Any, Mapping
 
 from frozen_clip.configtools import suggest
 from frozen_clip.errors import ConfigError
-from jobs.config import ResolvedRun, merge, resolve, set_dotted
+from jobs.rawconfig import merge, read_yaml_mapping, set_dotted
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from jobs.config import ResolvedRun
 
 GRID_KEYS = ("name", "description", "base", "grid", "variants", "executor")
 
@@ -36,18 +39,34 @@ class RunSpec:
 
     run_id: str
     config: dict[str, Any]
-    resolved: ResolvedRun = field(repr=False)
+    resolved: "ResolvedRun" = field(repr=False)
 
 
 @dataclass(frozen=True)
 class Grid:
-    """A loaded grid: name, expanded runs (deduplicated by id, in expansion order) and executor settings."""
+    """A loaded grid: its file's expansion, the resolved runs (deduplicated by id, in expansion order), and the run
+    id of each run of the expansion (duplicates included; :mod:`jobs.index`)."""
 
-    name: str
-    path: Path
+    plan: "GridPlan"
     runs: list[RunSpec]
-    executor: dict[str, Any]
-    axes: dict[str, list[Any]]
+    raw_ids: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def path(self) -> Path:
+        return self.plan.path
+
+    @property
+    def executor(self) -> dict[str, Any]:
+        """The grid file's ``executor:`` block."""
+        return self.plan.executor
+
+    @property
+    def axes(self) -> dict[str, list[Any]]:
+        return self.plan.axes
 
     @property
     def results_dir(self) -> Path:
@@ -59,14 +78,7 @@ class Grid:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"grid file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a grid file must be a mapping with keys {list(GRID_KEYS)}")
+    data = read_yaml_mapping(path, "grid file", f" with keys {list(GRID_KEYS)}")
     for key in data:
         if key not in GRID_KEYS:
             raise ConfigError(f"{path}: unknown top-level key {key!r}{suggest(str(key), GRID_KEYS)}; "
@@ -105,9 +117,38 @@ def _product(axes: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
 
 
-def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
-              executor_kind: str | None = None) -> Grid:
-    """Load, validate and expand a grid file. ``overrides`` is a nested dict from ``parse_overrides``."""
+@dataclass(frozen=True)
+class RawRun:
+    """One run of a grid's expansion before resolution: its raw nested config and where it came from."""
+
+    raw: dict[str, Any]
+    where: str  # the grid file, and the axis values of the run
+
+    @property
+    def results_dir(self) -> Path:
+        """``<results_dir>/<name>`` the run's folder will be in (resolution keeps both values as given)."""
+        return Path(str(self.raw.get("results_dir", "results"))) / str(self.raw.get("name", "runs"))
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """A grid file expanded into raw run configs (nothing resolved: no method imported)."""
+
+    name: str
+    path: Path
+    raws: list[RawRun]
+    executor: dict[str, Any]
+    axes: dict[str, list[Any]]
+
+    @property
+    def results_dir(self) -> Path:
+        """``<results_dir>/<name>`` of the grid's runs (as :attr:`Grid.results_dir`)."""
+        return self.raws[0].results_dir if self.raws else Path("results") / self.name
+
+
+def expand_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
+                executor_kind: str | None = None) -> GridPlan:
+    """Read and expand a grid file into raw run configs. ``overrides`` is a nested dict from ``parse_overrides``."""
     path = Path(path)
     where = str(path)
     data = _read_yaml(path)
@@ -123,28 +164,40 @@ def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
     flat_overrides = _flatten(overrides)
     for key in flat_overrides:
         axes.pop(key, None)  # a command-line value pins an axis
-    runs: list[RunSpec] = []
-    seen: set[str] = set()
+    raws: list[RawRun] = []
     for v_index, variant in enumerate(variants_raw):
         variant_axes = _axes(variant, f"{where}: variants[{v_index}]")
         for key in flat_overrides:
             variant_axes.pop(key, None)
         for combo in _product({**axes, **variant_axes}):
             raw = merge(merge(merge(base, {"name": name}), _nested(combo, where)), overrides)
-            spec = _resolve_one(raw, where, combo)
-            if spec.run_id not in seen:
-                seen.add(spec.run_id)
-                runs.append(spec)
+            label = ", ".join(f"{k}={v}" for k, v in combo.items())
+            raws.append(RawRun(raw, where + (f" (run {label})" if label else "")))
     executor = dict(data.get("executor") or {})
     if executor_kind is not None:
         executor["kind"] = executor_kind
-    return Grid(name, path, runs, executor, axes)
+    return GridPlan(name, path, raws, executor, axes)
 
 
-def _resolve_one(raw: dict[str, Any], where: str, combo: Mapping[str, Any]) -> RunSpec:
-    label = ", ".join(f"{k}={v}" for k, v in combo.items())
-    resolved = resolve(raw, f"{where}" + (f" (run {label})" if label else ""))
-    return RunSpec(resolved.run_id, resolved.config, resolved)
+def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
+              executor_kind: str | None = None) -> Grid:
+    """Load, validate and expand a grid file. ``overrides`` is a nested dict from ``parse_overrides``."""
+    return resolve_plan(expand_grid(path, overrides, executor_kind))
+
+
+def resolve_plan(plan: GridPlan) -> Grid:
+    """Resolve every run of ``plan`` (deduplicated by run id, in expansion order)."""
+    from jobs.config import resolve
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    raw_ids = []
+    for raw_run in plan.raws:
+        resolved = resolve(raw_run.raw, raw_run.where)
+        raw_ids.append(resolved.run_id)
+        if resolved.run_id not in seen:
+            seen.add(resolved.run_id)
+            runs.append(RunSpec(resolved.run_id, resolved.config, resolved))
+    return Grid(plan, runs, tuple(raw_ids))
 
 
 def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -38,19 +38,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 import submitit
 
 from frozen_clip import atomic
 from frozen_clip.errors import ConfigError
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    import argparse
+from jobs.runfolder import REPO_ROOT, read_record, run_dir, write_config, write_record
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from jobs.executors.base import Outcome
     from jobs.grid import Grid, RunSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # the suite's importable packages ([tool.setuptools] packages in pyproject.toml): what a job needs to run
 SNAPSHOT_PACKAGES = ("frozen_clip", "adapters", "baselines", "protocols", "world", "jobs", "analysis")
 REQUEUES_NAME = "requeues.json"
@@ -161,9 +161,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
 
     def spec(self) -> "RunSpec":
         """The run, resolved again from its config file (resolving a resolved config is idempotent)."""
-        from jobs.cli import read_run_config
         from jobs.config import resolve
         from jobs.grid import RunSpec
+        from jobs.runfolder import read_run_config
         resolved = resolve(read_run_config(self.config_path), self.config_path)
         return RunSpec(resolved.run_id, resolved.config, resolved)
 
@@ -197,7 +197,7 @@ def fail_run(spec: "RunSpec", reason: str) -> str:
     """Write a failed record for a run that will not be executed (e.g. requeued too often), under its lock."""
     from filelock import Timeout
 
-    from jobs.execute import SCHEMA_VERSION, read_record, run_dir
+    from jobs.runfolder import SCHEMA_VERSION
     from jobs.state import run_lock
     folder = run_dir(spec.resolved)
     lock = run_lock(folder)
@@ -209,7 +209,7 @@ def fail_run(spec: "RunSpec", reason: str) -> str:
         record = read_record(folder)
         if record is not None and record.get("status") == "done":
             return f"skipped: {spec.run_id} already done"
-        atomic.write_json(folder / "record.json", {
+        write_record(folder, {
             "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "config": spec.config, "status": "failed",
             "failure": {"reason": reason, "traceback": "", "user_error": False}, "finished_at": now_iso()})
     finally:
@@ -251,7 +251,7 @@ def snapshot_code(dest_root: Path, source: Path = REPO_ROOT,
     for rel in files:
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / rel, tmp / rel)
-    from jobs.execute import git_sha
+    from jobs.runfolder import git_sha
     atomic.write_json(tmp / SNAPSHOT_INFO, {"source": str(source), "git_sha": git_sha(), "created_at": now_iso(),
                                             "files": len(files)})
     try:
@@ -269,9 +269,28 @@ def job_setup(code_dir: Path) -> list[str]:
 
 
 # -- submission ------------------------------------------------------------------------------------------------------
-def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig, args: "argparse.Namespace") -> int:
-    """Submit ``pending`` as one job array, write ``submitted.json`` per run, print the ids; ``--wait`` blocks."""
-    from jobs.execute import RunExecution, run_dir
+class SlurmExecutor:
+    """The grid's pending runs as one job array; returns at once, or when they have ended with ``--wait``."""
+
+    name = "slurm"
+    Options = SlurmConfig
+
+    def submit(self, grid: "Grid", specs: list["RunSpec"], options: SlurmConfig,
+               report: Callable[["RunSpec", "Outcome"], None], wait: bool = False) -> list["Outcome"] | None:
+        submit_grid(grid, specs, options)
+        if not wait:
+            return None
+        from jobs.executors.base import Outcome
+        outcomes = []
+        for spec, state in zip(specs, wait_for_runs(specs)):
+            outcome = Outcome(spec.run_id, state.status, state.reason)
+            report(spec, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+
+def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> None:
+    """Submit ``pending`` as one job array, write ``submitted.json`` per run, print the ids."""
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise ConfigError("executor slurm: sbatch/srun not found on PATH; run on a Slurm login node, or use "
                           "--executor local")
@@ -282,8 +301,7 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig, args: 
     workdir = os.getcwd()
     runs = []
     for spec in pending:
-        RunExecution(spec.resolved).write_config()
-        config_path = str((run_dir(spec.resolved) / "config.yaml").resolve())
+        config_path = str(write_config(run_dir(spec.resolved), spec.config).resolve())
         runs.append(SlurmRun(config_path, workdir, cfg.max_requeues))
     with executor.batch():
         jobs = [executor.submit(run) for run in runs]
@@ -302,18 +320,15 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig, args: 
               f"{min(cfg.array_parallelism, len(jobs))} at a time)")
     print(f"  code: {code_dir}\n  logs: {jobs[0].paths.folder.parent}")
     print(f"  follow: python jobs/launch.py --grid {grid.path} --status")
-    if not getattr(args, "wait", False):
-        return 0
-    return wait_for_runs(grid, pending)
 
 
-def wait_for_runs(grid: "Grid", specs: list["RunSpec"], poll_s: float = 2.0) -> int:
-    """Block until none of ``specs`` is queued or running (records + sacct); 0 if all of them are then done."""
-    from jobs.cli import run_states
-    wanted = {spec.run_id for spec in specs}
+def wait_for_runs(specs: list["RunSpec"], poll_s: float = 2.0) -> list[Any]:
+    """Block until none of ``specs`` is queued or running (records + sacct); their final states (:mod:`jobs.state`)."""
+    from jobs.state import run_states
+    folders = [run_dir(spec.resolved) for spec in specs]
     last = ""
     while True:
-        states = [state for spec, state in run_states(grid) if spec.run_id in wanted]
+        states = run_states(folders)
         counts: dict[str, int] = {}
         for state in states:
             counts[state.status] = counts.get(state.status, 0) + 1
@@ -322,7 +337,7 @@ def wait_for_runs(grid: "Grid", specs: list["RunSpec"], poll_s: float = 2.0) -> 
             print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {line}", flush=True)
             last = line
         if not counts.get("queued") and not counts.get("running"):
-            return 0 if counts.get("done", 0) == len(states) else 1
+            return states
         time.sleep(poll_s)
 
 

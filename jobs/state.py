@@ -1,4 +1,5 @@
 """Run state from disk: records, locks and submission markers (the scheduler only adds what it alone knows, below).
+Torch-free, like :mod:`jobs.runfolder`.
 
 ``done``     record.json with status done
 ``failed``   record.json with status failed (its reason is shown), or a submission cancelled with ``--cancel``
@@ -21,7 +22,7 @@ from typing import Any, Mapping
 
 from filelock import FileLock, Timeout
 
-from jobs.execute import read_record
+from jobs.runfolder import read_record, read_status
 
 LOCK_NAME = ".lock"
 SUBMITTED_NAME = "submitted.json"
@@ -36,7 +37,7 @@ class RunState:
 
     status: str  # done | failed | running | queued | missing
     reason: str = ""
-    record: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None  # a failed run's record (a done run's is not read)
 
 
 def run_lock(folder: Path) -> FileLock:
@@ -93,9 +94,9 @@ def from_scheduler(job_id: str, state: str | None) -> RunState:
 def state_of(folder: Path, scheduler: Mapping[str, str] | None = None) -> RunState:
     """Classify a run folder (see module docstring)."""
     folder = Path(folder)
-    record = read_record(folder)
-    if record is not None and record.get("status") == "done":
-        return RunState("done", record=record)
+    status = read_status(folder)  # the record's tail: a done run's record is not parsed
+    if status == "done":
+        return RunState("done")
     if is_locked(folder):
         return RunState("running")
     submission = read_submission(folder)
@@ -106,7 +107,20 @@ def state_of(folder: Path, scheduler: Mapping[str, str] | None = None) -> RunSta
         if scheduler is not None and job_id:
             return from_scheduler(job_id, scheduler.get(job_id))
         return RunState("queued", job_id)
+    record = read_record(folder) if status == "failed" else None
     if record is not None and record.get("status") == "failed":
         failure = record.get("failure") or {}
         return RunState("failed", failure.get("reason", "unknown"), record)
     return RunState("missing")
+
+
+def run_states(folders: list[Path]) -> list[RunState]:
+    """The state of every run folder: records and locks on disk, and for submitted runs what the scheduler knows
+    (one ``sacct`` call; a job cancelled before it wrote a record is ``failed``, reason ``cancelled``)."""
+    job_ids = [str(sub.get("job_id")) for sub in map(read_submission, folders)
+               if sub and sub.get("executor") == "slurm" and sub.get("job_id")]
+    scheduler = None
+    if job_ids:
+        from jobs.slurm import scheduler_states
+        scheduler = scheduler_states(job_ids)
+    return [state_of(folder, scheduler) for folder in folders]

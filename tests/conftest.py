@@ -93,7 +93,7 @@ def base_run(data_root: Path, results: Path, **overrides) -> dict:
 
 def execute_resolved(resolved) -> dict:
     """Execute a resolved run in this process and return its record (the run must finish as done)."""
-    from jobs.execute import read_record, run_dir
+    from jobs.runfolder import read_record, run_dir
     from jobs.executors import execute_run
     from jobs.grid import RunSpec
     outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))

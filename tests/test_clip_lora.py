@@ -148,7 +148,7 @@ def test_two_steps_end_to_end(data_root, tmp_path):
     from jobs.config import resolve
     cfg = base_run(data_root, tmp_path / "res", method="clip_lora", optim={"iterations": 2, "batch_size": 6})
     resolved = resolve(cfg, "test")
-    from jobs.execute import run_dir
+    from jobs.runfolder import run_dir
     record = execute_resolved(resolved)
     assert record["history"][-1]["iterations"] == 2
     assert set(record["summary"]) == {"base", "novel", "hm"}

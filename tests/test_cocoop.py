@@ -114,7 +114,7 @@ def test_two_steps_end_to_end(data_root, tmp_path, tiny_clip):
     cfg = base_run(data_root, tmp_path / "res", method={"name": "cocoop", "batched_prompts": True},
                    optim={"epochs": 1, "batch_size": 6, "warmup_epochs": 0})
     resolved = resolve(cfg, "test")
-    from jobs.execute import run_dir
+    from jobs.runfolder import run_dir
     record = execute_resolved(resolved)
     assert record["history"][-1]["iterations"] == 2  # 3 base classes x 4 shots / batch 6
     assert set(record["summary"]) == {"base", "novel", "hm"}

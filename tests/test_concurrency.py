@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from jobs.config import resolve
-from jobs.execute import run_dir
+from jobs.runfolder import run_dir
 from jobs.executors import LOCK_GRACE_S, execute_run
 from jobs.grid import RunSpec
 from jobs.state import run_lock, state_of

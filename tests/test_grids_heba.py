@@ -10,7 +10,7 @@ import yaml
 
 from jobs.cli import launch_main
 from jobs.config import parse_overrides
-from jobs.execute import read_record, run_dir
+from jobs.runfolder import read_record, run_dir
 from jobs.executors import run_inline
 from jobs.grid import load_grid
 from protocols.datasets import COOP_DATASETS

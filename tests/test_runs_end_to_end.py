@@ -190,7 +190,7 @@ def test_bad_data_exit_2_and_finished_runs_untouched(tmp_path, kind):
 def test_diverged_training_fails_the_run_with_the_reason(data_root, tmp_path):
     """A loss that becomes NaN/inf fails the run (a 'done' record with chance-level metrics would pass for a result)."""
     from jobs.config import resolve
-    from jobs.execute import read_record, run_dir
+    from jobs.runfolder import read_record, run_dir
     from jobs.executors import execute_run
     from jobs.grid import RunSpec
     resolved = resolve(base_run(data_root, tmp_path, optim={"lr": 1e30, "epochs": 3}), "t")

@@ -27,7 +27,8 @@ import yaml
 from frozen_clip.errors import ConfigError
 from jobs.cli import launch_main
 from jobs.config import resolve
-from jobs.execute import RunExecution, read_record, run_dir
+from jobs.execute import RunExecution
+from jobs.runfolder import read_record, run_dir
 from jobs.grid import RunSpec
 from jobs.slurm import (REQUEUES_NAME, SNAPSHOT_PACKAGES, SlurmConfig, SlurmRun, executor_parameters, make_executor,
                         scheduler_states, snapshot_code)

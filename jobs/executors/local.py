@@ -1,13 +1,12 @@
-"""Executors: how the runs of a grid are carried out.
+"""The ``inline`` and ``local`` executors, and :func:`execute_run`, through which every executor executes a run.
 
 ``inline``  in this process, one after the other (debugging).
 ``local``   a pool of worker slots; each slot runs one run at a time as a subprocess (``python -m jobs.run``), taking
             the next run from a queue as soon as it is free (no barrier). With GPUs, slot i is pinned to GPU
             ``i // runs_per_gpu`` through ``CUDA_VISIBLE_DEVICES``; without GPUs, ``workers`` CPU slots.
-``slurm``   submitit job arrays (:mod:`jobs.slurm`).
-Every executor executes a run through :func:`execute_run`, which takes the run's lock, re-checks that the run is not
-done, and writes the record; so a relaunch reruns only what is missing or failed, and two launchers never execute the
-same run.
+:func:`execute_run` takes the run's lock, re-checks that the run is not done, and writes the record; so a relaunch
+reruns only what is missing or failed, and two launchers never execute the same run. Importing this module imports
+no torch (the run's code is imported when a run executes).
 """
 
 from __future__ import annotations
@@ -21,14 +20,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
 from filelock import Timeout
 
 from frozen_clip.errors import SuiteError
-from jobs.execute import RunExecution, read_record, run_dir
-from jobs.grid import RunSpec
+from jobs.executors.base import Outcome
+from jobs.runfolder import read_record, run_dir, write_config
 from jobs.state import run_lock
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from jobs.grid import Grid, RunSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,17 +52,6 @@ class LocalConfig:
             raise ValueError("runs_per_gpu must be >= 1")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one run."""
-
-    run_id: str
-    status: str  # done | failed | skipped
-    detail: str = ""
-    seconds: float = 0.0
-    user_error: bool = False
-
-
 # How long execute_run waits for a run's lock before concluding that another process runs it. Not 0: a
 # ``--status`` probe holds the lock for an instant, and a job starting in that instant must not skip its run.
 LOCK_GRACE_S = 2.0
@@ -79,6 +70,7 @@ def execute_run(spec: RunSpec, log: Callable[[str], None] | None = None) -> Outc
         record = read_record(folder)
         if record is not None and record.get("status") == "done":
             return Outcome(spec.run_id, "skipped", "already done")
+        from jobs.execute import RunExecution  # the run's code: torch, the backbone, the method
         try:
             RunExecution(spec.resolved, log=log).run()
         except SuiteError as err:
@@ -149,7 +141,7 @@ def _run_subprocess(spec: RunSpec, slot_env: dict[str, str]) -> Outcome:
     folder = run_dir(spec.resolved)
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "config.yaml"
-    RunExecution(spec.resolved).write_config()
+    write_config(folder, spec.config)
     env = {**os.environ, **slot_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     with open(folder / "stdout.txt", "a") as out:
@@ -167,20 +159,23 @@ def _run_subprocess(spec: RunSpec, slot_env: dict[str, str]) -> Outcome:
     return Outcome(spec.run_id, "failed", detail, seconds, user_error=proc.returncode == 2)
 
 
-def executor_fields(kind: str) -> set[str]:
-    """The keys an ``executor:`` block of ``kind`` may have."""
-    import dataclasses
-    if kind == "slurm":
-        from jobs.slurm import SlurmConfig
-        return {f.name for f in dataclasses.fields(SlurmConfig)}
-    return {f.name for f in dataclasses.fields(LocalConfig)}
+class InlineExecutor:
+    """Every run in this process, one after the other."""
+
+    name = "inline"
+    Options = LocalConfig
+
+    def submit(self, grid: "Grid", specs: list["RunSpec"], options: LocalConfig,
+               report: Callable[["RunSpec", Outcome], None], wait: bool = True) -> list[Outcome]:
+        return run_inline(specs, report)
 
 
-def parse_executor(block: dict[str, Any], where: str) -> Any:
-    """Validate an ``executor:`` block into its dataclass."""
-    from frozen_clip.configtools import build
-    kind = block.get("kind", "local")
-    if kind == "slurm":
-        from jobs.slurm import SlurmConfig
-        return build(SlurmConfig, block, where, prefix="executor.")
-    return build(LocalConfig, block, where, prefix="executor.")
+class LocalExecutor:
+    """A pool of subprocess slots on this machine (GPUs pinned per slot)."""
+
+    name = "local"
+    Options = LocalConfig
+
+    def submit(self, grid: "Grid", specs: list["RunSpec"], options: LocalConfig,
+               report: Callable[["RunSpec", Outcome], None], wait: bool = True) -> list[Outcome]:
+        return run_local(specs, options, report)
