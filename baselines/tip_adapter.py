@@ -227,7 +227,8 @@ class TipAdapter(FeatureMethod):
         paper=Paper("Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classification", "ECCV", 2022,
                     "2207.09519"),
         code=Code("gaopengcuhk/Tip-Adapter", "d0e2d6f"),
-        capabilities=Capabilities(trains_on="features", unseen_classes=False, protocols=("fewshot",)),
+        # "images": the runner's loop never trains it on cached features (Tip-Adapter-F trains in prepare_fit)
+        capabilities=Capabilities(trains_on="images", unseen_classes=False, protocols=("fewshot",)),
         paper_names={"Tip-Adapter": {"finetune": False}, "Tip-Adapter-F": {"finetune": True}})
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: TipAdapterConfig,
