@@ -49,26 +49,9 @@ def method_rank(name: str) -> tuple[int, str]:
     return (order.index(name) if name in order else len(order), name)
 
 
-def option_display(method: str, option: str) -> str:
-    """How tables name ``option`` of ``method`` (``bottleneck_ratio`` -> ``bottleneck ratio``)."""
-    found = card_of(method)
-    entry = (found or {}).get("options", {}).get(option)
-    return entry["display"] if entry else option.replace("_", " ")
-
-
-def value_display(method: str, option: str, value: Any) -> str | None:
-    """How tables name ``value`` of ``option`` (``kaiming_all`` -> ``Kaiming (all)``), or None when undeclared."""
-    import json
-    found = card_of(method)
-    entry = (found or {}).get("options", {}).get(option)
-    if not entry:
-        return None
-    key = value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)
-    return entry.get("values", {}).get(key)
-
-
 def is_exact_option(method: str, option: str) -> bool | None:
-    """Whether ``option`` is an exact speed switch of ``method`` (None: the method or option is unknown)."""
+    """Whether ``option`` is an exact speed switch of ``method`` according to its card (None: no card, or no such
+    option)."""
     found = card_of(method)
     entry = (found or {}).get("options", {}).get(option)
     return None if entry is None else bool(entry.get("exact"))
@@ -106,5 +89,4 @@ def run_display(row: Mapping[str, Any]) -> str:
     return method_display(name)
 
 
-__all__ = ["remember", "card_of", "all_cards", "method_display", "method_rank", "option_display", "value_display",
-           "is_exact_option", "paper_names", "paper_method", "run_display"]
+__all__ = ["remember", "card_of", "all_cards", "method_display", "method_rank", "is_exact_option", "paper_names", "paper_method", "run_display"]

@@ -323,9 +323,25 @@ def speed_switch(column: str, methods: Iterable[str]) -> bool:
         return name not in inexact_fast_defaults()
     if section != "method" or not name:
         return False
-    from analysis.methods import is_exact_option
-    defining = [exact for exact in (is_exact_option(method, name) for method in methods) if exact is not None]
+    defining = [exact for exact in (_exact_option(method, name) for method in methods) if exact is not None]
     return bool(defining) and all(defining)
+
+
+def _exact_option(method: str, option: str) -> bool | None:
+    """Whether ``option`` is an exact speed switch of ``method``: from the method's card, or, where no card can be
+    had (a record of an older layout, no torch), from the method's source (:func:`jobs.switches.method_config`)."""
+    from analysis.methods import card_of, is_exact_option
+    if card_of(method) is not None:
+        return is_exact_option(method, option)
+    from jobs.registry import METHODS
+    from jobs.switches import method_config
+    if method not in METHODS:
+        return None
+    try:
+        fields, exact = method_config(method)
+    except (ImportError, KeyError):
+        return None
+    return (option in exact) if option in fields else None
 
 
 def _short(column: str) -> str:

@@ -125,15 +125,6 @@ def option_display(config_cls: type, name: str) -> str:
     return option_meta(config_cls, name).get("display") or name.replace("_", " ")
 
 
-def value_display(config_cls: type, name: str, value: Any) -> str:
-    """How tables name ``value`` of option ``name`` (``kaiming_all`` -> ``Kaiming (all)`` where declared)."""
-    values = option_meta(config_cls, name).get("values") or {}
-    key = tuple(value) if isinstance(value, list) else value
-    if key in values:
-        return values[key]
-    return str(value)
-
-
 def defaults(config_cls: type) -> dict[str, Any]:
     """Every option's default (``default_factory`` called)."""
     out = {}
@@ -180,4 +171,4 @@ def _json_key(value: Any) -> str:
 
 
 __all__ = ["option", "Paper", "Code", "Capabilities", "MethodInfo", "option_meta", "option_display",
-           "value_display", "defaults", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]
+           "defaults", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]

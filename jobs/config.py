@@ -14,6 +14,7 @@ lists in its ``UNHASHED_FIELDS``) are kept in the config but left out of the has
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -79,44 +80,22 @@ def exact_method_fields(name: str) -> tuple[str, ...]:
     return tuple(getattr(METHODS.get(name).Config, "UNHASHED_FIELDS", ()))
 
 
+@functools.lru_cache(maxsize=None)
+def _json_defaults(config_cls: type) -> dict[str, Any]:
+    """``config_cls``'s defaults in their JSON form (frozen dataclasses: computed once per class)."""
+    return to_dict_values(defaults(config_cls))
+
+
 def _without_defaults(values: Mapping[str, Any], config_cls: type) -> dict[str, Any]:
     """``values`` minus the entries equal to ``config_cls``'s defaults (compared in their JSON form)."""
-    reference = to_dict_values(defaults(config_cls))
+    reference = _json_defaults(config_cls)
     return {k: v for k, v in values.items() if k not in reference or reference[k] != v}
 
 
-def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What a run id hashes (DESIGN.md, "Run ids"): the resolved config without the keys that cannot change a result
-    and without every option equal to its default, plus the method's recipe version.
-
-    Leaving defaults out is what lets a new option whose default reproduces the old behaviour keep every existing run
-    id; a changed default must bump the method's ``info.recipe_version`` (pinned by ``tests/test_method_registry.py``),
-    which changes the ids of all its runs, so a run made under the old default is never mistaken for a new one.
-    """
-    hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
-    method = hashed.get("method")
-    if isinstance(method, Mapping) and method.get("name") in METHODS:
-        cls = METHODS.get(method["name"])
-        exact = exact_method_fields(method["name"])
-        options = _without_defaults({k: v for k, v in method.items() if k not in exact and k != "name"}, cls.Config)
-        hashed["method"] = {"name": method["name"], "recipe_version": cls.info.recipe_version, **options}
-    top = _without_defaults({k: v for k, v in hashed.items() if k not in ("method", "optim")}, RunConfig)
-    hashed = {"method": hashed.get("method"), **top,
-              **({"optim": _without_defaults(hashed["optim"], OptimConfig)} if "optim" in hashed else {})}
-    inexact = inexact_fast_settings(config.get("fast") or {})
-    if inexact:  # a speed switch that changes results (fast.augment_views, fast.device_augment) is in the id when set
-        hashed["fast"] = inexact
-    return hashed
-
-
-def run_id_of(config: Mapping[str, Any]) -> str:
-    """16 hex chars of sha256 over the canonical JSON of :func:`canonical_config`."""
-    return hashlib.sha256(json.dumps(canonical_config(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def legacy_run_id(config: Mapping[str, Any]) -> str:
-    """The id the suite gave runs before defaults were left out of ids (every option hashed); read by
-    ``python -m jobs.migrate_ids`` to find run folders of that layout."""
+def _result_changing(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config without what cannot change a result: :data:`UNHASHED_KEYS`, the method's exact speed switches
+    (its ``UNHASHED_FIELDS``), and the ``fast`` switches other than the result-changing ones set off their defaults
+    (``fast.augment_views``, ``fast.device_augment``, ``fast.shared_views``: in the id when set)."""
     hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
     method = hashed.get("method")
     if isinstance(method, Mapping) and method.get("name") in METHODS:
@@ -125,7 +104,46 @@ def legacy_run_id(config: Mapping[str, Any]) -> str:
     inexact = inexact_fast_settings(config.get("fast") or {})
     if inexact:
         hashed["fast"] = inexact
+    return hashed
+
+
+def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run id hashes (DESIGN.md, "Run ids"): :func:`_result_changing` of the resolved config without every
+    option equal to its default, plus the method's recipe version.
+
+    Leaving defaults out is what lets a new option whose default reproduces the old behaviour keep every existing run
+    id; a changed default must bump the method's ``info.recipe_version`` (pinned by ``tests/test_method_registry.py``),
+    which changes the ids of all its runs, so a run made under the old default is never mistaken for a new one.
+    """
+    hashed = _result_changing(config)
+    method = hashed.get("method")
+    if isinstance(method, Mapping) and method.get("name") in METHODS:
+        cls = METHODS.get(method["name"])
+        options = _without_defaults({k: v for k, v in method.items() if k != "name"}, cls.Config)
+        hashed["method"] = {"name": method["name"], "recipe_version": cls.info.recipe_version, **options}
+    canonical = {"method": hashed.get("method"),
+                 **_without_defaults({k: v for k, v in hashed.items() if k not in ("method", "optim", "fast")},
+                                     RunConfig)}
+    if "optim" in hashed:
+        canonical["optim"] = _without_defaults(hashed["optim"], OptimConfig)
+    if "fast" in hashed:
+        canonical["fast"] = hashed["fast"]
+    return canonical
+
+
+def _digest(hashed: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_id_of(config: Mapping[str, Any]) -> str:
+    """16 hex chars of sha256 over the canonical JSON of :func:`canonical_config`."""
+    return _digest(canonical_config(config))
+
+
+def legacy_run_id(config: Mapping[str, Any]) -> str:
+    """The id the suite gave runs before defaults were left out of ids (every result-changing option hashed); read
+    by ``python -m jobs.migrate_ids`` to find run folders of that layout."""
+    return _digest(_result_changing(config))
 
 
 def _split_method(raw: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:

@@ -241,7 +241,7 @@ def test_analysis_names_runs_by_display_name(name, world_runs, tmp_path):
     frame = load_records(tmp_path / "results").done
     labels = set(labelled(frame)["label"])
     assert labels == {methods.run_display(frame.iloc[0].to_dict())}
-    assert METHODS.get(name).info.display in next(iter(labels)) or name == "tip_adapter"
+    assert METHODS.get(name).info.display in next(iter(labels))
 
 
 def write_pinned_defaults() -> None:
