@@ -153,7 +153,8 @@ class MMA(Method):
     Config = MMAConfig
     info = MethodInfo(
         name="mma", display="MMA", paper=Paper("MMA: Multi-Modal Adapter for Vision-Language Models", "CVPR", 2024),
-        code=Code("ZjjConan/Multi-Modal-Adapter", "547ee34"), capabilities=Capabilities(trains_on="images"))
+        code=Code("ZjjConan/Multi-Modal-Adapter", "547ee34"), capabilities=Capabilities(trains_on="images"),
+        tiny_world_overrides={"method.layers": [2, 3]})
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: MMAConfig,
                  context: MethodContext) -> None:

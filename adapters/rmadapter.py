@@ -194,7 +194,8 @@ class RMAdapter(MMA):
         code=None, capabilities=Capabilities(trains_on="images"),
         factors={"reconstruction branch": ("reconstruction", "consistency")},
         caption_note="RMAdapter has no official code: its unknown design choices are the suite's guesses "
-                     "(every one a named option).")
+                     "(every one a named option).",
+        tiny_world_overrides={"method.layers": [2, 3], "optim.grad_clip": 1.0})
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: RMAdapterConfig,
                  context: MethodContext) -> None:

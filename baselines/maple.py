@@ -83,7 +83,8 @@ class MaPLe(Method):
     Config = MaPLeConfig
     info = MethodInfo(
         name="maple", display="MaPLe", paper=Paper("MaPLe: Multi-modal Prompt Learning", "CVPR", 2023, "2210.03117"),
-        code=Code("muzairkhattak/multimodal-prompt-learning", "69bce21"), capabilities=Capabilities(trains_on="images"))
+        code=Code("muzairkhattak/multimodal-prompt-learning", "69bce21"), capabilities=Capabilities(trains_on="images"),
+        tiny_world_overrides={"method.prompt_depth": 3})
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: MaPLeConfig,
                  context: MethodContext) -> None:

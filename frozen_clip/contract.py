@@ -106,6 +106,10 @@ class MethodInfo:
     recipe_version: int = 1
     paper_names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     caption_note: str = ""  # a sentence every table holding this method's runs must carry
+    #: settings (dotted keys as in a grid: ``method.layers``, ``optim.grad_clip``) that fit the built-in world's tiny
+    #: CLIP (3 text / 4 image blocks) where a default assumes ViT-B/16 (12 blocks, its loss scales); the
+    #: registry-wide tests run the method on that model with these, as ``grids/quickstart.yaml`` does
+    tiny_world_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def names_in_papers(self) -> dict[str, dict[str, Any]]:
         """``paper_names``, or the display name with no options."""

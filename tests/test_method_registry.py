@@ -22,6 +22,7 @@ from frozen_clip.configtools import build, to_dict
 from frozen_clip.contract import PROTOCOL_NAMES, card, defaults
 from frozen_clip.method import check_method_class
 from jobs.config import canonical_config, resolve, run_id_of
+from jobs.rawconfig import set_dotted
 from jobs.registry import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,8 +40,8 @@ def declared(name: str) -> tuple[str, ...]:
 
 
 def world_config(name: str, protocol: str, results: Path, long: bool = False, **extra) -> dict:
-    """A short run of ``name`` on the built-in world: 2 shots, at most 2 epochs of batch 4 (training-free methods
-    keep their 0 epochs). ``long``: enough epochs of batch 2 that a kill after the first checkpoint lands before the
+    """A short run of ``name`` on the built-in world with its ``info.tiny_world_overrides``: 2 shots, at most 2 epochs
+    of batch 4 (training-free methods keep their 0 epochs). ``long``: enough epochs of batch 2 that a kill after the first checkpoint lands before the
     end (epochs on cached features take milliseconds, hence more of them)."""
     cls = METHODS.get(name)
     epochs = cls.recipe(protocol, WORLD["dataset"], 2, cls.Config()).get("epochs", 1)
@@ -50,8 +51,10 @@ def world_config(name: str, protocol: str, results: Path, long: bool = False, **
     else:
         epochs, batch = min(epochs, 2), 4
     optim = {"eval_batch_size": 256, **({"epochs": epochs, "batch_size": batch} if epochs else {})}
-    cfg = {**WORLD, "method": name, "protocol": protocol, "shots": 2, "seed": 1, "results_dir": str(results),
-           "optim": optim, **extra}
+    cfg = {**WORLD, "method": {"name": name}, "protocol": protocol, "shots": 2, "seed": 1,
+           "results_dir": str(results), "optim": optim, **extra}
+    for key, value in cls.info.tiny_world_overrides.items():
+        set_dotted(cfg, key, value, f"{name}: info.tiny_world_overrides")
     if protocol in TARGETS:
         cfg["targets"] = TARGETS[protocol]
     return cfg
