@@ -337,10 +337,10 @@ def _exact_option(method: str, option: str) -> bool | None:
     from jobs.switches import method_config
     if method not in METHODS:
         return None
-    try:
-        fields, exact = method_config(method)
-    except (ImportError, KeyError):
+    facts = method_config(method)
+    if facts is None:
         return None
+    fields, exact = facts
     return (option in exact) if option in fields else None
 
 

@@ -35,7 +35,8 @@ from filelock import FileLock
 from frozen_clip import atomic
 from frozen_clip.backbone import FrozenCLIP
 from frozen_clip.device_augment import collate, to_device
-from frozen_clip.fastpaths import FastPaths, FeatureViews, SeededViews, ViewsOfImages, image_keys
+from frozen_clip.fastpaths import (FastPaths, FeatureViews, SeededViews, ViewsOfImages, eval_images, image_keys,
+                                   train_images, train_loader_transform)
 from frozen_clip.imagecache import ImageCache, items_hash
 from frozen_clip.images import ImageItem
 from frozen_clip.method import FitData
@@ -349,12 +350,12 @@ class FeatureAccess:
         key = self._key(manifest, split, spec)
         if self.fast.rows_per_image(split):  # rows per image, shared by overlapping splits
             return self._shared_rows(manifest, items, key.replace(manifest=None, split=None), lambda subset: (
-                self.fast.eval_images(None, manifest.dataset, subset, Path(manifest.image_root), spec)))
+                eval_images(self.fast, None, manifest.dataset, subset, Path(manifest.image_root), spec)))
         if self.fast.shared_eval_features:
             key = key.replace(manifest=None, split=None, items=items_hash(items))
 
         def compute() -> dict[str, torch.Tensor]:  # one pass; the features are cached, so the images are not
-            return self._encode(self.fast.eval_images(None, manifest.dataset, items, Path(manifest.image_root), spec))
+            return self._encode(eval_images(self.fast, None, manifest.dataset, items, Path(manifest.image_root), spec))
         entry = self.cache.get_or_compute(key, compute)
         return entry["features"], entry["labels"]
 
@@ -371,7 +372,7 @@ class FeatureAccess:
 
         def compute() -> dict[str, torch.Tensor]:
             seeds = manifest.content_hash if split == "train" else f"{manifest.content_hash}-{split}"
-            images = self.fast.train_images(self.images, manifest.dataset, items, Path(manifest.image_root), spec)
+            images = train_images(self.fast, self.images, manifest.dataset, items, Path(manifest.image_root), spec)
             dataset = SeededViews(images, seeds)
             dataset.set_view(view)
             return self._encode(dataset)
@@ -444,7 +445,7 @@ class FeatureAccess:
         todo = sorted(set().union(*(self.rows.missing(store_keys[v], keys) for v in views)))
         if todo:
             subset, subset_keys = [items[i] for i in todo], [keys[i] for i in todo]
-            transform = self.fast.train_loader_transform(spec)
+            transform = train_loader_transform(self.fast, spec)
             rows = self.encode_rows(ViewsOfImages(subset, Path(manifest.image_root), transform, subset_keys, views))
             rows = rows.view(len(todo), len(views), -1)
             for j, v in enumerate(views):

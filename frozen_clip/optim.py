@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import TYPE_CHECKING, Iterable, Literal
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # pragma: no cover - typing only; the config and schedules import no torch (config resolution)
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def lr_at(cfg: OptimConfig, epoch: int, iteration: int, total_iterations: int) -
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD (Dassl: dampening 0, no Nesterov) or AdamW over ``params``."""
+    import torch
     params = list(params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from frozen_clip.configtools import build, check_value, suggest, to_dict, to_dict_values
-from frozen_clip.contract import defaults
+from frozen_clip.contract import defaults, option_display, value_display
 from frozen_clip.errors import ConfigError
-from frozen_clip.fastpaths import FastPaths, inexact_fast_settings
+from frozen_clip.fastconfig import FastPaths, inexact_fast_settings
 from frozen_clip.optim import OptimConfig
 from jobs.rawconfig import merge, parse_overrides, set_dotted
 from jobs.registry import METHODS
@@ -129,6 +129,21 @@ def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if "fast" in hashed:
         canonical["fast"] = hashed["fast"]
     return canonical
+
+
+def run_label(config: Mapping[str, Any]) -> str:
+    """A short human label of a resolved run config, for progress lines, ``--dry-run`` and ``--status``: the method's
+    display name with its options set off their defaults (display names of options and values; exact speed switches
+    left out), then dataset, protocol, shots and seed, e.g.
+    ``HeBA [bottleneck ratio=2, init=Kaiming (all)] imagenet base2novel shots=16 seed=1``."""
+    method = config["method"]
+    name = method["name"]
+    cls = METHODS.get(name)
+    exact = exact_method_fields(name)
+    changed = _without_defaults({k: v for k, v in method.items() if k != "name" and k not in exact}, cls.Config)
+    parts = [f"{option_display(cls.Config, k)}={value_display(cls.Config, k, v)}" for k, v in changed.items()]
+    head = cls.info.display + (f" [{', '.join(parts)}]" if parts else "")
+    return f"{head} {config['dataset']} {config['protocol']} shots={config['shots']} seed={config['seed']}"
 
 
 def _digest(hashed: Mapping[str, Any]) -> str:
@@ -244,4 +259,4 @@ def _resolve_targets(run: RunConfig, where: str) -> RunConfig:
 
 
 __all__ = ["RunConfig", "ResolvedRun", "resolve", "run_id_of", "parse_overrides", "set_dotted", "merge",
-           "check_value", "suggest", "canonical_config", "legacy_run_id"]
+           "check_value", "suggest", "canonical_config", "legacy_run_id", "run_label"]

@@ -36,7 +36,7 @@ import torch
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.contract import card
 from frozen_clip.errors import SuiteError
-from frozen_clip.fastpaths import FastPaths, SeededViews, image_keys
+from frozen_clip.fastpaths import FastPaths, SeededViews, eval_images, image_keys, train_images
 from frozen_clip.features import FeatureAccess
 from frozen_clip.flops import mfu, peak_flops
 from frozen_clip.imagecache import ImageCache
@@ -155,13 +155,13 @@ class RunExecution:
     def _test_images(self, manifest: SplitManifest, clip: FrozenCLIP) -> torch.utils.data.Dataset:
         """The test images of ``manifest`` under the test transform (through the image cache when on)."""
         spec = test_spec(clip.image_size, clip.mean, clip.std)
-        return self.fast.eval_images(self.images, manifest.dataset, manifest.test, Path(manifest.image_root), spec)
+        return eval_images(self.fast, self.images, manifest.dataset, manifest.test, Path(manifest.image_root), spec)
 
     def _train_set(self, manifest: SplitManifest, clip: FrozenCLIP, decode: bool = True) -> SeededViews:
         """Training images with per-item seeded augmentation (view ``epoch - 1`` in each epoch); ``decode``: through
         the decoded-image cache (otherwise read from the files if ever read)."""
         spec = train_spec(clip.image_size, clip.mean, clip.std)
-        images = self.fast.train_images(self.images if decode else None, manifest.dataset, manifest.train,
+        images = train_images(self.fast, self.images if decode else None, manifest.dataset, manifest.train,
                                         Path(manifest.image_root), spec)
         keys = image_keys(manifest.dataset, manifest.train) if self.fast.shared_views else None
         return SeededViews(images, manifest.content_hash, keys)

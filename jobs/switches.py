@@ -1,18 +1,17 @@
 """Which config keys are speed switches, read from the suite's source without importing it (no torch).
 
 The analysis must tell a result-changing setting from an exact speed switch (left out of the run id by
-:func:`jobs.config.run_id_of`): the ``fast`` section's result-changing switches and their defaults
-(``INEXACT_FAST_FIELDS`` and :class:`frozen_clip.fastpaths.FastPaths`), and each method config's fields and
-``UNHASHED_FIELDS``. Importing those modules imports torch, so this module reads them with :mod:`ast`: the
-dataclasses hold literal defaults and the tuples are literals. Where the source holds something else (a computed
-default, a base class imported from outside the suite), it falls back to importing the module.
+:func:`jobs.config.run_id_of`): the ``fast`` section's result-changing switches and their defaults (from the
+torch-free :mod:`frozen_clip.fastconfig`), and each method config's fields and ``UNHASHED_FIELDS``. Records carry
+the latter in their method card; for a record of an older layout, without a card, this module reads them from the
+method's source with :mod:`ast` (importing a method imports torch): the dataclasses hold literal defaults and the
+tuples are literals. Where the source holds something else (a computed default, a base class imported from outside
+the suite), it says it does not know.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
-import importlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
@@ -83,34 +82,19 @@ def _dataclass_facts(module: str, name: str) -> tuple[dict[str, Any], dict[str, 
     return fields, attrs
 
 
-def _module_constant(module: str, name: str) -> Any:
-    for node in _module_ast(module).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
-            else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            value = _literal(node.value)
-            if value is not _NOT_LITERAL:
-                return value
-    raise _NeedsImport(f"{module}:{name}")
-
-
 @lru_cache(maxsize=None)
 def inexact_fast_defaults() -> dict[str, Any]:
-    """The result-changing ``fast`` switches with their defaults (:func:`frozen_clip.fastpaths.inexact_fast_defaults`)."""
-    try:
-        names = _module_constant("frozen_clip.fastpaths", "INEXACT_FAST_FIELDS")
-        fields, _ = _dataclass_facts("frozen_clip.fastpaths", "FastPaths")
-        if all(fields.get(n, _NOT_LITERAL) is not _NOT_LITERAL for n in names):
-            return {n: fields[n] for n in names}
-    except _NeedsImport:
-        pass
-    from frozen_clip.fastpaths import inexact_fast_defaults as imported
-    return imported()
+    """The result-changing ``fast`` switches with their defaults (:func:`frozen_clip.fastconfig.inexact_fast_defaults`,
+    a torch-free module)."""
+    from frozen_clip.fastconfig import inexact_fast_defaults as defaults
+    return defaults()
 
 
 @lru_cache(maxsize=None)
-def method_config(name: str) -> tuple[frozenset[str], tuple[str, ...]]:
-    """``(fields, UNHASHED_FIELDS)`` of registered method ``name``'s config dataclass."""
+def method_config(name: str) -> tuple[frozenset[str], tuple[str, ...]] | None:
+    """``(fields, UNHASHED_FIELDS)`` of registered method ``name``'s config dataclass, read from its source; None
+    where the source does not say them literally (the caller then knows nothing, and treats every option as one
+    that changes results)."""
     from jobs.registry import METHODS
     module, cls = METHODS.target(name).split(":")
     try:
@@ -118,13 +102,9 @@ def method_config(name: str) -> tuple[frozenset[str], tuple[str, ...]]:
         config = [s.value for s in node.body if isinstance(s, ast.Assign)
                   and any(isinstance(t, ast.Name) and t.id == "Config" for t in s.targets)]
         if len(config) != 1 or not isinstance(config[0], ast.Name):
-            raise _NeedsImport(name)
+            return None
         fields, attrs = _dataclass_facts(module, config[0].id)
         unhashed = attrs.get("UNHASHED_FIELDS", ())
-        if unhashed is _NOT_LITERAL:
-            raise _NeedsImport(name)
-        return frozenset(fields), tuple(unhashed)
+        return None if unhashed is _NOT_LITERAL else (frozenset(fields), tuple(unhashed))
     except _NeedsImport:
-        imported = METHODS.get(name).Config
-        return (frozenset(f.name for f in dataclasses.fields(imported)),
-                tuple(getattr(imported, "UNHASHED_FIELDS", ())))
+        return None
