@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from torch import nn
 
+from frozen_clip import openclip_catalog
 from frozen_clip.errors import ConfigError
 from frozen_clip.shared_prefix import common_prefix_length, shared_prefix_hidden, taps_are_per_token, tower_can_share
 from frozen_clip.taps import Taps
@@ -61,8 +61,9 @@ def _tag_quick_gelu(arch: str, tag: str) -> bool | None:
     """QuickGELU flag open_clip records for (arch, tag); None if the tag is unknown for the GELU base name."""
     base = arch[: -len("-quickgelu")] if arch.endswith("-quickgelu") else arch
     for candidate in (base, base + "-quickgelu"):
-        if open_clip.pretrained.is_pretrained_cfg(candidate, tag):
-            return bool(open_clip.pretrained.get_pretrained_cfg(candidate, tag).get("quick_gelu", False))
+        quick = openclip_catalog.tag_quick_gelu(candidate, tag)
+        if quick is not None:
+            return quick
     return None
 
 
@@ -107,7 +108,7 @@ def resolve_backbone(name: str, pretrained: str | None) -> BackboneSource:
         return BackboneSource(path.stem, str(pretrained) if weights else None, json.loads(path.read_text()), {},
                               weights)
     arch = canonical_arch(name)
-    known = open_clip.list_models()
+    known = openclip_catalog.known_models()  # read without importing open_clip where it can be
     if arch not in known:
         import difflib
         close = difflib.get_close_matches(arch, known, n=3)
@@ -123,12 +124,12 @@ def _quick_gelu_arch(arch: str, given: str, tag: str) -> str:
     """The architecture to build for a tag: QuickGELU tags force ``-quickgelu``; explicit mismatches raise."""
     wants_quick = _tag_quick_gelu(arch, tag)
     if wants_quick is None:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
+        tags = openclip_catalog.pretrained_tags(arch)
         raise ConfigError(f"backbone {given!r}: unknown pretrained tag {tag!r} (known: {tags}) and not a file")
     is_quick = arch.endswith("-quickgelu")
     if wants_quick and not is_quick:
         quick = arch + "-quickgelu"
-        if quick not in open_clip.list_models():
+        if quick not in openclip_catalog.known_models():
             raise ConfigError(f"backbone {given!r}: tag {tag!r} was trained with QuickGELU but no {quick!r} "
                               "config exists")
         return quick
@@ -139,6 +140,7 @@ def _quick_gelu_arch(arch: str, given: str, tag: str) -> str:
 
 
 def _build_model(src: BackboneSource) -> tuple[nn.Module, dict[str, Any]]:
+    import open_clip  # here, not at module level: methods import this module, resolving a config needs no open_clip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_RANDOM_INIT_SEED)
         if src.model_cfg is not None:
@@ -159,6 +161,7 @@ def _build_model(src: BackboneSource) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _model_from_cfg(src: BackboneSource) -> nn.Module:
+    import open_clip
     cfg = copy.deepcopy(src.model_cfg)
     quick_gelu = bool(cfg.pop("quick_gelu", False))
     cfg.pop("custom_text", None)
@@ -179,6 +182,7 @@ def _tokenizer(name: str | None, context_length: int) -> Any:
     One per process: building the BPE tables takes ~70 ms, paid by every run of a grid executed in one process
     otherwise. Tokenizers hold no per-call state (the BPE memo only grows), so runs can share one.
     """
+    import open_clip
     if name is None:
         return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
     return open_clip.get_tokenizer(name)

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer, _expand_token
 
 from frozen_clip.errors import ConfigError
 from frozen_clip.taps import Taps, TapSite, apply
@@ -39,6 +38,9 @@ def block_forward(blk: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | Non
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None, taps: Taps, tower: str,
                grid_size: tuple[int, int] | None, n_prefix: int) -> torch.Tensor:
     """All blocks of a tower, batch-first, with taps."""
+    # open_clip is imported where a tower runs, not with this module: methods import it, and resolving their
+    # configs should not pay for open_clip (torchvision, timm)
+    from open_clip.transformer import ResidualAttentionBlock
     n_layers = len(blocks)
     for layer, blk in enumerate(blocks):
         if not isinstance(blk, ResidualAttentionBlock):
@@ -51,6 +53,7 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor |
 
 def visual_forward(visual: nn.Module, images: torch.Tensor, taps: Taps) -> torch.Tensor:
     """``VisionTransformer.forward`` (pooled, projected features) with taps; mirrors ``_embeds``/``_pool``."""
+    from open_clip.transformer import VisionTransformer, _expand_token
     if not isinstance(visual, VisionTransformer):
         raise ConfigError(f"image-tower taps need an open_clip VisionTransformer, got {type(visual).__name__}")
     if not visual.transformer.batch_first:
