@@ -24,18 +24,32 @@ PROTOCOL_NAMES = ("base2novel", "fewshot", "cross_dataset", "domain_generalizati
 UNSEEN_CLASS_PROTOCOLS = ("base2novel", "cross_dataset", "domain_generalization")
 
 
+_NO_FAST_PATH = object()
+
+
 def option(default: Any, source: str, *, kind: SourceKind = "official", display: str | None = None,
-           values: Mapping[Any, str] | None = None, value_notes: Mapping[Any, str] | None = None) -> Any:
+           values: Mapping[Any, str] | None = None, value_notes: Mapping[Any, str] | None = None,
+           fast_path_off: Any = _NO_FAST_PATH) -> Any:
     """A config field with its documentation: ``source`` says where the default comes from (an official
     ``file:line``, a paper section, or for ``kind="suite"`` the reason the suite chose it); ``display`` names the
     option in tables (default: the field name with spaces); ``values`` names option values (default: the value);
-    ``value_notes`` are sentences a table caption must carry when a value appears in it.
+    ``value_notes`` are sentences a table caption must carry when a value appears in it; ``fast_path_off``, for an
+    exact speed switch of the method, is the value that runs the official (slow) path instead, which the equivalence
+    tests and the step benchmark compare against (:func:`fast_path_switches`).
     """
     if not source:
         raise ValueError("option(): every default needs its source")
     meta = {"source": source, "kind": kind, "display": display, "values": dict(values or {}),
             "value_notes": dict(value_notes or {})}
+    if fast_path_off is not _NO_FAST_PATH:
+        meta["fast_path_off"] = fast_path_off
     return field(default=default, metadata=meta)
+
+
+def fast_path_switches(config_cls: type) -> dict[str, Any]:
+    """The method's exact speed switches, each with the value that turns its fast path off (the official path)."""
+    return {f.name: f.metadata["fast_path_off"] for f in dataclasses.fields(config_cls)
+            if "fast_path_off" in f.metadata}
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,18 @@ def option_display(config_cls: type, name: str) -> str:
     return option_meta(config_cls, name).get("display") or name.replace("_", " ")
 
 
+def value_display(config_cls: type, name: str, value: Any) -> str:
+    """How tables name ``value`` of option ``name`` (``kaiming_all`` -> ``Kaiming (all)``; unnamed values as
+    written, lists as ``[5,6]``)."""
+    named = option_meta(config_cls, name).get("values") or {}
+    for known, text in named.items():
+        if _json_key(known) == _json_key(value):
+            return text
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
 def defaults(config_cls: type) -> dict[str, Any]:
     """Every option's default (``default_factory`` called)."""
     out = {}
@@ -174,5 +200,5 @@ def _json_key(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-__all__ = ["option", "Paper", "Code", "Capabilities", "MethodInfo", "option_meta", "option_display",
-           "defaults", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]
+__all__ = ["option", "Paper", "Code", "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display",
+           "defaults", "fast_path_switches", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]

@@ -99,7 +99,24 @@ def print_status(plan: GridPlan) -> int:
     print("\n".join(lines))
     summary = ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "queued", "failed", "missing") if k in counts)
     print(f"{plan.name}: {len(entries)} runs: {summary}")
+    print_older_runs(plan, entries)
     return 0
+
+
+def print_older_runs(plan: GridPlan, entries: list[Any]) -> None:
+    """The finished runs in the grid's folder made under an older recipe of their method (or the older layout):
+    not runs of the grid any more (their ids changed), kept, and not counted above."""
+    from jobs import index
+    current = index.recipes(plan.results_dir)
+    older = index.older_recipe_runs(plan.results_dir, {entry.run_id for entry in entries}, current)
+    for method, versions in sorted(older.older_recipe.items()):
+        now = current[method]
+        print(f"{plan.name}: {len(versions)} finished runs of {method} were made under an older recipe "
+              f"(version {', '.join(str(v) for v in sorted(set(versions)))}; now {now}): kept in {plan.results_dir}, "
+              "not counted above; a launch reruns them under the current recipe")
+    if older.older_layout:
+        print(f"{plan.name}: {older.older_layout} finished runs have records of the older layout (run ids that hashed "
+              f"every option): `python -m jobs.migrate_ids {plan.results_dir}` renames them to their current ids")
 
 
 def preflight(specs: list[RunSpec]) -> None:

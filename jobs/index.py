@@ -6,6 +6,11 @@ canonical name), which imports every method, torch and open_clip. Whenever the l
 run config of the expansion (the grid's run after axes, variants and command-line overrides), the hash of that raw
 config -> its run id and a short label. ``--status`` then reads the ids from the index instead of resolving.
 
+The index also keeps the recipe version of each method of the grid (``info.recipe_version``), so that ``--status``
+can tell, without importing the methods, how many finished runs in the folder were made under an older recipe
+(:func:`older_recipe_runs`): a changed default bumps the version, which changes every run id of the method, so such
+runs are not runs of the grid any more, but their folders stay.
+
 An entry is valid only under the same :func:`code_fingerprint`: a hash of the source files that decide run ids (the
 config resolver, the optimiser and fast-path settings, the backbone resolver, the dataset and protocol catalogues,
 the method registry and every module of the packages that hold registered methods) and of the open_clip version.
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from frozen_clip import atomic
-from jobs.runfolder import REPO_ROOT
+from jobs.runfolder import REPO_ROOT, read_record, read_status
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from jobs.grid import Grid, GridPlan
@@ -92,9 +97,10 @@ def raw_key(raw: dict[str, Any]) -> str:
 
 
 def describe_config(config: dict[str, Any]) -> str:
-    """A short human label of a resolved run config."""
-    return (f"{config['method']['name']} {config['dataset']} {config['protocol']} shots={config['shots']} "
-            f"seed={config['seed']}")
+    """A short human label of a resolved run config (:func:`jobs.config.run_label`; the config was resolved, so the
+    method is imported)."""
+    from jobs.config import run_label
+    return run_label(config)
 
 
 def _read(folder: Path) -> dict[str, Any]:
@@ -113,14 +119,61 @@ def save(plan: "GridPlan", grid: "Grid", fingerprint: str | None = None) -> None
     fingerprint = fingerprint or code_fingerprint()
     folder = plan.results_dir
     old = _read(folder)
-    runs = dict(old.get("runs") or {}) if old.get("fingerprint") == fingerprint else {}
+    same_code = old.get("fingerprint") == fingerprint
+    runs = dict(old.get("runs") or {}) if same_code else {}
+    recipes = dict(old.get("recipes") or {}) if same_code else {}
     labels = {spec.run_id: describe_config(spec.config) for spec in grid.runs}
     for raw_run, run_id in zip(plan.raws, grid.raw_ids):
         runs[raw_key(raw_run.raw)] = [run_id, labels[run_id]]
-    if runs == old.get("runs") and old.get("fingerprint") == fingerprint:
+    recipes.update(current_recipes(grid))
+    if same_code and runs == old.get("runs") and recipes == old.get("recipes"):
         return
-    payload = {"version": INDEX_VERSION, "fingerprint": fingerprint, "runs": runs}
+    payload = {"version": INDEX_VERSION, "fingerprint": fingerprint, "runs": runs, "recipes": recipes}
     atomic.write_text(folder / INDEX_NAME, json.dumps(payload, separators=(",", ":")) + "\n")
+
+
+def current_recipes(grid: "Grid") -> dict[str, int]:
+    """The recipe version of every method of a resolved grid (its methods are imported)."""
+    from jobs.registry import METHODS
+    names = {spec.config["method"]["name"] for spec in grid.runs}
+    return {name: METHODS.get(name).info.recipe_version for name in sorted(names)}
+
+
+def recipes(folder: Path, fingerprint: str | None = None) -> dict[str, int]:
+    """The recipe versions the index of ``folder`` holds under the current code ({} without a valid index)."""
+    data = _read(folder)
+    if not data or data.get("fingerprint") != (fingerprint or code_fingerprint()):
+        return {}
+    return {k: int(v) for k, v in (data.get("recipes") or {}).items()}
+
+
+@dataclass(frozen=True)
+class OlderRuns:
+    """Finished runs in a grid's results folder that are not runs of the grid as it resolves today."""
+
+    older_recipe: dict[str, list[int]]  # method -> the older recipe versions of its finished runs, one per run
+    older_layout: int  # finished records without a method card: made before run ids left defaults out
+
+
+def older_recipe_runs(folder: Path, current_ids: set[str], versions: dict[str, int]) -> OlderRuns:
+    """The finished runs under ``folder`` whose id is not in ``current_ids`` and that were made under an older
+    recipe version of their method (``versions``: method -> current version), or under the older layout.
+
+    Reads only the records of folders that are not runs of the grid: nothing for a grid whose folder holds only
+    its own runs."""
+    older: dict[str, list[int]] = {}
+    layout = 0
+    for run_folder in run_folders(folder):
+        if run_folder.name in current_ids or read_status(run_folder) != "done":
+            continue
+        record = read_record(run_folder) or {}
+        card = record.get("method_card")
+        method = ((record.get("config") or {}).get("method") or {}).get("name")
+        if not isinstance(card, dict):
+            layout += 1
+        elif method in versions and int(card.get("recipe_version", 1)) < versions[method]:
+            older.setdefault(method, []).append(int(card.get("recipe_version", 1)))
+    return OlderRuns(older, layout)
 
 
 def lookup(plan: "GridPlan", fingerprint: str | None = None) -> list[RunEntry] | None:

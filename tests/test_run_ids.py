@@ -30,6 +30,16 @@ def test_ids_change_with_a_non_default_option_and_with_the_recipe_version(monkey
     assert run_id_of(default.config) != default.run_id  # a bumped recipe: no finished run is reused
 
 
+def test_run_labels_name_options_off_their_defaults_by_their_display_names():
+    from jobs.config import run_label
+    raw = {"method": {"name": "heba", "bottleneck_ratio": 2, "init": "kaiming_all"},
+           "dataset": "caltech101", "backbone": "tiny-world", "pretrained": "world", "seed": 3}
+    label = run_label(resolve(raw, "test").config)
+    assert label == "HeBA [bottleneck ratio=2, init=Kaiming (all)] caltech101 base2novel shots=16 seed=3"
+    exact = resolve({**raw, "method": {"name": "heba", "text_buckets": 1}}, "test")  # a speed switch: not a variant
+    assert run_label(exact.config) == "HeBA caltech101 base2novel shots=16 seed=3"
+
+
 def test_migrate_ids_renames_older_layout_folders(tmp_path):
     sources = sorted(RECORDS.glob("heba-ablations/*/record.json"))[:3]
     grid = tmp_path / "results" / "heba-ablations"
@@ -59,3 +69,42 @@ def test_migrate_ids_renames_older_layout_folders(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "jobs.migrate_ids", str(grid)], cwd=REPO, capture_output=True,
                              text=True)
     assert missing.returncode == 2 and str(grid) in missing.stderr
+
+
+def test_status_counts_finished_runs_made_under_an_older_recipe(tmp_path, monkeypatch, capsys):
+    """A bumped recipe version changes every id of the method: ``--status`` shows the grid's runs as missing and says
+    how many finished runs in the folder were made under the older recipe (and which have older-layout records)."""
+    from dataclasses import replace
+
+    from frozen_clip.contract import card
+    from jobs import cli
+    from jobs.grid import expand_grid, resolve_plan
+    from jobs.registry import METHODS
+    from jobs.runfolder import write_record
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(f"name: g\nbase:\n  method: heba\n  dataset: caltech101\n  backbone: tiny-world\n"
+                         f"  pretrained: world\n  results_dir: {tmp_path / 'results'}\ngrid:\n  seed: [1, 2]\n")
+    cls = METHODS.get("heba")
+    old_card = card(cls)
+    plan = expand_grid(grid_file)
+    for spec in resolve_plan(plan).runs:
+        write_record(plan.results_dir / spec.run_id, {"run_id": spec.run_id, "config": spec.config,
+                                                      "status": "done", "method_card": old_card})
+    legacy = resolve_plan(expand_grid(grid_file, {"seed": 3})).runs[0]
+    write_record(plan.results_dir / legacy_run_id(legacy.config), {"config": legacy.config, "status": "done"})
+
+    assert cli.print_status(plan) == 0
+    before = capsys.readouterr().out
+    assert "g: 2 runs: 2 done" in before and "older recipe" not in before
+    assert "1 finished runs have records of the older layout" in before and "jobs.migrate_ids" in before
+
+    monkeypatch.setattr(cls, "info", replace(cls.info, recipe_version=cls.info.recipe_version + 1))
+    # a bump is an edit of the method's file, which changes the fingerprint the run-id index is valid under
+    from jobs import index
+    fingerprint = index.code_fingerprint()
+    monkeypatch.setattr(index, "code_fingerprint", lambda *args: fingerprint + "-bumped")
+    assert cli.print_status(plan) == 0
+    after = capsys.readouterr().out
+    assert "g: 2 runs: 2 missing" in after
+    assert (f"2 finished runs of heba were made under an older recipe (version {old_card['recipe_version']}; "
+            f"now {old_card['recipe_version'] + 1})") in after

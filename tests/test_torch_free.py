@@ -74,7 +74,7 @@ def test_status_and_tables_of_real_runs_without_torch(no_torch, tmp_path):
 
     status = run([launch, "--grid", str(grid), "--status"], tmp_path, no_torch)
     assert status.returncode == 0, status.stderr
-    assert "nt: 2 runs: 2 done" in status.stdout and "zeroshot oxford_pets base2novel" in status.stdout
+    assert "nt: 2 runs: 2 done" in status.stdout and "Zero-shot CLIP oxford_pets base2novel" in status.stdout
 
     # a failed record (the previous layout's record, as written before) reads without torch too
     folder = next((tmp_path / "results" / "nt").glob("*/record.json")).parent
