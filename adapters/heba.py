@@ -126,11 +126,14 @@ class HeBAConfig:
     novel_scale: float | None = option(
         None, "None = official (ADAPTER_SCALE_NOVEL is dead); float = paper's intent", kind="paper")
     truncate_text: bool = option(
-        True, "exact fast path; never applied with text_adapter conv1d (module docstring)", kind="suite")
+        True, "exact fast path; never applied with text_adapter conv1d (module docstring)", kind="suite",
+        fast_path_off=False)
     text_buckets: int = option(
-        3, "exact fast path: prompts grouped by length, each group truncated to its own longest", kind="suite")
+        3, "exact fast path: prompts grouped by length, each group truncated to its own longest", kind="suite",
+        fast_path_off=1)
     share_text_prefix: bool = option(
-        True, "exact fast path: the positions all prompts share run once (linear adapter)", kind="suite")
+        True, "exact fast path: the positions all prompts share run once (linear adapter)", kind="suite",
+        fast_path_off=False)
     xd_preset: Literal["xd_intended", "xd_literal_rename", "none"] = option(
         "xd_intended", "spec §4.2 (GUESS)", kind="suite")
 

@@ -92,11 +92,14 @@ class MMAConfig:
         "ln_1", "branch input: ln_1(block input) (official) or the block input")
     template: str = option("a photo of a {}.", 'TEXT_CTX_INIT + " {}."; "dataset" = the dataset\'s CoOp template')
     truncate_text: bool = option(
-        True, "exact (per-token branch): cut the text context to the longest prompt", kind="suite")
+        True, "exact (per-token branch): cut the text context to the longest prompt", kind="suite",
+        fast_path_off=False)
     text_buckets: int = option(
-        3, "exact fast path: class prompts grouped by length, each group cut to its own longest", kind="suite")
+        3, "exact fast path: class prompts grouped by length, each group cut to its own longest", kind="suite",
+        fast_path_off=1)
     share_text_prefix: bool = option(
-        True, "exact fast path: the positions all class prompts share run once", kind="suite")
+        True, "exact fast path: the positions all class prompts share run once", kind="suite",
+        fast_path_off=False)
     xd_preset: Literal["xd_start9", "xd_start10", "none"] = option("xd_start9", "cross-dataset / DG layers + recipe")
 
     def validate(self) -> None:

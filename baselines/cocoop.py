@@ -42,7 +42,8 @@ class CoCoOpConfig:
     meta_net_reduction: int = option(16, "hidden width = E // 16 (official literal ``vis_dim // 16``)")
     batched_prompts: bool = option(
         False, "suite option: one text pass for all images of a batch (official: per image)", kind="suite")
-    truncate_text: bool = option(True, "suite option (exact): cut the text context to the longest prompt", kind="suite")
+    truncate_text: bool = option(True, "suite option (exact): cut the text context to the longest prompt", kind="suite",
+                                  fast_path_off=False)
 
     @property
     def csc(self) -> bool:

@@ -55,9 +55,11 @@ class CoOpConfig:
     csc: bool = option(False, "CSC: class-specific contexts")
     class_token_position: Literal["end", "middle", "front"] = option("end", "CLASS_TOKEN_POSITION")
     init_std: float = option(0.02, "coop.py PromptLearner: nn.init.normal_(ctx_vectors, std=0.02)")
-    truncate_text: bool = option(True, "exact fast path: cut the text context to the longest prompt", kind="suite")
+    truncate_text: bool = option(True, "exact fast path: cut the text context to the longest prompt", kind="suite",
+                                  fast_path_off=False)
     shared_prefix: bool = option(
-        True, "exact fast path: [SOS] + shared context encoded once, not per class (end position)", kind="suite")
+        True, "exact fast path: [SOS] + shared context encoded once, not per class (end position)", kind="suite",
+        fast_path_off=False)
 
     def validate(self) -> None:
         if self.n_ctx <= 0 and not self.ctx_init:

@@ -34,7 +34,8 @@ class LinearProbeConfig:
     search_steps: int = option(8, "interval-halving steps after the coarse grid")
     max_iter: int = option(1000, "lpclip/linear_probe.py: LogisticRegression(max_iter=1000)")
     normalize_features: bool = option(False, "official: raw features")
-    reuse_fits: bool = option(True, "a C fitted before is not fitted again (official: refits; same classifier)")
+    reuse_fits: bool = option(True, "a C fitted before is not fitted again (official: refits; same classifier)",
+                               fast_path_off=False)
 
     UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("reuse_fits",)
 

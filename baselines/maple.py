@@ -51,7 +51,8 @@ class MaPLeConfig:
     ctx_init: str = option("a photo of a", "CTX_INIT (used when n_ctx <= 4, as the official condition)")
     prompt_depth: int | None = option(None, "PROMPT_DEPTH; None: 9 (base2novel, fewshot) or 3 (cross_dataset, DG)")
     init_std: float = option(0.02, "deep text prompts (and a random ctx): N(0, 0.02)")
-    truncate_text: bool = option(True, "suite option (exact): cut the text context to the longest prompt", kind="suite")
+    truncate_text: bool = option(True, "suite option (exact): cut the text context to the longest prompt", kind="suite",
+                                  fast_path_off=False)
 
     def validate(self) -> None:
         if self.n_ctx < 1:

@@ -113,7 +113,8 @@ class TipAdapterConfig:
     clip_logit_scale: float = option(
         100.0, "the literal 100. of the official logits (= exp(logit_scale) of OpenAI CLIP)")
     batched_search: bool = option(
-        True, "all alphas of a beta in one batch (exact; false: the official double loop)", kind="suite")
+        True, "all alphas of a beta in one batch (exact; false: the official double loop)", kind="suite",
+        fast_path_off=False)
 
     UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("batched_search",)
 

@@ -25,18 +25,15 @@ import torch
 from bench.common import FullContextCLIP, Interleaved, peak_memory_of
 from frozen_clip import flops
 from frozen_clip.backbone import FrozenCLIP, length_buckets
-from frozen_clip.fastpaths import supports_feature_training
+from frozen_clip.contract import fast_path_switches
+from frozen_clip.fastconfig import supports_feature_training
 from frozen_clip.method import Method, MethodContext
 from frozen_clip.shared_prefix import common_prefix_length
 
-#: the methods of the step benchmark, with the fields that switch their fast paths off
-FAST_FLAGS: dict[str, dict[str, Any]] = {
-    "heba": {"truncate_text": False, "share_text_prefix": False},
-    "mma": {"truncate_text": False, "share_text_prefix": False, "text_buckets": 1},
-    "coop": {"truncate_text": False, "shared_prefix": False},
-    "clip_lora": {},  # CLIP-LoRA always truncates; the reference backbone restores the full context
-}
-STEP_METHODS = tuple(FAST_FLAGS)
+#: the methods the step benchmark runs by default (``--methods`` takes any registered method); the switches that
+#: turn a method's fast paths off come from its contract (``option(..., fast_path_off=...)``), and every reference
+#: path also runs on the full-context backbone (CLIP-LoRA, which always truncates, differs only there)
+STEP_METHODS = ("heba", "mma", "coop", "clip_lora")
 
 
 def class_names(n: int) -> list[str]:
@@ -52,8 +49,7 @@ def build_method(name: str, clip: FrozenCLIP, classnames: list[str], reference: 
     cls = method_class(name, "bench")
     config = dataclasses.replace(cls.Config(), **shape_overrides(name, clip))
     if reference:
-        flags = {k: v for k, v in FAST_FLAGS[name].items() if hasattr(config, k)}
-        config = dataclasses.replace(config, **flags)
+        config = dataclasses.replace(config, **fast_path_switches(cls.Config))
     context = MethodContext(dataset="imagenet", template="a photo of a {}.", protocol="base2novel", shots=16,
                             seed=1, epochs=1)
     torch.manual_seed(0)

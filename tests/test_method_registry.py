@@ -21,7 +21,7 @@ import pytest
 from frozen_clip.configtools import build, to_dict
 from frozen_clip.contract import PROTOCOL_NAMES, card, defaults
 from frozen_clip.method import check_method_class
-from jobs.config import canonical_config, resolve, run_id_of
+from jobs.config import canonical_config, resolve, run_id_of, run_label
 from jobs.rawconfig import set_dotted
 from jobs.registry import METHODS
 
@@ -84,6 +84,24 @@ def test_contract_is_filled_in(name):
     assert all(option["display"] and option["source"] for option in described["options"].values())
     for factor, options in cls.info.factors.items():
         assert set(options) <= set(described["options"]), f"factor {factor!r} names unknown options"
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_exact_speed_switches_name_their_official_path(name):
+    """Every option left out of the run id (an exact speed switch) declares the value that turns it off, and that
+    value is a valid config: the step benchmark and the equivalence tests build the official path from it."""
+    from frozen_clip.contract import fast_path_switches
+    cls = METHODS.get(name)
+    switches = fast_path_switches(cls.Config)
+    assert set(getattr(cls.Config, "UNHASHED_FIELDS", ())) <= set(switches)
+    official = build(cls.Config, {**to_dict(cls.Config()), **switches}, "test")  # validated as any config
+    assert all(getattr(official, k) != getattr(cls.Config(), k) for k in switches)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_progress_and_status_lines_use_the_display_name(name):
+    config = resolve({**WORLD, "method": name, "protocol": declared(name)[0]}, "test").config
+    assert run_label(config).startswith(f"{METHODS.get(name).info.display} world_hues ")
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
