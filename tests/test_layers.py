@@ -25,6 +25,10 @@ function (a lazy import is still a dependency, only a later one). The layers, bo
     torch (:data:`HEAVY`), so tables can be built where torch is not installed.
 ``bench``
     benchmarks of the whole suite; may import every package.
+
+The command line (``jobs.cli`` with its scripts ``jobs/launch.py`` and ``jobs/run.py``, :data:`COMMAND_LINE`) sits on
+top of every layer: it lives in ``jobs`` for its users' sake (``python jobs/launch.py``), may import any package
+(a launch ends by writing the analysis), and nothing but its scripts imports it.
 """
 
 from __future__ import annotations
@@ -53,16 +57,14 @@ HEAVY = frozenset({"torch", "torchvision", "open_clip"})
 
 #: the modules that may import ``jobs.cli`` (the command-line scripts); library modules must not
 CLI_ENTRY_POINTS = frozenset({"jobs.run", "jobs.launch"})
+#: the command line: the top layer, which may import every package
+COMMAND_LINE = CLI_ENTRY_POINTS | {"jobs.cli"}
 
 #: (importing module, imported module) pairs that break a rule above today and are being removed; each must still
 #: occur (a fixed one is taken off this list), and no other may appear.
 KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
-    # jobs.cli runs the analysis after a grid: jobs importing the layer above it
-    ("jobs.cli", "analysis.tables"),
-    # jobs.switches reads speed switches from source, but falls back to importing a method module (torch) where the
-    # source holds no literal; analysis reaches torch through that fallback
-    ("analysis.records", "jobs.switches"),
-    # ... and expands grids through jobs.grid, which imports torch (jobs.config -> frozen_clip.backbone)
+    # ``python -m analysis.tables --grid G`` lists the grid's runs that have no record: their run ids need the grid
+    # resolved, which imports the methods (torch); everything else the analysis does is torch-free
     ("analysis.records", "jobs.grid"),
 })
 
@@ -130,7 +132,7 @@ def _violations() -> set[tuple[str, str]]:
     found = set()
     for module, target in _suite_edges():
         source, dest = module.split(".")[0], target.split(".")[0]
-        if source != dest and dest not in ALLOWED[source]:
+        if source != dest and dest not in ALLOWED[source] and module not in COMMAND_LINE:
             found.add((module, target))
         if target == "jobs.cli" and module not in CLI_ENTRY_POINTS:
             found.add((module, target))
@@ -165,11 +167,11 @@ def test_known_violations_still_occur() -> None:
 
 
 def test_no_cycle_between_packages() -> None:
-    """Package-level import graph (known violations aside) is acyclic."""
+    """Package-level import graph (known violations aside, the command line on top of it) is acyclic."""
     graph: dict[str, set[str]] = {p: set() for p in PACKAGES}
     for module, target in _suite_edges() - KNOWN_VIOLATIONS:
         source, dest = module.split(".")[0], target.split(".")[0]
-        if source != dest:
+        if source != dest and module not in COMMAND_LINE:
             graph[source].add(dest)
     state: dict[str, str] = {}
 
