@@ -14,7 +14,7 @@ and ``max`` describe the per-seed HMs. Dispersion is the population std (``stats
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,10 @@ STAT_COLUMNS = ["mean", "std", "n", "min", "max"]
 def per_run_values(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """Long frame: ``keys`` + ``run_id, protocol, dataset, seed, metric, value`` (one row per run and metric)."""
     rows = []
-    for _, run in frame.iterrows():
+    # plain dicts of the columns used: a pandas row per run costs more than the values
+    needed = [c for c in frame.columns if c in (*keys, "run_id", "protocol", "dataset", "seed", "targets")
+              or str(c).startswith("acc.")]
+    for run in frame[needed].to_dict("records"):
         base = {k: _key(run[k]) for k in keys}
         base.update(run_id=run["run_id"], protocol=run["protocol"], dataset=run["dataset"], seed=run["seed"])
         for metric, value in _run_metrics(run).items():
@@ -46,7 +49,7 @@ def _key(value: object) -> object:
     return MISSING if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
-def _run_metrics(run: pd.Series) -> dict[str, float]:
+def _run_metrics(run: Mapping[str, Any]) -> dict[str, float]:
     protocol = run["protocol"]
     if protocol == "base2novel":
         base, novel = float(run["acc.base"]), float(run["acc.novel"])

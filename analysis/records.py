@@ -361,15 +361,23 @@ def variant_labels(frame: pd.DataFrame, axes: Sequence[str] | None = None,
     """A label per row: the method's display name plus every variant axis that is set for it.
 
     ``HeBA (bottleneck_ratio=2, init=zero)``; a method with one configuration is just its name. ``display`` maps
-    ``method.name`` to a display name, or is a function of the whole row (a mapping of column -> value).
+    ``method.name`` to a display name, or is a function of the row's method columns and axes (a mapping of
+    column -> value), called once per distinct combination of them.
     """
     axes = variant_axes(frame) if axes is None else list(axes)
     display = display or {}
+    # the label depends on the method's columns and the axes only: computed once per distinct combination
+    columns = list(dict.fromkeys(c for c in frame.columns if c == "method.name" or str(c).startswith("method.")
+                                 or c in axes))
     labels = []
-    for row in frame.to_dict("records"):  # plain dicts: a pandas row per run costs more than the label
-        name = display(row) if callable(display) else display.get(row["method.name"], row["method.name"])
-        parts = [f"{_short(a)}={_value_text(row[a])}" for a in axes if a in row and not _missing(row[a])]
-        labels.append(f"{name} ({', '.join(parts)})" if parts else name)
+    known: dict[str, str] = {}
+    for row in frame[columns].to_dict("records"):  # plain dicts: a pandas row per run costs more than the label
+        key = repr(sorted((k, v) for k, v in row.items() if not _missing(v)))
+        if key not in known:
+            name = display(row) if callable(display) else display.get(row["method.name"], row["method.name"])
+            parts = [f"{_short(a)}={_value_text(row[a])}" for a in axes if a in row and not _missing(row[a])]
+            known[key] = f"{name} ({', '.join(parts)})" if parts else name
+        labels.append(known[key])
     return pd.Series(labels, index=frame.index, dtype=object)
 
 
