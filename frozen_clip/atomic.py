@@ -1,17 +1,36 @@
 """Atomic file writes: a temp file in the destination folder, flushed and fsynced, then ``os.replace``.
 
 A reader sees either the old file or the complete new one, never a partial write, even if the writer is killed.
+The file gets the permissions the process's umask gives a new file (``tempfile.mkstemp`` alone makes it readable by
+its owner only, and a lab shares result folders).
 The JSON and text writers need no torch (run records are read and written where torch is not installed); torch is
 imported by :func:`torch_save` only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, IO
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask: read from ``/proc`` where it can be (setting it to read it races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -19,6 +38,7 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -28,6 +48,36 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+#: what loading a truncated or otherwise damaged file raises (torch.load: a zip archive cut short, a pickle cut short)
+DAMAGED_FILE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, ValueError, OSError, KeyError,
+                                                        pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def quarantine(path: Path, what: str, error: BaseException | str,
+               log: Callable[[str], None] | None = None) -> Path:
+    """Move a damaged file aside (``<name>.damaged-<UTC time>``, next to it) so that it is computed again, and say
+    so: through ``log`` when given, else as a warning on stderr. Returns where the file went.
+
+    Files written by this module are complete or absent, so a damaged one was truncated or changed by something else
+    (a full disk, a copy cut short, a hand edit); keeping it aside instead of deleting it leaves it to inspect."""
+    import datetime as dt
+    import warnings
+    path = Path(path)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # another process moved it aside first
+        return target
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {str(error).split('. ')[0][:200]}"
+    message = f"{what} {path} could not be read ({reason}); moved aside to {target.name} and computed again"
+    if log is not None:
+        log(message)
+    else:
+        warnings.warn(message, stacklevel=2)
+    return target
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from frozen_clip import openclip_catalog
+from frozen_clip.contract import BackboneShape
 from frozen_clip.errors import ConfigError
+from frozen_clip.images import file_stamp
 from frozen_clip.shared_prefix import common_prefix_length, shared_prefix_hidden, taps_are_per_token, tower_can_share
 from frozen_clip.taps import Taps
 from frozen_clip.towers import TextTower, visual_forward
@@ -118,6 +120,22 @@ def resolve_backbone(name: str, pretrained: str | None) -> BackboneSource:
     if Path(str(pretrained)).is_file():
         return BackboneSource(arch, str(pretrained))
     return BackboneSource(_quick_gelu_arch(arch, name, str(pretrained)), str(pretrained))
+
+
+def backbone_shape(src: BackboneSource) -> BackboneShape | None:
+    """The tower sizes of a resolved backbone, read from its model config without building it (a bundled or
+    config-file backbone's config, a ``local-dir:`` folder's ``open_clip_config.json``, open_clip's config of an
+    architecture); None where no config can be read (``hf-hub:``) or it is not a plain transformer."""
+    cfg = src.model_cfg
+    if cfg is None and src.name.startswith("local-dir:"):
+        path = Path(src.name[len("local-dir:"):]) / "open_clip_config.json"
+        try:
+            cfg = json.loads(path.read_text()).get("model_cfg")
+        except (OSError, ValueError, AttributeError):
+            cfg = None
+    elif cfg is None and not src.name.startswith("hf-hub:"):
+        cfg = openclip_catalog.model_config(src.name)
+    return BackboneShape.from_model_config(cfg)
 
 
 def _quick_gelu_arch(arch: str, given: str, tag: str) -> str:
@@ -228,12 +246,29 @@ class FrozenCLIP(nn.Module):
         """Pretrained tag or weights path (None = random init)."""
         return self.source.pretrained
 
+    @property
+    def weights_stamp(self) -> str | None:
+        """:func:`~frozen_clip.images.file_stamp` of the weights the model was loaded from, where they are local files
+        (a bundled backbone's weights, a weights file, a ``local-dir:`` folder); None for open_clip's named tags,
+        which name fixed released weights. Caches of this model's features are keyed by it, so replacing the weights
+        file recomputes them."""
+        src = self.source
+        if src.weights_file is not None:
+            return file_stamp(src.weights_file)
+        if src.pretrained and Path(src.pretrained).is_file():
+            return file_stamp(src.pretrained)
+        if src.name.startswith("local-dir:"):
+            folder = Path(src.name[len("local-dir:"):])
+            return ";".join(f"{p.name}:{file_stamp(p)}" for p in sorted(folder.iterdir()) if p.is_file())
+        return None
+
     def train(self, mode: bool = True) -> "FrozenCLIP":
         """The frozen backbone always stays in eval mode."""
         super().train(False)
         return self
 
     # -- shapes -----------------------------------------------------------------------------------------------------
+
     @property
     def visual(self) -> nn.Module:
         return self.model.visual

@@ -16,8 +16,10 @@ Three kinds of entry, by what identifies the images:
 * per image (``fast.shared_views``): one :class:`RowStore` entry per (transform, view, ...) holding a row per image,
   shared by every split that holds the image.
 
-Entries written under the dict-keyed layout that preceded :class:`FeatureKey` are not found under the new names:
-they are computed again, to the same values.
+An entry is keyed by what its images' files are (size and modification time of each, :mod:`frozen_clip.images`), not
+only by their paths: a dataset whose images were rewritten in place gets new features, never the old images'.
+Entries written under earlier layouts (the dict-keyed one, keys without file stamps) are not found under the new
+names: they are computed again, to the same values.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from frozen_clip.device_augment import collate, to_device
 from frozen_clip.fastpaths import (FastPaths, FeatureViews, SeededViews, ViewsOfImages, eval_images, image_keys,
                                    train_images, train_loader_transform)
 from frozen_clip.imagecache import ImageCache, items_hash
-from frozen_clip.images import ImageItem
+from frozen_clip.images import ImageItem, file_stamps, stamps_signature
 from frozen_clip.method import FitData
 from frozen_clip.optim import OptimConfig
 from frozen_clip.transforms import TransformSpec, test_spec, train_spec
@@ -63,6 +65,11 @@ class FeatureKey:
         resize: ``device`` when views are resized on the run's device (``fast.device_augment``: other pixels).
         row_batch: the encoding batch size of a :class:`RowStore` entry (a row is bitwise the same at a fixed batch
             size, whatever the batch's other images).
+        images: the size and modification time of every image file of the entry
+            (:func:`~frozen_clip.images.files_signature`): images rewritten in place make another key. Row-store
+            entries leave it out; their rows are keyed per image with the image's own stamp.
+        weights: the stamp of the backbone's weights file where it is a local file
+            (:attr:`~frozen_clip.backbone.FrozenCLIP.weights_stamp`).
     """
 
     backbone: str
@@ -76,6 +83,8 @@ class FeatureKey:
     augment: str | None = None
     resize: str | None = None
     row_batch: int | None = None
+    images: str | None = None
+    weights: str | None = None
 
     def parts(self) -> dict[str, Any]:
         """The fields as a dict (stored next to the entry)."""
@@ -156,14 +165,16 @@ class FeatureCache:
 
     def _load_or_compute(self, path: Path, key: FeatureKey, compute: Callable[[], dict[str, torch.Tensor]]
                          ) -> dict[str, torch.Tensor]:
-        if path.is_file():
+        found = load_entry(path, "feature cache entry")
+        if found is not None:
             self.hits += 1
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return found
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            if path.is_file():
+            found = load_entry(path, "feature cache entry")
+            if found is not None:
                 self.hits += 1
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return found
             self.misses += 1
             value = {k: v.detach().cpu() for k, v in compute().items()}
             atomic.torch_save(path, value)
@@ -262,9 +273,27 @@ def _ids(keys: list[str]) -> torch.Tensor:
 
 
 def _read_rows(path: Path) -> dict[str, torch.Tensor] | None:
+    return load_entry(path, "row store entry", required=("ids", "features"))
+
+
+def load_entry(path: Path, what: str, required: tuple[str, ...] = ()) -> dict[str, torch.Tensor] | None:
+    """The tensor dict stored at ``path``, or None when there is none. A file that cannot be loaded, or that is not
+    a dict of tensors holding ``required``, is damaged: it is moved aside with a warning naming it
+    (:func:`frozen_clip.atomic.quarantine`) and None is returned, so that the entry is computed again."""
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except atomic.DAMAGED_FILE_ERRORS as err:
+        atomic.quarantine(path, what, err)
+        return None
+    if not (isinstance(entry, dict) and all(isinstance(v, torch.Tensor) for v in entry.values())
+            and all(k in entry for k in required)):
+        atomic.quarantine(path, what, "not a dict of tensors" + (f" with {list(required)}" if required else ""))
+        return None
+    return entry
 
 
 def _lookup(entry: dict[str, torch.Tensor] | None, ids: torch.Tensor) -> torch.Tensor:
@@ -326,6 +355,8 @@ class FeatureAccess:
         self.batch_size = max(optim.eval_batch_size, 64)
         self.fast = fast or FastPaths()
         self.images = images
+        # file stamps of each split's images, read once per run (a run's epochs ask for their views again and again)
+        self._stamps: dict[tuple[str, str], list[str]] = {}
 
     def counters(self) -> dict[str, Any]:
         """Hits and misses of the feature cache, the trainer's view cache and (``fast.shared_views``) the row
@@ -337,7 +368,23 @@ class FeatureAccess:
 
     def _key(self, manifest: Split, split: str, spec: TransformSpec) -> FeatureKey:
         return FeatureKey(self.clip.name, self.clip.pretrained, spec.signature(), manifest.dataset,
-                          manifest=manifest.content_hash, split=split)
+                          manifest=manifest.content_hash, split=split,
+                          images=stamps_signature(self._split_stamps(manifest, split), getattr(manifest, split)),
+                          weights=self.clip.weights_stamp)
+
+    def _split_stamps(self, manifest: Split, split: str) -> list[str]:
+        """:func:`~frozen_clip.images.file_stamps` of ``split``'s images (read once per run)."""
+        key = (manifest.content_hash, split)
+        if key not in self._stamps:
+            self._stamps[key] = file_stamps(manifest.image_root, getattr(manifest, split))
+        return self._stamps[key]
+
+    def _row_keys(self, manifest: Split, split: str) -> list[str]:
+        """The row store's key of each item of ``split``: its :func:`~frozen_clip.fastpaths.image_key` with the file's
+        stamp (a rewritten image is another row; its views are still seeded by the image key alone)."""
+        items = getattr(manifest, split)
+        stamps = self._split_stamps(manifest, split)
+        return [f"{key}@{stamp}" for key, stamp in zip(image_keys(manifest.dataset, items), stamps)]
 
     def split_features(self, manifest: Split, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Test-transform features and labels of ``split`` of ``manifest``.
@@ -349,7 +396,8 @@ class FeatureAccess:
         items = getattr(manifest, split)
         key = self._key(manifest, split, spec)
         if self.fast.rows_per_image(split):  # rows per image, shared by overlapping splits
-            return self._shared_rows(manifest, items, key.replace(manifest=None, split=None), lambda subset: (
+            shared = key.replace(manifest=None, split=None, images=None)  # rows carry their images' stamps
+            return self._shared_rows(manifest, split, shared, lambda subset: (
                 eval_images(self.fast, None, manifest.dataset, subset, Path(manifest.image_root), spec)))
         if self.fast.shared_eval_features:
             key = key.replace(manifest=None, split=None, items=items_hash(items))
@@ -386,14 +434,15 @@ class FeatureAccess:
         return FeatureViews(lambda view: self.augmented_features(manifest, "train", view, scale, True),
                             lambda views: self.prefetch_views(manifest, "train", views, scale))
 
-    def _shared_rows(self, manifest: Split, items: Sequence[ImageItem], key: FeatureKey,
+    def _shared_rows(self, manifest: Split, split: str, key: FeatureKey,
                      dataset_of: Callable[[list[ImageItem]], torch.utils.data.Dataset]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features of ``items`` from the per-image row store, encoding only the images no run has stored under
-        ``key`` (``dataset_of(subset)`` yields their images); labels from the items themselves."""
+        """Features of the items of ``split`` from the per-image row store, encoding only the images no run has stored
+        under ``key`` (``dataset_of(subset)`` yields their images); labels from the items themselves."""
+        items = getattr(manifest, split)
         if not items:
             return torch.zeros(0, self.clip.embed_dim), _labels(items)
-        keys = image_keys(manifest.dataset, items)
+        keys = self._row_keys(manifest, split)
         key = key.replace(row_batch=self.batch_size)
         missing = self.rows.missing(key, keys)
         if missing:
@@ -414,7 +463,7 @@ class FeatureAccess:
             every = self.fast.bounded_views()
             views = every if view in every and key.replace(view=None) not in self._prefetched else [view]
             store_keys = self._fill_views(manifest, split, views, spec, key)
-            found = {"features": self.rows.rows(store_keys[view], image_keys(manifest.dataset, items)),
+            found = {"features": self.rows.rows(store_keys[view], self._row_keys(manifest, split)),
                      "labels": _labels(items)}
             self._shared_memo.put(key, found)
         return found["features"], found["labels"]
@@ -439,17 +488,19 @@ class FeatureAccess:
         """Store the rows of ``views`` of ``split``'s images that the row store lacks, encoding every view of such an
         image in one pass (:class:`~frozen_clip.fastpaths.ViewsOfImages`); returns each view's store key."""
         items = getattr(manifest, split)
-        keys = image_keys(manifest.dataset, items)
-        shared = key.replace(manifest=None, split=None, augment="per-image-seed", row_batch=self.batch_size)
+        seeds, keys = image_keys(manifest.dataset, items), self._row_keys(manifest, split)
+        shared = key.replace(manifest=None, split=None, augment="per-image-seed", row_batch=self.batch_size,
+                             images=None)
         store_keys = {v: shared.replace(view=v) for v in views}
         todo = sorted(set().union(*(self.rows.missing(store_keys[v], keys) for v in views)))
         if todo:
-            subset, subset_keys = [items[i] for i in todo], [keys[i] for i in todo]
+            subset = [items[i] for i in todo]
             transform = train_loader_transform(self.fast, spec)
-            rows = self.encode_rows(ViewsOfImages(subset, Path(manifest.image_root), transform, subset_keys, views))
+            rows = self.encode_rows(ViewsOfImages(subset, Path(manifest.image_root), transform,
+                                                  [seeds[i] for i in todo], views))
             rows = rows.view(len(todo), len(views), -1)
             for j, v in enumerate(views):
-                self.rows.add(store_keys[v], subset_keys, rows[:, j])
+                self.rows.add(store_keys[v], [keys[i] for i in todo], rows[:, j])
         return store_keys
 
     def encode_rows(self, dataset: torch.utils.data.Dataset) -> torch.Tensor:

@@ -33,7 +33,7 @@ from torchvision import transforms as T
 
 from frozen_clip import atomic
 from frozen_clip.device_augment import ToPixels, loader_transform
-from frozen_clip.images import ImageItem, ImageListDataset, open_image
+from frozen_clip.images import ImageItem, ImageListDataset, files_signature, open_image
 from frozen_clip.transforms import TransformSpec
 
 DEFAULT_MAX_DECODED_MB = 4096.0  # full-resolution entries above this size are not written (decode per epoch)
@@ -74,27 +74,43 @@ class ImageCache:
                       load: Callable[[Path], Any]) -> Any | None:
         path = self.root / f"{self._key(parts)}{suffix}"
         too_large = path.with_suffix(".too-large")  # remembered, so later runs do not decode up to the limit again
-        if path.is_file():
+        found = self._load(path, load)
+        if found is not None:
             self.hits += 1
-            return load(path)
+            return found
         if too_large.is_file():
             return None
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            if not path.is_file():
-                self.misses += 1
-                if not build(path):
-                    atomic.write_json(too_large, parts)
-                    return None
-                atomic.write_json(path.with_suffix(".json"), parts)
-            else:
+            found = self._load(path, load)
+            if found is not None:
                 self.hits += 1
+                return found
+            self.misses += 1
+            if not build(path):
+                atomic.write_json(too_large, parts)
+                return None
+            atomic.write_json(path.with_suffix(".json"), parts)
         return load(path)
+
+    @staticmethod
+    def _load(path: Path, load: Callable[[Path], Any]) -> Any | None:
+        """The entry at ``path``; None if absent, or if damaged (moved aside with a warning, to be built again)."""
+        if not path.is_file():
+            return None
+        try:
+            return load(path)
+        except FileNotFoundError:
+            return None
+        except atomic.DAMAGED_FILE_ERRORS as err:
+            atomic.quarantine(path, "image cache entry", err)
+            return None
 
     # -- full resolution ----------------------------------------------------------------------------------------------
     def decoded(self, dataset: str, items: Sequence[ImageItem], image_root: Path) -> list[np.ndarray] | None:
         """Full-resolution RGB uint8 arrays ``[H, W, 3]`` of ``items``; None if the split is over the size limit."""
-        parts = {"kind": "decoded", "dataset": dataset, "items": items_hash(items), "n": len(items)}
+        parts = {"kind": "decoded", "dataset": dataset, "items": items_hash(items), "n": len(items),
+                 "files": files_signature(image_root, items)}  # rewritten images make another entry
         key = self._key(parts)
         if self._decoded_memo is not None and self._decoded_memo[0] == key:
             self.hits += 1
@@ -122,7 +138,7 @@ class ImageCache:
     def resized(self, dataset: str, items: Sequence[ImageItem], image_root: Path, spec: TransformSpec) -> np.ndarray:
         """``[N, size, size, 3]`` uint8 crops of ``items`` after :func:`eval_head` (memory-mapped)."""
         parts = {"kind": "resized", "dataset": dataset, "items": items_hash(items), "n": len(items),
-                 "transform": spec.signature()}
+                 "transform": spec.signature(), "files": files_signature(image_root, items)}
         head = eval_head(spec)
 
         def build(path: Path) -> bool:

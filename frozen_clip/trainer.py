@@ -316,7 +316,15 @@ class Trainer:
         path = None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
         if path is None or not path.is_file():
             return 0, 0
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            if not isinstance(state, dict) or not {"epoch", "iteration", "method", "optimizer"} <= set(state):
+                raise ValueError("not a checkpoint of this trainer")
+        except FileNotFoundError:
+            return 0, 0
+        except atomic.DAMAGED_FILE_ERRORS as err:  # truncated or foreign: start again rather than fail until deleted
+            atomic.quarantine(path, "checkpoint", err, self.log)
+            return 0, 0
         self.method.load_state_dict(state["method"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

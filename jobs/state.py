@@ -2,7 +2,8 @@
 Torch-free, like :mod:`jobs.runfolder`.
 
 ``done``     record.json with status done
-``failed``   record.json with status failed (its reason is shown), or a submission cancelled with ``--cancel``
+``failed``   record.json with status failed (its reason is shown), a damaged record.json (unreadable, no status),
+             or a submission cancelled with ``--cancel``
 ``running``  the run folder's lock is held by a live process
 ``queued``   submitted to a scheduler (``submitted.json``, newer than any failed record) and not started
 ``missing``  none of the above
@@ -22,7 +23,7 @@ from typing import Any, Mapping
 
 from filelock import FileLock, Timeout
 
-from jobs.runfolder import read_record, read_status
+from jobs.runfolder import RECORD_NAME, read_record, read_status
 
 LOCK_NAME = ".lock"
 SUBMITTED_NAME = "submitted.json"
@@ -111,6 +112,9 @@ def state_of(folder: Path, scheduler: Mapping[str, str] | None = None) -> RunSta
     if record is not None and record.get("status") == "failed":
         failure = record.get("failure") or {}
         return RunState("failed", failure.get("reason", "unknown"), record)
+    if status is None and (folder / RECORD_NAME).exists():
+        return RunState("failed", f"{RECORD_NAME} is damaged (unreadable or without a status): a relaunch moves it "
+                                  "aside and runs the run again")
     return RunState("missing")
 
 
