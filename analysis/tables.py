@@ -172,14 +172,14 @@ def _describe(row: pd.Series) -> str:
 
 def parse_where(items: Sequence[str]) -> dict:
     """``["method.init=official", "shots=16"]`` -> ``{"method.init": "official", "shots": 16}`` (YAML scalars)."""
-    import yaml
+    from jobs.rawconfig import load_yaml
 
     conditions = {}
     for item in items:
         if "=" not in item:
             raise argparse.ArgumentTypeError(f"--where {item!r}: expected KEY=VALUE")
         key, text = item.split("=", 1)
-        conditions[key] = yaml.safe_load(text)
+        conditions[key] = load_yaml(text, f"--where {key}")  # as grids read values (1e-3 is a float)
     return conditions
 
 

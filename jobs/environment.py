@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 
 from frozen_clip.errors import SuiteError
+from jobs.runfolder import LAUNCH_ID_ENV
 
 SUITE_VERSION = "0.1.0"
 
@@ -36,11 +38,13 @@ def make_deterministic() -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def environment(device: torch.device, precision: str, commit: str | None) -> dict[str, Any]:
-    """Versions, the suite's commit (``commit``), device and host of the run."""
+def environment(device: torch.device, precision: str, commit: str | None, code: str | None = None) -> dict[str, Any]:
+    """Versions, the suite's commit (``commit``) and which code that is (``code``:
+    :func:`jobs.runfolder.code_version`, also set outside a git checkout), device and host of the run."""
     import open_clip
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "open_clip": open_clip.__version__, "suite": SUITE_VERSION},
-            "git_sha": commit, "device": str(device), "device_name": name, "precision": precision,
+            "git_sha": commit, "code": code, "launch_id": os.environ.get(LAUNCH_ID_ENV), "pid": os.getpid(),
+            "device": str(device), "device_name": name, "precision": precision,
             "threads": torch.get_num_threads(), "hostname": socket.gethostname()}

@@ -26,8 +26,10 @@ model FLOPs per image of the first step and the MFU against the device's dense p
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,13 +46,24 @@ from frozen_clip.method import Method, MethodContext
 from frozen_clip.seeding import derive_seed, seed_everything
 from frozen_clip.trainer import FitResult, Trainer, peak_memory_mb
 from frozen_clip.transforms import test_spec, train_spec
-from jobs.config import ResolvedRun, method_class
+from jobs.config import ResolvedRun, method_class, run_label
 from jobs.data import Manifests, cache_dir, resolve_data_root
 from jobs.environment import environment, make_deterministic, pick_device, resolve_precision
 from jobs.evaluation import evaluate, summarize
-from jobs.runfolder import SCHEMA_VERSION, git_sha, run_dir, write_config, write_record
+from jobs.runfolder import SCHEMA_VERSION, code_version, git_sha, run_dir, write_config, write_record
 from protocols.datasets import get_spec
 from protocols.splits import SplitManifest
+
+
+def shots_per_class(items: Any, n_classes: int, requested: int) -> dict[str, int]:
+    """Training images per class of a fit split against the requested ``shots``: ``min``, ``max``, and how many
+    classes have fewer than requested (``short_classes``). Such a class trains on all it has (Dassl's
+    ``generate_fewshot_dataset`` with ``repeat=False``), so the record states what the classes actually had;
+    ``shots: 0`` means every training image (no class is short)."""
+    counts = Counter(item.label for item in items)
+    per_class = [counts.get(label, 0) for label in range(n_classes)] or [0]
+    short = sum(c < requested for c in per_class) if requested else 0
+    return {"requested": requested, "min": min(per_class), "max": max(per_class), "short_classes": short}
 
 
 class RunExecution:
@@ -71,12 +84,20 @@ class RunExecution:
         if self._log_sink is not None:
             self._log_sink(f"{self.resolved.run_id}: {message}")
 
+    def _log_header(self) -> None:
+        """What the log is of, at the top of each attempt (a resumed run appends a new attempt)."""
+        with open(self.folder / "log.txt", "a") as handle:
+            handle.write(f"=== run {self.resolved.run_id}: {run_label(self.resolved.config)}\n"
+                         f"=== config: {self.folder / 'config.yaml'}; code: {code_version()}; host: "
+                         f"{socket.gethostname()}; started {dt.datetime.now().isoformat(timespec='seconds')}\n")
+
     def write_config(self) -> None:
         write_config(self.folder, self.resolved.config)
 
     def run(self) -> dict[str, Any]:
         """Run to completion and write the record; on failure write a failed record and re-raise."""
         self.write_config()
+        self._log_header()
         started = dt.datetime.now(dt.timezone.utc).isoformat()
         record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "run_id": self.resolved.run_id,
                                   "config": self.resolved.config, "started_at": started}
@@ -108,6 +129,11 @@ class RunExecution:
         manifests.preflight()
         self.log(f"fit split {manifests.fit.dataset}/{manifests.fit.subsample}: {len(manifests.fit.train)} train, "
                  f"{len(manifests.fit.val)} val, {len(manifests.fit.classnames)} classes")
+        shots = shots_per_class(manifests.fit.train, len(manifests.fit.classnames), run.shots)
+        if shots["short_classes"]:
+            self.log(f"note: {shots['short_classes']} classes have fewer than {run.shots} training images (as few as "
+                     f"{shots['min']}); as in Dassl (repeat=False) they train on all they have; the record states "
+                     "the shots per class (shots_per_class)")
         seed_everything(derive_seed("build", run.seed))
         clip = load_backbone(run.backbone, run.pretrained, device)
         method = self._build_method(clip, manifests.fit)
@@ -143,7 +169,8 @@ class RunExecution:
                 "method_card": card(type(method)),
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
-                "env": environment(device, precision, git_sha())}
+                "shots_per_class": shots,
+                "env": environment(device, precision, git_sha(), code_version())}
 
     def _build_method(self, clip: FrozenCLIP, fit: SplitManifest) -> Method:
         run = self.resolved.run

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from frozen_clip.configtools import suggest
 from frozen_clip.errors import ConfigError
-from jobs.rawconfig import merge, read_yaml_mapping, set_dotted
+from jobs.rawconfig import folder_name_problem, merge, read_yaml_mapping, set_dotted
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from jobs.config import ResolvedRun
@@ -153,8 +153,9 @@ def expand_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
     where = str(path)
     data = _read_yaml(path)
     name = data.get("name") or path.stem
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}: name must be a string")
+    problem = folder_name_problem(name)
+    if problem:
+        raise ConfigError(f"{where}: name {problem}")
     base = _nested(data.get("base") or {}, f"{where}: base")
     axes = _axes(data.get("grid"), f"{where}: grid")
     variants_raw = data.get("variants") or [{}]
@@ -186,18 +187,46 @@ def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
 
 
 def resolve_plan(plan: GridPlan) -> Grid:
-    """Resolve every run of ``plan`` (deduplicated by run id, in expansion order)."""
+    """Resolve every run of ``plan`` (deduplicated by run id, in expansion order). Every run is checked before
+    anything is raised: the problems of the whole grid come in one :class:`ConfigError`
+    (:func:`_grid_problems`)."""
     from jobs.config import resolve
     runs: list[RunSpec] = []
     seen: set[str] = set()
     raw_ids = []
+    problems: list[tuple[str, ConfigError]] = []
     for raw_run in plan.raws:
-        resolved = resolve(raw_run.raw, raw_run.where)
+        try:
+            resolved = resolve(raw_run.raw, raw_run.where)
+        except ConfigError as err:
+            problems.append((raw_run.where, err))
+            continue
         raw_ids.append(resolved.run_id)
         if resolved.run_id not in seen:
             seen.add(resolved.run_id)
             runs.append(RunSpec(resolved.run_id, resolved.config, resolved))
+    if problems:
+        raise _grid_problems(plan, problems)
     return Grid(plan, runs, tuple(raw_ids))
+
+
+def _grid_problems(plan: GridPlan, problems: list[tuple[str, ConfigError]], shown: int = 20) -> ConfigError:
+    """One error for every problem of a grid: a single problem as it is; several grouped by what is wrong (the
+    same reason in many runs is said once, with the first run and how many more)."""
+    if len(problems) == 1:
+        return problems[0][1]
+    grouped: dict[str, list[str]] = {}
+    for where, err in problems:
+        text = str(err)
+        reason = text[len(where) + 2:] if text.startswith(f"{where}: ") else text
+        grouped.setdefault(reason, []).append(where)
+    lines = [f"{plan.path}: {len(grouped)} problem(s) in {len(problems)} of {len(plan.raws)} runs; nothing ran:"]
+    for reason, wheres in list(grouped.items())[:shown]:
+        more = f" (and {len(wheres) - 1} more runs)" if len(wheres) > 1 else ""
+        lines.append(f"  - {wheres[0]}{more}: {reason}")
+    if len(grouped) > shown:
+        lines.append(f"  ... and {len(grouped) - shown} more problems")
+    return ConfigError("\n".join(lines))
 
 
 def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

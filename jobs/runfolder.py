@@ -23,6 +23,9 @@ from typing import Any
 from frozen_clip import atomic
 
 SCHEMA_VERSION = 1
+#: set by a local-pool launcher in its runs' environment and stored in their records (``env.launch_id``), so that the
+#: launcher tells the runs it executed from those another launcher of the same grid executed meanwhile
+LAUNCH_ID_ENV = "FCS_LAUNCH_ID"
 RECORD_NAME = "record.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _TAIL_BYTES = 1024  # after a done record's status come only ``failure: null`` and ``finished_at``
@@ -85,6 +88,24 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
     """A run config YAML file (e.g. a run folder's ``config.yaml``) as a mapping; :class:`ConfigError` if not."""
     from jobs.rawconfig import read_yaml_mapping
     return read_yaml_mapping(Path(path), "run config")
+
+
+def code_version() -> str:
+    """Which code made a run: ``git <commit>`` (``+ local changes`` when the checkout differs from it) from a git
+    checkout, else the installed distribution's version (``frozen-clip-suite <version>``)."""
+    sha = git_sha()
+    if sha:
+        try:
+            dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            dirty = ""
+        return f"git {sha}" + (" + local changes" if dirty else "")
+    from importlib import metadata
+    try:
+        return f"frozen-clip-suite {metadata.version('frozen-clip-suite')} (not a git checkout)"
+    except metadata.PackageNotFoundError:
+        return "unknown (not a git checkout, not installed)"
 
 
 def git_sha() -> str | None:

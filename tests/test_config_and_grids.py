@@ -86,6 +86,13 @@ def test_grid_expansion_variants_and_pinning(data_root, tmp_path):
     (lambda g: g["grid"].update({"method.bogus": [1]}), "method.bogus"),
     (lambda g: g["grid"].update({"dataset": ["oxford_pets", "nope"]}), "unknown dataset 'nope'"),
     (lambda g: g["base"].update(shots="many"), "shots: expected an integer"),
+    (lambda g: g.update(name="../outside"), "name '../outside' must be one folder name under results_dir"),
+    (lambda g: g.update(name="a/b"), "name 'a/b' must be one folder name"),
+    (lambda g: g["grid"].update(name=["ok", ".hidden"]), "name '.hidden' must be one folder name"),
+    (lambda g: g.update(executor={"kind": "local", "threads_per_run": -1}), "threads_per_run must be null"),
+    (lambda g: g.update(executor={"kind": "local", "threads_per_run": 0}), "threads_per_run must be null"),
+    (lambda g: g.update(executor={"kind": "local", "gpus": [0, -1]}), "gpus must be GPU indices >= 0"),
+    (lambda g: g["base"].update(shots=-2), "shots must be >= 0"),
 ])
 def test_launch_rejects_bad_grids_with_exit_2(data_root, tmp_path, mutate, message):
     grid = {"name": "bad", "base": {**base_run(data_root, tmp_path / "res"), "method": "zeroshot"},
@@ -99,6 +106,73 @@ def test_launch_rejects_bad_grids_with_exit_2(data_root, tmp_path, mutate, messa
     assert str(path) in proc.stderr and message in proc.stderr
     assert proc.stderr.count("error:") == 1
     assert not (tmp_path / "res").exists()  # nothing ran, nothing written
+
+
+def test_a_key_given_twice_in_a_grid_file_is_an_error_naming_both_lines(data_root, tmp_path):
+    path = write_grid(tmp_path / "dup.yaml", data_root, tmp_path / "res")
+    text = path.read_text().replace("  method: zeroshot\n", "  method: zeroshot\n  seed: 1\n  seed: 2\n", 1)
+    assert text != path.read_text()
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/launch.py"), "--grid", str(path), "--dry-run"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{path}: key 'seed' is given twice in one mapping (lines" in proc.stderr
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 0.001), ("5E-4", 0.0005), ("+2e2", 200.0), ("1.5e-3", 0.0015),
+                                        ("-3e0", -3.0), ("0.01", 0.01), ("'1e-3'", "1e-3"), ("1e", "1e"),
+                                        ("12", 12), ("run1e5", "run1e5")])
+def test_numbers_read_as_yaml_1_2_reads_them(data_root, tmp_path, text, value):
+    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; grids, run configs and overrides read it as a float."""
+    from jobs.rawconfig import load_yaml
+    assert load_yaml(f"v: {text}") == {"v": value}
+    assert parse_overrides([f"optim.lr={text}"]) == {"optim": {"lr": value}}
+
+
+def test_exponent_learning_rates_resolve_from_files_and_overrides(data_root, tmp_path):
+    path = write_grid(tmp_path / "lr.yaml", data_root, tmp_path / "res")
+    text = path.read_text()
+    assert "  optim:\n" in text
+    path.write_text(text.replace("  optim:\n", "  optim:\n    lr: 1e-3\n", 1))
+    grid = load_grid(path, parse_overrides(["method=coop"]))
+    assert {spec.resolved.optim.lr for spec in grid.runs} == {0.001}
+    grid = load_grid(path, parse_overrides(["method=coop", "optim.lr=5e-4"]))
+    assert {spec.resolved.optim.lr for spec in grid.runs} == {0.0005}
+
+
+def test_every_problem_of_a_grid_is_listed_before_anything_runs(tmp_path):
+    """Options a backbone cannot take (adapted layers it lacks, a bottleneck ratio that does not divide a width)
+    fail when the grid is resolved, all at once, grouped by reason, before the first run: not at run time after
+    other runs of the grid have executed."""
+    grid = {"name": "mixed", "base": {"dataset": "world_hues", "backbone": "tiny-world", "pretrained": "world",
+                                      "results_dir": str(tmp_path / "res")},
+            "grid": {"seed": [1, 2]},
+            "variants": [{"method": "zeroshot"}, {"method": "mma"},
+                         {"method": "heba", "method.bottleneck_ratio": [4, 5]},
+                         {"method": "clip_lora", "method.layers": [[7]]}],
+            "executor": {"kind": "inline"}}
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/launch.py"), "--grid", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{path}: 3 problem(s) in 6 of 10 runs; nothing ran:" in proc.stderr
+    assert "mma on backbone tiny-world: method.layers: [5, 6, 7, 8, 9, 10, 11, 12] exceeds the 3 blocks" in proc.stderr
+    assert "method.bottleneck_ratio (the text tower's attn_in width): 5 must be a positive divisor" in proc.stderr
+    assert "method.layers: block 7 does not exist in the text tower (3 blocks)" in proc.stderr
+    assert proc.stderr.count("(and 1 more runs)") == 3 and proc.stderr.count("error:") == 1
+    assert not (tmp_path / "res").exists()
+
+
+def test_backbone_shapes_are_read_without_building_the_model():
+    from frozen_clip.backbone import backbone_shape, resolve_backbone
+    shape = backbone_shape(resolve_backbone("ViT-B/16", "openai"))
+    assert (shape.text.layers, shape.text.width, shape.text.mlp_width) == (12, 512, 2048)
+    assert (shape.visual.layers, shape.visual.width, shape.visual.mlp_width, shape.embed_dim) == (12, 768, 3072, 512)
+    assert backbone_shape(resolve_backbone("RN50", "openai")) is None  # not a transformer image tower: no check
+    tiny = backbone_shape(resolve_backbone("tiny-world", "world"))
+    assert (tiny.text.layers, tiny.visual.layers, tiny.text.width, tiny.visual.width) == (3, 4, 64, 128)
 
 
 def test_every_shipped_grid_validates():
