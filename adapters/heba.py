@@ -72,9 +72,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from adapters.blocks import scaled_branch
-from adapters.bottleneck import BottleneckBlock, InitScheme, init_bottleneck_
+from adapters.bottleneck import BottleneckBlock, InitScheme, bottleneck_width, init_bottleneck_
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -283,6 +283,18 @@ class HeBA(Method):
         if changed:
             raise ValueError(f"heba: xd_preset {config.xd_preset!r} sets {changed} on protocol {run.protocol!r}; "
                              "set method.xd_preset: none to choose them yourself")
+
+    @classmethod
+    def check_backbone(cls, shape: BackboneShape, protocol: str, config: HeBAConfig) -> None:
+        """The adapted layers exist in both towers and the bottleneck ratio divides every adapted width (the
+        attention input's and, with ``points`` holding it, the MLP hidden layer's)."""
+        settings = effective_settings(config, protocol, shape.text.layers, shape.visual.layers)
+        for tower, layers in (("text", settings.text_layers), ("visual", settings.visual_layers)):
+            size = getattr(shape, tower)
+            widths = {"attn_in": size.width, "mlp_hidden": size.mlp_width}
+            for point in config.points if layers else ():
+                bottleneck_width(widths[point], config.bottleneck_ratio,
+                                 f"method.bottleneck_ratio (the {tower} tower's {point} width)")
 
     # -- prompts ------------------------------------------------------------------------------------------------------
     def class_prompts(self, classnames: Sequence[str]) -> list[list[str]]:

@@ -58,7 +58,7 @@ from torch.nn import functional as F
 
 from adapters.blocks import kaiming_linears_, scaled_branch
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -169,6 +169,11 @@ class MMA(Method):
         self.shared_adapters = kaiming_linears_(self._shared())
         self._text_cache: torch.Tensor | None = None
         self._set_prompts(classnames)
+
+    @classmethod
+    def check_backbone(cls, shape: BackboneShape, protocol: str, config: MMAConfig) -> None:
+        """The adapted blocks exist in both towers."""
+        adapted_layers(config, protocol, min(shape.text.layers, shape.visual.layers))
 
     # -- construction -------------------------------------------------------------------------------------------------
     def resblocks(self, tower: str) -> nn.ModuleList:

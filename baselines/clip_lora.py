@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -127,6 +127,20 @@ class LoRAAttention(nn.Module):
         return self.project("o", out, attn.out_proj.weight, attn.out_proj.bias, scale, dropout, training)
 
 
+def lora_layers(config: CLIPLoRAConfig, tower: str, n_layers: int) -> tuple[int, ...]:
+    """0-based blocks of ``tower`` (``n_layers`` blocks) that get LoRA: ``layers``, else ``position``'s;
+    :class:`ConfigError` naming the key when a block does not exist."""
+    if config.layers:
+        layers, key = tuple(config.layers), "method.layers"
+    elif config.position == "all":
+        return tuple(range(n_layers))
+    else:
+        layers, key = POSITIONS[config.position], f"method.position={config.position!r}"
+    if max(layers) >= n_layers:
+        raise ConfigError(f"{key}: block {max(layers)} does not exist in the {tower} tower ({n_layers} blocks)")
+    return tuple(sorted(set(layers)))
+
+
 class CLIPLoRA(Method):
     """LoRA on the attention projections of both frozen CLIP towers."""
 
@@ -162,16 +176,13 @@ class CLIPLoRA(Method):
 
     # -- construction helpers --------------------------------------------------------------------------------------
     def _layers(self, tower: str, n_layers: int) -> tuple[int, ...]:
-        cfg = self.config
-        if cfg.layers:
-            layers, key = tuple(cfg.layers), "method.layers"
-        elif cfg.position == "all":
-            return tuple(range(n_layers))
-        else:
-            layers, key = POSITIONS[cfg.position], f"method.position={cfg.position!r}"
-        if max(layers) >= n_layers:
-            raise ConfigError(f"{key}: block {max(layers)} does not exist in the {tower} tower ({n_layers} blocks)")
-        return tuple(sorted(set(layers)))
+        return lora_layers(self.config, tower, n_layers)
+
+    @classmethod
+    def check_backbone(cls, shape: BackboneShape, protocol: str, config: CLIPLoRAConfig) -> None:
+        """The adapted blocks exist in every adapted tower."""
+        for tower in TOWERS[config.encoder]:
+            lora_layers(config, tower, getattr(shape, tower).layers)
 
     @staticmethod
     def _width(block: nn.Module, tower: str, layer: int) -> int:

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from baselines.coop import prompt_tokens
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -78,6 +78,17 @@ def _replace_after_sos(x: torch.Tensor, site: TapSite, prompt: torch.Tensor) -> 
     return torch.cat([x[:, :1], tokens, x[:, 1 + prompt.shape[0]:]], dim=1)
 
 
+def prompt_depth(config: MaPLeConfig, protocol: str, text_blocks: int, image_blocks: int) -> int:
+    """The prompt depth of a run (``prompt_depth``, else the paper's for ``protocol``); :class:`ConfigError` when a
+    tower has fewer blocks."""
+    depth = config.prompt_depth if config.prompt_depth is not None else PAPER_DEPTH[protocol]
+    for tower, blocks in (("text", text_blocks), ("image", image_blocks)):
+        if depth > blocks:
+            raise ConfigError(f"method.prompt_depth={depth} exceeds the {blocks} blocks of the {tower} tower"
+                              " (set method.prompt_depth explicitly for small backbones)")
+    return depth
+
+
 class MaPLe(Method):
     """Deep vision-language prompts; the image prompts are projections of the text prompts."""
 
@@ -116,13 +127,13 @@ class MaPLe(Method):
         self._build_prompts(classnames)
 
     def _depth(self, config: MaPLeConfig, context: MethodContext) -> int:
-        depth = config.prompt_depth if config.prompt_depth is not None else PAPER_DEPTH[context.protocol]
-        for tower, blocks in (("text", self.clip.text.transformer.resblocks),
-                              ("image", self.clip.visual.transformer.resblocks)):
-            if depth > len(blocks):
-                raise ConfigError(f"method.prompt_depth={depth} exceeds the {len(blocks)} blocks of the {tower} tower"
-                                  " (set method.prompt_depth explicitly for small backbones)")
-        return depth
+        return prompt_depth(config, context.protocol, len(self.clip.text.transformer.resblocks),
+                            len(self.clip.visual.transformer.resblocks))
+
+    @classmethod
+    def check_backbone(cls, shape: BackboneShape, protocol: str, config: MaPLeConfig) -> None:
+        """The prompt depth fits both towers."""
+        prompt_depth(config, protocol, shape.text.layers, shape.visual.layers)
 
     @classmethod
     def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:

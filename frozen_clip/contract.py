@@ -71,6 +71,44 @@ class Code:
 
 
 @dataclass(frozen=True)
+class TowerShape:
+    """One transformer tower of a backbone: its number of blocks, width and MLP hidden width."""
+
+    layers: int
+    width: int
+    mlp_width: int
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    """The sizes a method's options must fit, read from the backbone's model config without building it
+    (:meth:`from_model_config`), so that a method can refuse a backbone before any run starts
+    (``Method.check_backbone``: adapted layers it does not have, a bottleneck ratio that does not divide a width)."""
+
+    text: TowerShape
+    visual: TowerShape
+    embed_dim: int
+
+    @classmethod
+    def from_model_config(cls, cfg: Mapping[str, Any] | None) -> "BackboneShape | None":
+        """The shape of an open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``); None where it is
+        not a transformer on both sides (ResNet image towers, a text tower from Hugging Face)."""
+        try:
+            towers = {}
+            for name, key in (("text", "text_cfg"), ("visual", "vision_cfg")):
+                tower = cfg[key]  # type: ignore[index]
+                if "hf_model_name" in tower or "timm_model_name" in tower and tower["timm_model_name"]:
+                    return None
+                layers, width = tower["layers"], tower["width"]
+                if not isinstance(layers, int) or not isinstance(width, int):
+                    return None
+                towers[name] = TowerShape(layers, width, int(width * float(tower.get("mlp_ratio", 4.0))))
+            return cls(towers["text"], towers["visual"], int(cfg["embed_dim"]))  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What the runner may ask of a method, declared instead of inferred.
 
@@ -200,5 +238,5 @@ def _json_key(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-__all__ = ["option", "Paper", "Code", "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display",
+__all__ = ["option", "Paper", "Code", "TowerShape", "BackboneShape", "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display",
            "defaults", "fast_path_switches", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import MethodInfo, undocumented_options
+from frozen_clip.contract import BackboneShape, MethodInfo, undocumented_options
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,13 @@ class Method(nn.Module):
     def check_run(cls, run: Any, config: Any) -> None:
         """Raise ``ValueError`` for a combination of run and options the method cannot do (beyond the protocols its
         capabilities declare, which the runner checks itself); default: every combination is possible."""
+
+    @classmethod
+    def check_backbone(cls, shape: BackboneShape, protocol: str, config: Any) -> None:
+        """Raise :class:`~frozen_clip.errors.ConfigError` when the options cannot fit a backbone of ``shape`` (adapted
+        layers it does not have, a width a bottleneck ratio does not divide). Called when a config is resolved, so a
+        grid fails before its first run, not after others ran; the same checks run again when the method is built.
+        Default: every backbone fits."""
 
     # -- hooks --------------------------------------------------------------------------------------------------------
     def set_classnames(self, classnames: Sequence[str]) -> None:

@@ -84,6 +84,20 @@ def catalog() -> dict[str, Any]:
     return data
 
 
+def model_config(arch: str) -> dict[str, Any] | None:
+    """open_clip's model config of architecture ``arch`` (``model_configs/<arch>.json``), read as a file: sizes a
+    method can be checked against before any model is built. None if there is no such file."""
+    package = _package_dir()
+    path = None if package is None else package / "model_configs" / f"{arch}.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def known_models() -> list[str]:
     """open_clip's architecture names (``open_clip.list_models()``)."""
     return list(catalog()["models"])
@@ -101,4 +115,4 @@ def tag_quick_gelu(arch: str, tag: str) -> bool | None:
     return None if quick is None else bool(quick)
 
 
-__all__ = ["cache_root", "catalog", "known_models", "pretrained_tags", "tag_quick_gelu"]
+__all__ = ["cache_root", "catalog", "model_config", "known_models", "pretrained_tags", "tag_quick_gelu"]

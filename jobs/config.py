@@ -25,7 +25,7 @@ from frozen_clip.contract import defaults, option_display, value_display
 from frozen_clip.errors import ConfigError
 from frozen_clip.fastconfig import FastPaths, inexact_fast_settings
 from frozen_clip.optim import OptimConfig
-from jobs.rawconfig import merge, parse_overrides, set_dotted
+from jobs.rawconfig import folder_name_problem, merge, parse_overrides, set_dotted
 from jobs.registry import METHODS
 
 UNHASHED_KEYS = ("name", "data_root", "results_dir", "device", "num_workers", "fast")
@@ -53,7 +53,10 @@ class RunConfig:
 
     def validate(self) -> None:
         if self.shots < 0:
-            raise ValueError(f"shots must be >= 0, got {self.shots}")
+            raise ValueError(f"shots must be >= 0 (0: every training image), got {self.shots}")
+        problem = folder_name_problem(self.name)
+        if problem:
+            raise ValueError(f"name {problem}")
 
 
 @dataclass(frozen=True)
@@ -217,12 +220,18 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
     fast = build(FastPaths, _section(raw, "fast", "speed switches", where), where, prefix="fast.")
     run = _resolve_targets(run, where)
     _check_dataset(run.dataset, where, "dataset")
-    from frozen_clip.backbone import resolve_backbone  # lazy: open_clip, torch, torchvision, timm
+    from frozen_clip.backbone import backbone_shape, resolve_backbone  # lazy: torch
     try:
         source = resolve_backbone(run.backbone, run.pretrained)
     except ConfigError as err:
         raise ConfigError(f"{where}: backbone: {err}") from None
     _check_capabilities(cls, run, where)
+    shape = backbone_shape(source)
+    if shape is not None:  # options that cannot fit this backbone fail here, before any run of the grid starts
+        try:
+            cls.check_backbone(shape, run.protocol, method_config)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {method_name} on backbone {source.name}: {err}") from None
     try:
         cls.check_run(run, method_config)
     except ValueError as err:

@@ -319,9 +319,9 @@ def test_method_speed_switches_listed_as_unhashed_keep_the_run_id(data_root, tmp
     assert one.method_config.text_buckets == 1 and one.config["method"]["text_buckets"] == 1
     assert not one.method_config.share_text_prefix
     assert one.run_id == plain.run_id  # exact switches: same result, same run
-    mma = resolve({**cfg, "method": {"name": "mma"}}, "t")
-    assert resolve({**cfg, "method": {"name": "mma", "text_buckets": 2, "share_text_prefix": False}}, "t").run_id \
-        == mma.run_id
+    mma = resolve({**cfg, "method": {"name": "mma", "layers": [1, 2]}}, "t")  # the tiny CLIP has 2 blocks
+    assert resolve({**cfg, "method": {"name": "mma", "layers": [1, 2], "text_buckets": 2,
+                                      "share_text_prefix": False}}, "t").run_id == mma.run_id
     other = resolve({**cfg, "method": {"name": "heba", "bottleneck_ratio": 8}}, "t")
     assert other.run_id != plain.run_id  # a result-changing option still is part of the id
     with pytest.raises(ConfigError, match="text_buckets"):

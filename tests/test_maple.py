@@ -123,7 +123,10 @@ def test_recipes_per_protocol(data_root, tmp_path):
     from jobs.config import resolve
     cases = {"base2novel": ({}, (0.0035, 5)), "cross_dataset": ({"targets": ["caltech101"]}, (0.0026, 2))}
     for protocol, (extra, (lr, epochs)) in cases.items():
-        cfg = base_run(data_root, tmp_path, method="maple", protocol=protocol, **extra)
+        # the tiny CLIP has 2 blocks: the paper's depth (9, or 3 for XD) is refused there, explicitly
+        with pytest.raises(ConfigError, match="prompt_depth=(9|3) exceeds the 2 blocks"):
+            resolve(base_run(data_root, tmp_path, method="maple", protocol=protocol, **extra), "t")
+        cfg = base_run(data_root, tmp_path, method={"name": "maple", "prompt_depth": 2}, protocol=protocol, **extra)
         del cfg["optim"]
         optim = resolve(cfg, "t").optim
         assert (optim.name, optim.lr, optim.epochs, optim.batch_size, optim.warmup_epochs) == ("sgd", lr, epochs, 4, 1)

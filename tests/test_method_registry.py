@@ -39,6 +39,17 @@ def declared(name: str) -> tuple[str, ...]:
     return METHODS.get(name).info.capabilities.protocols
 
 
+def world_raw(name: str, protocol: str | None = None) -> dict:
+    """A config of ``name`` on the built-in world with its ``info.tiny_world_overrides`` (default: its first declared
+    protocol)."""
+    protocol = protocol or declared(name)[0]
+    raw = {**WORLD, "method": {"name": name}, "protocol": protocol,
+           **({"targets": TARGETS[protocol]} if protocol in TARGETS else {})}
+    for key, value in METHODS.get(name).info.tiny_world_overrides.items():
+        set_dotted(raw, key, value, f"{name}: info.tiny_world_overrides")
+    return raw
+
+
 def world_config(name: str, protocol: str, results: Path, long: bool = False, **extra) -> dict:
     """A short run of ``name`` on the built-in world with its ``info.tiny_world_overrides``: 2 shots, at most 2 epochs
     of batch 4 (training-free methods keep their 0 epochs). ``long``: enough epochs of batch 2 that a kill after the first checkpoint lands before the
@@ -100,8 +111,9 @@ def test_exact_speed_switches_name_their_official_path(name):
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_progress_and_status_lines_use_the_display_name(name):
-    config = resolve({**WORLD, "method": name, "protocol": declared(name)[0]}, "test").config
-    assert run_label(config).startswith(f"{METHODS.get(name).info.display} world_hues ")
+    config = resolve(world_raw(name), "test").config
+    label = run_label(config)
+    assert label.startswith(METHODS.get(name).info.display + " ") and " world_hues " in label
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -109,7 +121,7 @@ def test_config_round_trips_through_the_grid_grammar(name):
     cls = METHODS.get(name)
     config = cls.Config()
     assert build(cls.Config, to_dict(config), "test") == config
-    resolved = resolve({**WORLD, "method": name, "protocol": declared(name)[0]}, "test")
+    resolved = resolve(world_raw(name), "test")
     again = resolve(resolved.config, "test")  # a resolved config is itself a valid config with the same id
     assert again.run_id == resolved.run_id and again.config == resolved.config
     assert run_id_of(resolved.config) == resolved.run_id
@@ -123,8 +135,7 @@ def test_recipe_resolves_on_every_declared_protocol_and_refuses_the_others(name)
     cls = METHODS.get(name)
     optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
     for protocol in PROTOCOL_NAMES:
-        raw = {**WORLD, "method": name, "protocol": protocol, **({"targets": TARGETS[protocol]}
-                                                                  if protocol in TARGETS else {})}
+        raw = world_raw(name, protocol)  # with the tiny world's settings (its 3/4 blocks)
         if protocol in declared(name):
             recipe = cls.recipe(protocol, WORLD["dataset"], 16, cls.Config())
             assert set(recipe) <= optim_fields, f"recipe keys {set(recipe) - optim_fields} are not OptimConfig fields"
@@ -135,13 +146,55 @@ def test_recipe_resolves_on_every_declared_protocol_and_refuses_the_others(name)
                 resolve(raw, "test")
 
 
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_resolution_refuses_exactly_the_backbones_the_method_cannot_be_built_on(name, tiny_world_clip):
+    """``check_backbone`` runs when a config is resolved (before any run of a grid); on the tiny world's 3/4-block
+    CLIP, with the method's defaults and with its tiny-world settings, resolution accepts a config exactly when the
+    method can then be built on the loaded backbone."""
+    from frozen_clip.errors import ConfigError
+    from frozen_clip.method import MethodContext
+    cls = METHODS.get(name)
+    for protocol in declared(name):
+        for overrides in ({}, dict(cls.info.tiny_world_overrides)):
+            raw = {**WORLD, "method": name, "protocol": protocol,
+                   **({"targets": TARGETS[protocol]} if protocol in TARGETS else {})}
+            for key, value in overrides.items():
+                set_dotted(raw, key, value, "test")
+            try:
+                resolved = resolve(raw, "test")
+            except ConfigError as err:
+                assert "on backbone tiny-world" in str(err), err
+                refused = True
+            else:
+                refused = False
+            context = MethodContext(dataset=WORLD["dataset"], template="a photo of a {}.", protocol=protocol,
+                                    shots=2, seed=1, epochs=1)
+            config = build(cls.Config, {k[len("method."):]: v for k, v in overrides.items()
+                                        if k.startswith("method.")}, "test")
+            try:
+                cls(tiny_world_clip, ["red", "green", "blue"], config, context)
+            except ConfigError:
+                assert refused, f"{name} {protocol} {overrides}: the build refused what resolution accepted"
+            else:
+                assert not refused, f"{name} {protocol} {overrides}: resolution refused what the build accepts"
+                assert resolved.method_name == name
+
+
+@pytest.fixture(scope="module")
+def tiny_world_clip():
+    from frozen_clip.backbone import load_backbone
+    return load_backbone("tiny-world", "world")
+
+
 # -- run ids ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_a_new_option_at_its_default_keeps_run_ids(name):
     """Ids hash options that differ from their defaults only: a config written before an option existed (the
-    option absent) and one naming it at its default get one id; another value gets another id."""
-    resolved = resolve({**WORLD, "method": name, "protocol": declared(name)[0]}, "test")
+    option absent) and one naming it at its default get one id; another value gets another id. On ViT-B/16 (the
+    backbone the defaults are for; resolving it reads no weights)."""
+    resolved = resolve({**world_raw(name), "method": {"name": name}, "backbone": "ViT-B-16", "pretrained": "openai"},
+                       "test")
     method = dict(resolved.config["method"])
     canonical = canonical_config(resolved.config)["method"]
     assert canonical == {"name": name, "recipe_version": METHODS.get(name).info.recipe_version}
@@ -185,7 +238,11 @@ def small_world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def world_runs(tmp_path_factory, small_world):
-    """``(method, protocol) -> record`` of short runs on the small world, each run once through jobs/run.py."""
+    """``(method, protocol) -> record`` of short runs on the small world, each run once: in this process (the runner's
+    own entry, :func:`jobs.executors.execute_run`: a subprocess per run would spend most of its time importing
+    torch), except the ``long`` references of the kill-and-resume test, which run through jobs/run.py as the killed
+    and resumed runs do, so that all three run under the same process settings."""
+    from tests.conftest import execute_resolved
     root = tmp_path_factory.mktemp("world_runs")
     done: dict[tuple[str, str], dict] = {}
 
@@ -193,9 +250,12 @@ def world_runs(tmp_path_factory, small_world):
         if (name, protocol, long) not in done:
             results = root / f"{name}-{protocol}-{long}"
             cfg = world_config(name, protocol, results, long, data_root=str(small_world))
-            proc = subprocess.run(run_command(cfg, root), capture_output=True, text=True, timeout=900)
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            done[(name, protocol, long)] = record_of(results)
+            if long:
+                proc = subprocess.run(run_command(cfg, root), capture_output=True, text=True, timeout=900)
+                assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+                done[(name, protocol, long)] = record_of(results)
+            else:
+                done[(name, protocol, long)] = execute_resolved(resolve(cfg, f"{name} {protocol}"))
         return done[(name, protocol, long)]
     return get
 
