@@ -1,7 +1,8 @@
 """Command-line entry points: ``jobs/launch.py`` (a grid) and ``jobs/run.py`` (one run).
 
 Exit codes: 0 success; 2 bad input (config or data), reported as one clear message before anything runs;
-1 a run failed for another reason (its record holds the traceback).
+1 a run failed for another reason (its record holds the traceback); 130 / 143 interrupted by SIGINT (Ctrl-C) /
+SIGTERM: every running run is stopped within seconds, keeps its last checkpoint, and the same command resumes it.
 
 Only this module (with its two scripts) is the command line; no library module imports it. What the parser and
 ``--status`` need is imported at module level and is light (no torch): resolving a grid (:mod:`jobs.config`, the
@@ -182,16 +183,59 @@ def launch_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 method.init=zero")
     args = parser.parse_args(argv)
     try:
-        plan = expand_grid(args.grid, parse_overrides(args.overrides))
-        if args.status:
-            return print_status(plan)
-        grid = resolve_plan(plan)
-        if args.cancel:
-            return cancel_grid(grid)
-        return _launch(plan, grid, args)
+        with interrupts_as_exceptions():
+            plan = expand_grid(args.grid, parse_overrides(args.overrides))
+            if args.status:
+                return print_status(plan)
+            grid = resolve_plan(plan)
+            if args.cancel:
+                return cancel_grid(grid)
+            return _launch(plan, grid, args)
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        command = " ".join(["python", "jobs/launch.py", *(argv if argv is not None else sys.argv[1:])])
+        print(f"\ninterrupted by {err.signal_name}: running runs were stopped and keep their last checkpoint; "
+              f"nothing finished was lost. Resume with: {command}", file=sys.stderr)
+        return err.exit_code
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM received (a BaseException, as KeyboardInterrupt: no ``except Exception`` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+        super().__init__(signum)
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+
+
+class interrupts_as_exceptions:
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, so that ``finally``
+    blocks run (locks released, run processes stopped) and the command line can say what happened; the previous
+    handlers come back after it. SIGTERM would otherwise end the process at once, leaving its pool's runs going."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __enter__(self) -> "interrupts_as_exceptions":
+        import signal
+        import threading
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signum = getattr(signal, name)
+                self._previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def executor_block(grid: Grid, args: argparse.Namespace) -> dict[str, Any]:
@@ -217,7 +261,7 @@ def executor_block(grid: Grid, args: argparse.Namespace) -> dict[str, Any]:
 def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     from jobs.executors import get_executor, parse_executor
     from jobs.state import run_states
-    where = f"{grid.path}: executor" + (" (with command-line options)" if args.executor_opt else "")
+    where = str(grid.path) + (" (with --executor-opt)" if args.executor_opt else "")
     options = parse_executor(executor_block(grid, args), where)
     states = list(zip(grid.runs, run_states([run_dir(spec.resolved) for spec in grid.runs])))
     wanted = ("failed",) if args.retry_failed else ("failed", "missing")
@@ -248,7 +292,9 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     if outcomes is None:  # handed to a scheduler: --status follows the runs
         return 0
     failed = [o for o in outcomes if o.status == "failed"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished in {time.perf_counter() - start:.1f}s"
+          + (f" ({len(skipped)} of them by another launch of this grid or still running in one)" if skipped else "")
           + (f"; {len(failed)} failed" if failed else ""))
     for outcome in failed:
         print(f"  failed {outcome.run_id}: {outcome.detail}", file=sys.stderr)
@@ -303,16 +349,21 @@ def run_main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(int(threads))
     try:
-        from jobs.config import resolve
-        raw = read_run_config(args.config) if args.config else {}
-        raw = merge(raw, parse_overrides(args.overrides))
-        resolved = resolve(raw, args.config or "command line")
-        spec = RunSpec(resolved.run_id, resolved.config, resolved)
-        from jobs.executors import execute_run
-        outcome = execute_run(spec, log=lambda line: print(line, flush=True))
+        with interrupts_as_exceptions():
+            from jobs.config import resolve
+            raw = read_run_config(args.config) if args.config else {}
+            raw = merge(raw, parse_overrides(args.overrides))
+            resolved = resolve(raw, args.config or "command line")
+            spec = RunSpec(resolved.run_id, resolved.config, resolved)
+            from jobs.executors import execute_run
+            outcome = execute_run(spec, log=lambda line: print(line, flush=True))
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"interrupted by {err.signal_name}: the run keeps its last checkpoint; the same command resumes it",
+              file=sys.stderr)
+        return err.exit_code
     print(f"{outcome.status}: {spec.run_id} {describe(spec)}" + (f" ({outcome.detail})" if outcome.detail else ""))
     if outcome.status == "failed":
         print(f"error: {outcome.detail}", file=sys.stderr)

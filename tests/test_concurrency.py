@@ -45,6 +45,12 @@ def test_two_concurrent_launchers_execute_every_run_exactly_once(tmp_path):
         assert stdout.count("done: ") == 1
         skipped += stdout.count("skipped: ")
     assert skipped >= 1, "the launchers never met on a run; the test exercised nothing"
+    # each launcher reports as done only the runs it executed; the other's are "skipped", saying by whom
+    for folder in folders:
+        assert sum(f"] done    {folder.name}" in output for output in outputs) == 1, outputs
+    assert sum(output.count("] skipped") for output in outputs) == 2, outputs
+    assert any("done by another launch (host" in output or "running in another process" in output
+               for output in outputs)
 
 
 def zeroshot_spec(tmp_path: Path) -> RunSpec:

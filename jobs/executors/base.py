@@ -19,7 +19,7 @@ class Outcome:
     """What happened to one run."""
 
     run_id: str
-    status: str  # done | failed | skipped
+    status: str  # done | failed | skipped | interrupted (stopped with the launch; resumable)
     detail: str = ""
     seconds: float = 0.0
     user_error: bool = False

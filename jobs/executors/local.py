@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
 from filelock import Timeout
 
+from frozen_clip import atomic
 from frozen_clip.errors import SuiteError
 from jobs.executors.base import Outcome
-from jobs.runfolder import read_record, run_dir, write_config
+from jobs.runfolder import LAUNCH_ID_ENV, RECORD_NAME, read_record, run_dir, write_config
 from jobs.state import run_lock
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -50,6 +52,10 @@ class LocalConfig:
             raise ValueError("workers must be >= 1")
         if self.runs_per_gpu < 1:
             raise ValueError("runs_per_gpu must be >= 1")
+        if self.threads_per_run is not None and self.threads_per_run < 1:
+            raise ValueError(f"threads_per_run must be null (cores / slots) or >= 1, got {self.threads_per_run}")
+        if self.gpus is not None and any(g < 0 for g in self.gpus):
+            raise ValueError(f"gpus must be GPU indices >= 0, got {list(self.gpus)}")
 
 
 # How long execute_run waits for a run's lock before concluding that another process runs it. Not 0: a
@@ -70,6 +76,8 @@ def execute_run(spec: RunSpec, log: Callable[[str], None] | None = None) -> Outc
         record = read_record(folder)
         if record is not None and record.get("status") == "done":
             return Outcome(spec.run_id, "skipped", "already done")
+        if record is None and (folder / RECORD_NAME).exists():  # damaged: keep it to inspect, run again
+            atomic.quarantine(folder / RECORD_NAME, "run record", "not valid JSON", log)
         from jobs.execute import RunExecution  # the run's code: torch, the backbone, the method
         try:
             RunExecution(spec.resolved, log=log).run()
@@ -116,44 +124,113 @@ def slot_environments(cfg: LocalConfig) -> list[dict[str, str]]:
     return slots
 
 
+class RunProcesses:
+    """The run subprocesses of a local pool, so that an interrupted launch stops every one of them (a SIGTERM to
+    the launcher reaches only the launcher) and starts no more."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[subprocess.Popen, str] = {}
+        self.stopping = threading.Event()
+        self.launch_id = uuid.uuid4().hex  # recorded by the runs this pool executes (``LAUNCH_ID_ENV``)
+
+    def start(self, label: str, args: list[str], **kwargs: object) -> subprocess.Popen | None:
+        """Start a run's process, or nothing (None) once the pool is stopping."""
+        with self._lock:
+            if self.stopping.is_set():
+                return None
+            proc = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
+            self._running[proc] = label
+            return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.pop(proc, None)
+
+    def stop(self, grace_s: float = 5.0) -> list[str]:
+        """Start nothing more; SIGTERM every running run (SIGKILL after ``grace_s``); the labels of those stopped.
+        A stopped run keeps its last checkpoint and its lock is released with its process: a relaunch resumes it."""
+        self.stopping.set()
+        with self._lock:
+            running = dict(self._running)
+        for proc in running:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return list(running.values())
+
+
 def run_local(specs: list[RunSpec], cfg: LocalConfig, report: Callable[[RunSpec, Outcome], None]) -> list[Outcome]:
-    """Execute runs in a pool of subprocess slots fed from a queue."""
+    """Execute runs in a pool of subprocess slots fed from a queue. Interrupted (Ctrl-C, or SIGTERM turned into an
+    exception by the launcher), it stops every running run within seconds, says which, and re-raises."""
     slots: "queue.Queue[dict[str, str]]" = queue.Queue()
     for env in slot_environments(cfg):
         slots.put(env)
     lock = threading.Lock()
+    processes = RunProcesses()
 
     def work(spec: RunSpec) -> Outcome:
         env = slots.get()
         try:
-            outcome = _run_subprocess(spec, env)
+            outcome = _run_subprocess(spec, env, processes)
         finally:
             slots.put(env)
+        if processes.stopping.is_set():  # stopped with the launch: not a failure of the run
+            return Outcome(spec.run_id, "interrupted", outcome.detail, outcome.seconds)
         with lock:
             report(spec, outcome)
         return outcome
 
     with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
-        return list(pool.map(work, specs))
+        futures = [pool.submit(work, spec) for spec in specs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            stopped = processes.stop()
+            if stopped:
+                print(f"stopped {len(stopped)} running run(s): " + "; ".join(stopped), file=sys.stderr, flush=True)
+            raise
 
 
-def _run_subprocess(spec: RunSpec, slot_env: dict[str, str]) -> Outcome:
+def _run_subprocess(spec: RunSpec, slot_env: dict[str, str], processes: RunProcesses) -> Outcome:
+    from jobs.config import run_label
     folder = run_dir(spec.resolved)
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "config.yaml"
     write_config(folder, spec.config)
-    env = {**os.environ, **slot_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **slot_env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+           LAUNCH_ID_ENV: processes.launch_id}
     start = time.perf_counter()
     with open(folder / "stdout.txt", "a") as out:
         pinned = " ".join(f"{k}={v!r}" for k, v in sorted(slot_env.items()))
         out.write(f"[{time.strftime('%H:%M:%S')}] local pool slot: {pinned}\n")
         out.flush()
-        proc = subprocess.run([sys.executable, "-m", "jobs.run", "--config", str(config_file)], env=env,
-                              stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        proc = processes.start(f"{spec.run_id} {run_label(spec.config)}", [sys.executable, "-m", "jobs.run", "--config", str(config_file)],
+                               env=env, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        if proc is None:  # the launch was interrupted before this run started
+            return Outcome(spec.run_id, "interrupted", "not started", 0.0)
+        try:
+            proc.wait()
+        finally:
+            processes.finished(proc)
     seconds = time.perf_counter() - start
     record = read_record(folder) or {}
     if proc.returncode == 0:
-        return Outcome(spec.run_id, "done" if record.get("status") == "done" else "skipped", "", seconds)
+        env = record.get("env") or {}
+        if record.get("status") == "done" and env.get("launch_id") == processes.launch_id:
+            return Outcome(spec.run_id, "done", "", seconds)
+        if record.get("status") == "done":  # finished by another launcher of the grid (or before this launch)
+            return Outcome(spec.run_id, "skipped", f"done by another launch (host {env.get('hostname', '?')}, "
+                                                   f"pid {env.get('pid', '?')})", seconds)
+        return Outcome(spec.run_id, "skipped", "running in another process", seconds)
     failure = record.get("failure") or {}
     detail = failure.get("reason") or f"exit code {proc.returncode} (see {folder / 'stdout.txt'})"
     return Outcome(spec.run_id, "failed", detail, seconds, user_error=proc.returncode == 2)
