@@ -31,7 +31,7 @@ from torch import nn
 from frozen_clip import openclip_catalog
 from frozen_clip.contract import BackboneShape
 from frozen_clip.errors import ConfigError
-from frozen_clip.images import file_stamp
+from frozen_clip.stamps import file_stamp
 from frozen_clip.shared_prefix import common_prefix_length, shared_prefix_hidden, taps_are_per_token, tower_can_share
 from frozen_clip.taps import Taps
 from frozen_clip.towers import TextTower, visual_forward
@@ -246,21 +246,24 @@ class FrozenCLIP(nn.Module):
         """Pretrained tag or weights path (None = random init)."""
         return self.source.pretrained
 
-    @property
-    def weights_stamp(self) -> str | None:
-        """:func:`~frozen_clip.images.file_stamp` of the weights the model was loaded from, where they are local files
-        (a bundled backbone's weights, a weights file, a ``local-dir:`` folder); None for open_clip's named tags,
-        which name fixed released weights. Caches of this model's features are keyed by it, so replacing the weights
-        file recomputes them."""
+    def weights_files(self) -> list[Path]:
+        """The local files the weights were loaded from (a bundled backbone's weights, a weights file, the files of
+        a ``local-dir:`` folder); empty for open_clip's named tags, which name fixed released weights."""
         src = self.source
         if src.weights_file is not None:
-            return file_stamp(src.weights_file)
+            return [Path(src.weights_file)]
         if src.pretrained and Path(src.pretrained).is_file():
-            return file_stamp(src.pretrained)
+            return [Path(src.pretrained)]
         if src.name.startswith("local-dir:"):
-            folder = Path(src.name[len("local-dir:"):])
-            return ";".join(f"{p.name}:{file_stamp(p)}" for p in sorted(folder.iterdir()) if p.is_file())
-        return None
+            return sorted(p for p in Path(src.name[len("local-dir:"):]).iterdir() if p.is_file())
+        return []
+
+    @property
+    def weights_stamp(self) -> str | None:
+        """:func:`~frozen_clip.stamps.file_stamp` of :meth:`weights_files` (None when there are none). Caches of this
+        model's features are keyed by it, so replacing a weights file recomputes them."""
+        files = self.weights_files()
+        return ";".join(f"{p.name}:{file_stamp(p)}" for p in files) if files else None
 
     def train(self, mode: bool = True) -> "FrozenCLIP":
         """The frozen backbone always stays in eval mode."""

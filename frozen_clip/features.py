@@ -16,7 +16,7 @@ Three kinds of entry, by what identifies the images:
 * per image (``fast.shared_views``): one :class:`RowStore` entry per (transform, view, ...) holding a row per image,
   shared by every split that holds the image.
 
-An entry is keyed by what its images' files are (size and modification time of each, :mod:`frozen_clip.images`), not
+An entry is keyed by what its images' files are (size and modification time of each, :mod:`frozen_clip.stamps`), not
 only by their paths: a dataset whose images were rewritten in place gets new features, never the old images'.
 Entries written under earlier layouts (the dict-keyed one, keys without file stamps) are not found under the new
 names: they are computed again, to the same values.
@@ -40,9 +40,10 @@ from frozen_clip.device_augment import collate, to_device
 from frozen_clip.fastpaths import (FastPaths, FeatureViews, SeededViews, ViewsOfImages, eval_images, image_keys,
                                    train_images, train_loader_transform)
 from frozen_clip.imagecache import ImageCache, items_hash
-from frozen_clip.images import ImageItem, file_stamps, stamps_signature
+from frozen_clip.images import ImageItem
 from frozen_clip.method import FitData
 from frozen_clip.optim import OptimConfig
+from frozen_clip.stamps import file_stamps, stamps_signature
 from frozen_clip.transforms import TransformSpec, test_spec, train_spec
 
 VIEW_MEMO_MB = 512.0  # cached training views a run keeps in memory (a 16-shot ImageNet view at 1024-d: 66 MiB)
@@ -66,7 +67,7 @@ class FeatureKey:
         row_batch: the encoding batch size of a :class:`RowStore` entry (a row is bitwise the same at a fixed batch
             size, whatever the batch's other images).
         images: the size and modification time of every image file of the entry
-            (:func:`~frozen_clip.images.files_signature`): images rewritten in place make another key. Row-store
+            (:func:`~frozen_clip.stamps.files_signature`): images rewritten in place make another key. Row-store
             entries leave it out; their rows are keyed per image with the image's own stamp.
         weights: the stamp of the backbone's weights file where it is a local file
             (:attr:`~frozen_clip.backbone.FrozenCLIP.weights_stamp`).
@@ -373,7 +374,7 @@ class FeatureAccess:
                           weights=self.clip.weights_stamp)
 
     def _split_stamps(self, manifest: Split, split: str) -> list[str]:
-        """:func:`~frozen_clip.images.file_stamps` of ``split``'s images (read once per run)."""
+        """:func:`~frozen_clip.stamps.file_stamps` of ``split``'s images (read once per run)."""
         key = (manifest.content_hash, split)
         if key not in self._stamps:
             self._stamps[key] = file_stamps(manifest.image_root, getattr(manifest, split))

@@ -33,7 +33,8 @@ from torchvision import transforms as T
 
 from frozen_clip import atomic
 from frozen_clip.device_augment import ToPixels, loader_transform
-from frozen_clip.images import ImageItem, ImageListDataset, files_signature, open_image
+from frozen_clip.images import ImageItem, ImageListDataset, open_image
+from frozen_clip.stamps import files_signature
 from frozen_clip.transforms import TransformSpec
 
 DEFAULT_MAX_DECODED_MB = 4096.0  # full-resolution entries above this size are not written (decode per epoch)

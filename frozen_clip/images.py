@@ -2,22 +2,13 @@
 as a torch dataset.
 
 A missing or undecodable image raises :class:`~frozen_clip.errors.DataError` naming the file, never a bare PIL
-traceback deep inside a DataLoader worker.
-
-What a cached product of images (decoded arrays, features) was computed from is named by :func:`file_stamps`: each
-file's size and modification time in nanoseconds, read with one ``stat`` per image. Rewriting an image in place
-changes its stamp, so every cache keyed by stamps (``frozen_clip.imagecache``, ``frozen_clip.features``) computes
-afresh instead of returning the old image's results; a copy of the dataset elsewhere (new times) is computed once
-more, never wrongly reused. What an item is (a split's image) is decided above, in
+traceback deep inside a DataLoader worker. What an item is (a split's image) is decided above, in
 :mod:`protocols`; here an item is anything with a ``path`` relative to an image root and a ``label``
 (:class:`ImageItem`), so the runner reads images without depending on the protocols.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -48,34 +39,6 @@ class ItemSource(Protocol):
     def image_root(self) -> str: ...
 
     def items(self, split: str) -> Sequence[ImageItem]: ...
-
-
-def file_stamp(path: str | Path) -> str:
-    """``<size>-<mtime in ns>`` of a file, or ``absent`` when it cannot be read (see the module docstring)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return "absent"
-    return f"{info.st_size}-{info.st_mtime_ns}"
-
-
-def file_stamps(image_root: str | Path, items: Sequence[ImageItem]) -> list[str]:
-    """:func:`file_stamp` of each item's image, in order."""
-    root = Path(image_root)
-    return [file_stamp(root / item.path) for item in items]
-
-
-def stamps_signature(stamps: Sequence[str], items: Sequence[ImageItem]) -> str:
-    """16 hex chars of sha256 over the items' paths with their :func:`file_stamps`: what a cache entry of these
-    images' contents is keyed by."""
-    payload = json.dumps([[item.path, stamp] for item, stamp in zip(items, stamps, strict=True)],
-                         separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def files_signature(image_root: str | Path, items: Sequence[ImageItem]) -> str:
-    """:func:`stamps_signature` of the items' current files."""
-    return stamps_signature(file_stamps(image_root, items), items)
 
 
 def load_rgb(path: str | Path) -> Image.Image:

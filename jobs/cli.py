@@ -88,18 +88,23 @@ def _raw_label(raw: dict[str, Any]) -> str:
 
 def print_status(plan: GridPlan) -> int:
     """``--status``: one line per run from the records on disk (and sacct for submitted runs), then counts."""
+    from jobs.inputs import changed_inputs
     from jobs.state import run_states
     entries = status_entries(plan)
     states = run_states([entry.folder for entry in entries])
+    changed = changed_inputs(entry.folder for entry, state in zip(entries, states) if state.status == "done")
     counts: dict[str, int] = {}
     lines = []
     for entry, state in zip(entries, states):
         counts[state.status] = counts.get(state.status, 0) + 1
-        reason = f"  {state.reason}" if state.reason else ""
-        lines.append(f"{state.status:8s} {entry.run_id} {entry.label}{reason}")
+        reason = state.reason or changed.get(entry.folder, "")
+        lines.append(f"{state.status:8s} {entry.run_id} {entry.label}" + (f"  {reason}" if reason else ""))
     print("\n".join(lines))
     summary = ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "queued", "failed", "missing") if k in counts)
     print(f"{plan.name}: {len(entries)} runs: {summary}")
+    if changed:
+        print(f"{plan.name}: {len(changed)} finished runs were made from inputs that changed since (images rewritten or "
+              "weights replaced; see above): their records are kept; `--rerun-changed` runs them again")
     print_older_runs(plan, entries)
     return 0
 
@@ -177,6 +182,9 @@ def launch_main(argv: list[str] | None = None) -> int:
                              "additional_parameters.mail-type=END submitit.slurm_exclude=node3 (repeatable)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="rerun only the failed runs (default: failed and missing runs)")
+    parser.add_argument("--rerun-changed", action="store_true",
+                        help="also rerun finished runs whose images or weights changed since they ran (their records "
+                             "are moved aside as record.json.inputs-changed-<time>)")
     parser.add_argument("--cancel", action="store_true", help="scancel the grid's queued and running Slurm jobs")
     parser.add_argument("--wait", action="store_true", help="slurm: block until the submitted jobs have ended")
     parser.add_argument("--no-analysis", action="store_true", help="do not write LaTeX tables at the end")
@@ -263,6 +271,8 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     from jobs.state import run_states
     where = str(grid.path) + (" (with --executor-opt)" if args.executor_opt else "")
     options = parse_executor(executor_block(grid, args), where)
+    if args.rerun_changed and not args.dry_run:
+        rerun_changed(grid)
     states = list(zip(grid.runs, run_states([run_dir(spec.resolved) for spec in grid.runs])))
     wanted = ("failed",) if args.retry_failed else ("failed", "missing")
     pending = [spec for spec, state in states if state.status in wanted]
@@ -302,6 +312,17 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     if failed:
         return 2 if all(o.user_error for o in failed) else 1
     return 0
+
+
+def rerun_changed(grid: Grid) -> None:
+    """``--rerun-changed``: move aside the records of finished runs whose inputs changed (:mod:`jobs.inputs`), so
+    that this launch runs them again."""
+    from jobs.inputs import changed_inputs, set_aside
+    from jobs.runfolder import read_status
+    folders = [run_dir(spec.resolved) for spec in grid.runs]
+    changed = changed_inputs(folder for folder in folders if read_status(folder) == "done")
+    for folder, reason in changed.items():
+        print(f"rerunning {folder.name}: {reason} (old record: {set_aside(folder).name})")
 
 
 def cancel_grid(grid: Grid) -> int:

@@ -50,9 +50,10 @@ from jobs.config import ResolvedRun, method_class, run_label
 from jobs.data import Manifests, cache_dir, resolve_data_root
 from jobs.environment import environment, make_deterministic, pick_device, resolve_precision
 from jobs.evaluation import evaluate, summarize
+from jobs.inputs import write_inputs
 from jobs.runfolder import SCHEMA_VERSION, code_version, git_sha, run_dir, write_config, write_record
 from protocols.datasets import get_spec
-from protocols.splits import SplitManifest
+from protocols.splits import SplitManifest, manifest_path
 
 
 def shots_per_class(items: Any, n_classes: int, requested: int) -> dict[str, int]:
@@ -114,6 +115,13 @@ class RunExecution:
         self._write(record)
         return record
 
+    def _write_inputs(self, manifests: Manifests, clip: FrozenCLIP) -> None:
+        """``inputs.json``: the stamps of the run's images and weights (:mod:`jobs.inputs`), before the record."""
+        cache = cache_dir(self.resolved)
+        splits = {"fit": manifests.fit, **manifests.evals}
+        write_inputs(self.folder, {name: (m.dataset, manifest_path(m, cache)) for name, m in splits.items()},
+                     clip.weights_files())
+
     def _write(self, record: dict[str, Any]) -> None:
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
         write_record(self.folder, record)
@@ -152,6 +160,7 @@ class RunExecution:
         evaluation = evaluate(method, trainer, features, manifests.evals,
                               lambda manifest: self._test_images(manifest, clip), self.log)
         t3 = time.perf_counter()
+        self._write_inputs(manifests, clip)
         train_time = fit.train_seconds if fit.resumed_from_epoch else t2 - t1
         return {"metrics": evaluation, "summary": summarize(run.protocol, evaluation, run.targets),
                 "aux_losses": fit.history[-1]["aux"] if fit.history else {}, "history": fit.history,

@@ -3,6 +3,7 @@ new features and the metrics of the new images, never the cached results of the 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -76,3 +77,41 @@ def test_replaced_weights_file_recomputes_features(tmp_path, world_root):
     assert metrics_of(fresh) != metrics_of(before), "the new weights must score differently"
     assert metrics_of(after) == metrics_of(fresh)
     assert after["cost"]["feature_cache"]["misses"] > 0
+
+
+def test_status_names_finished_runs_whose_inputs_changed_and_rerun_changed_reruns_them(tmp_path, world_root, capsys):
+    import yaml
+
+    from jobs import cli
+    from jobs.grid import expand_grid
+    results = tmp_path / "results"
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "g", "base": {"method": "zeroshot", "dataset": "world_hues", "data_root": str(world_root),
+                              "results_dir": str(results), "backbone": "tiny-world", "pretrained": "world",
+                              "shots": 2, "optim": {"eval_batch_size": 64}},
+        "executor": {"kind": "inline"}}))
+    assert cli.launch_main(["--grid", str(grid), "--no-analysis"]) == 0
+    (folder,) = [p.parent for p in results.glob("g/*/record.json")]
+    before = json.loads((folder / "record.json").read_text())
+    capsys.readouterr()
+    assert cli.print_status(expand_grid(grid)) == 0
+    assert "changed since" not in capsys.readouterr().out
+
+    rewrite_images_in_place(world_root)
+    assert cli.print_status(expand_grid(grid)) == 0
+    out = capsys.readouterr().out
+    assert "inputs changed since the run: images of fit (world_hues)" in out and "images of novel (world_hues)" in out
+    assert "g: 1 finished runs were made from inputs that changed since" in out and "--rerun-changed" in out
+    assert cli.launch_main(["--grid", str(grid), "--no-analysis"]) == 0  # a plain relaunch keeps the result
+    assert json.loads((folder / "record.json").read_text()) == before
+
+    assert cli.launch_main(["--grid", str(grid), "--no-analysis", "--rerun-changed"]) == 0
+    assert f"rerunning {folder.name}: inputs changed since the run" in capsys.readouterr().out
+    after = json.loads((folder / "record.json").read_text())
+    fresh = world_run(world_root, tmp_path / "fresh-results", "fresh", {"name": "zeroshot"},
+                      optim={"eval_batch_size": 64})
+    assert metrics_of(after) == metrics_of(fresh) != metrics_of(before)
+    assert len(list(folder.glob("record.json.inputs-changed-*"))) == 1
+    assert cli.print_status(expand_grid(grid)) == 0
+    assert "changed since" not in capsys.readouterr().out
