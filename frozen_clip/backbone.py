@@ -69,6 +69,19 @@ def _tag_quick_gelu(arch: str, tag: str) -> bool | None:
     return None
 
 
+def _read_model_config(path: Path) -> dict[str, Any]:
+    """A model-config JSON file (open_clip's layout); :class:`ConfigError` naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model config {path} cannot be read as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"model config {path} must hold a JSON object, got {type(data).__name__}")
+    if "model_cfg" in data and not isinstance(data["model_cfg"], dict):
+        raise ConfigError(f"model config {path}: model_cfg must be an object")
+    return data
+
+
 def _asset_dir(name: str) -> Path | None:
     for candidate in (ASSETS_DIR / name, Path(name)):
         if candidate.is_dir() and (candidate / "open_clip_config.json").is_file():
@@ -77,7 +90,7 @@ def _asset_dir(name: str) -> Path | None:
 
 
 def _resolve_asset(folder: Path, name: str, pretrained: str | None) -> BackboneSource:
-    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    cfg = _read_model_config(folder / "open_clip_config.json")
     weights = None
     if pretrained not in _NO_WEIGHTS:
         weights = folder / f"{pretrained}.safetensors"
@@ -87,8 +100,31 @@ def _resolve_asset(folder: Path, name: str, pretrained: str | None) -> BackboneS
             tags = sorted(p.stem for p in folder.glob("*.safetensors"))
             raise ConfigError(f"backbone {name!r}: pretrained {pretrained!r} is neither a tag of {folder} "
                               f"(available: {tags}) nor a weights file")
+    if "model_cfg" not in cfg:
+        raise ConfigError(f"model config {folder / 'open_clip_config.json'} has no model_cfg")
+    if weights is not None:
+        check_weights_file(weights)
     return BackboneSource(name, None if weights is None else str(pretrained), cfg["model_cfg"],
                           cfg.get("preprocess_cfg", {}), weights)
+
+
+def check_weights_file(path: Path) -> None:
+    """A ``.safetensors`` weights file whose header does not parse or does not cover the file (truncated, not a
+    safetensors file) is a :class:`ConfigError` naming it, when the config is resolved rather than in every run.
+    Reading the header costs microseconds; other formats are checked when loaded."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        _check_safetensors(str(path), file_stamp(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_safetensors(path: str, stamp: str) -> None:  # ``stamp``: a rewritten file is checked again
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"weights file {path} is damaged or not a safetensors file ({err})") from None
 
 
 def resolve_backbone(name: str, pretrained: str | None) -> BackboneSource:
@@ -107,7 +143,9 @@ def resolve_backbone(name: str, pretrained: str | None) -> BackboneSource:
         weights = None if pretrained in _NO_WEIGHTS else Path(pretrained)
         if weights is not None and not weights.is_file():
             raise ConfigError(f"backbone {name!r}: pretrained weights file {pretrained!r} does not exist")
-        return BackboneSource(path.stem, str(pretrained) if weights else None, json.loads(path.read_text()), {},
+        if weights is not None:
+            check_weights_file(weights)
+        return BackboneSource(path.stem, str(pretrained) if weights else None, _read_model_config(path), {},
                               weights)
     arch = canonical_arch(name)
     known = openclip_catalog.known_models()  # read without importing open_clip where it can be

@@ -126,8 +126,12 @@ def print_older_runs(plan: GridPlan, entries: list[Any]) -> None:
 
 
 def preflight(specs: list[RunSpec]) -> None:
-    """Check the data of every run (split files, images) before anything runs; raises :class:`SuiteError`."""
+    """Check the results folders and the data of every run (split files, images) before anything runs; raises
+    :class:`SuiteError`."""
     from jobs.data import Manifests, resolve_data_root
+    from jobs.runfolder import check_writable_folder
+    for folder in sorted({str(run_dir(spec.resolved).parent) for spec in specs}):
+        check_writable_folder(folder, "results folder (results_dir/name)")
     checked: set[tuple[str, ...]] = set()
     for spec in specs:
         run = spec.resolved.run
@@ -376,6 +380,8 @@ def run_main(argv: list[str] | None = None) -> int:
             raw = merge(raw, parse_overrides(args.overrides))
             resolved = resolve(raw, args.config or "command line")
             spec = RunSpec(resolved.run_id, resolved.config, resolved)
+            from jobs.runfolder import check_writable_folder
+            check_writable_folder(run_dir(resolved).parent, "results folder (results_dir/name)")
             from jobs.executors import execute_run
             outcome = execute_run(spec, log=lambda line: print(line, flush=True))
     except SuiteError as err:

@@ -42,6 +42,21 @@ def folder_of(results_dir: str | Path, name: str, run_id: str) -> Path:
     return Path(results_dir) / name / run_id
 
 
+def check_writable_folder(path: str | Path, what: str) -> None:
+    """``path`` is a folder this process can write into, or one it can create (its nearest existing ancestor is a
+    writable folder); :class:`ConfigError` naming ``what`` and the path otherwise. Checked before any run starts, so
+    a results folder on a read-only mount or a file in the way is one clear line, not a traceback per run."""
+    from frozen_clip.errors import ConfigError
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {existing} is not writable by this user")
+
+
 def read_record(folder: Path) -> dict[str, Any] | None:
     """The record of a run folder, or None if absent or unreadable."""
     try:

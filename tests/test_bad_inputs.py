@@ -52,3 +52,55 @@ def test_code_version_outside_a_git_checkout(monkeypatch):
     from jobs import runfolder
     monkeypatch.setattr(runfolder, "git_sha", lambda: None)
     assert runfolder.code_version().startswith("frozen-clip-suite ")
+
+
+# -- errors that used to come late or as tracebacks: one line naming the file, exit code 2, nothing run ------------
+
+def run_cli(args: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_a_broken_model_config_json_is_named(tmp_path):
+    broken = tmp_path / "model.json"
+    broken.write_text('{"embed_dim": 8, ')
+    proc = run_cli([str(REPO / "jobs/run.py"), "method=zeroshot", "dataset=world_hues", f"backbone={broken}",
+                    "pretrained=none", f"results_dir={tmp_path / 'res'}"], tmp_path)
+    assert proc.returncode == 2 and f"model config {broken} cannot be read as JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "res").exists()
+
+
+def test_damaged_weights_are_named_when_the_grid_is_resolved(tmp_path):
+    from frozen_clip.backbone import resolve_backbone
+    weights = tmp_path / "w.safetensors"
+    data = Path(resolve_backbone("tiny-world", "world").weights_file).read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    proc = run_cli([str(REPO / "jobs/run.py"), "method=zeroshot", "dataset=world_hues", "backbone=tiny-world",
+                    f"pretrained={weights}", f"results_dir={tmp_path / 'res'}"], tmp_path)
+    assert proc.returncode == 2 and f"weights file {weights} is damaged or not a safetensors file" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "res").exists()
+
+
+def test_a_results_dir_that_is_a_file_is_refused_before_any_run(data_root, tmp_path):
+    import yaml
+    blocker = tmp_path / "results-file"
+    blocker.write_text("not a folder")
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"name": "g", "base": base_run(data_root, blocker, method="zeroshot"),
+                                    "executor": {"kind": "inline"}}))
+    proc = run_cli([str(REPO / "jobs/launch.py"), "--grid", str(grid), "--no-analysis"], tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"results folder (results_dir/name) {blocker / 'g'}: {blocker} is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr and blocker.read_text() == "not a folder"
+
+
+def test_an_unopenable_lock_file_is_one_clear_failure(data_root, tmp_path):
+    from jobs.executors import execute_run
+    from jobs.grid import RunSpec
+    from jobs.runfolder import run_dir
+    resolved = resolve(base_run(data_root, tmp_path / "res", method="zeroshot"), "t")
+    (run_dir(resolved) / ".lock").mkdir(parents=True)  # a folder where the lock file goes
+    outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
+    assert outcome.status == "failed" and outcome.user_error
+    assert f"cannot open the run's lock file {run_dir(resolved) / '.lock'}" in outcome.detail

@@ -11,6 +11,7 @@ no torch (the run's code is imported when a run executes).
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import subprocess
@@ -66,12 +67,15 @@ LOCK_GRACE_S = 2.0
 def execute_run(spec: RunSpec, log: Callable[[str], None] | None = None) -> Outcome:
     """Execute one run under its lock (in this process)."""
     folder = run_dir(spec.resolved)
-    lock = run_lock(folder)
     start = time.perf_counter()
     try:
+        lock = run_lock(folder)
         lock.acquire(timeout=LOCK_GRACE_S)
     except Timeout:
         return Outcome(spec.run_id, "skipped", "running in another process")
+    except OSError as err:  # a lock file that cannot be created or opened (permissions, a folder in its place)
+        return Outcome(spec.run_id, "failed", f"cannot open the run's lock file {folder / '.lock'} ({err.strerror}): "
+                       "check the permissions of the run folder", user_error=True)
     try:
         record = read_record(folder)
         if record is not None and record.get("status") == "done":
@@ -83,6 +87,12 @@ def execute_run(spec: RunSpec, log: Callable[[str], None] | None = None) -> Outc
             RunExecution(spec.resolved, log=log).run()
         except SuiteError as err:
             return Outcome(spec.run_id, "failed", str(err), time.perf_counter() - start, user_error=True)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                return Outcome(spec.run_id, "failed", f"{type(err).__name__}: {err}", time.perf_counter() - start)
+            return Outcome(spec.run_id, "failed", f"no space left on the device writing {err.filename or folder}: "
+                           "free some and relaunch; the run resumes from its last checkpoint",
+                           time.perf_counter() - start, user_error=True)
         except Exception as err:  # the record holds the traceback
             return Outcome(spec.run_id, "failed", f"{type(err).__name__}: {err}", time.perf_counter() - start)
         return Outcome(spec.run_id, "done", "", time.perf_counter() - start)
