@@ -125,21 +125,25 @@ def print_older_runs(plan: GridPlan, entries: list[Any]) -> None:
               f"every option): `python -m jobs.migrate_ids {plan.results_dir}` renames them to their current ids")
 
 
-def preflight(specs: list[RunSpec]) -> None:
+def preflight(specs: list[RunSpec], where: str) -> None:
     """Check the results folders and the data of every run (split files, images) before anything runs; raises
-    :class:`SuiteError`."""
+    :class:`SuiteError` prefixed with ``where`` (the grid file)."""
     from jobs.data import Manifests, resolve_data_root
     from jobs.runfolder import check_writable_folder
-    for folder in sorted({str(run_dir(spec.resolved).parent) for spec in specs}):
-        check_writable_folder(folder, "results folder (results_dir/name)")
-    checked: set[tuple[str, ...]] = set()
-    for spec in specs:
-        run = spec.resolved.run
-        key = (run.data_root, run.dataset, run.protocol, *run.targets, str(run.shots), str(run.seed), run.sampling)
-        if key in checked:
-            continue
-        checked.add(key)
-        Manifests(spec.resolved, resolve_data_root(run.data_root)).preflight()
+    try:
+        for folder in sorted({str(run_dir(spec.resolved).parent) for spec in specs}):
+            check_writable_folder(folder, "results folder (results_dir/name)")
+        checked: set[tuple[str, ...]] = set()
+        for spec in specs:
+            run = spec.resolved.run
+            key = (run.data_root, run.dataset, run.protocol, *run.targets, str(run.shots), str(run.seed),
+                   run.sampling)
+            if key in checked:
+                continue
+            checked.add(key)
+            Manifests(spec.resolved, resolve_data_root(run.data_root)).preflight()
+    except SuiteError as err:
+        raise type(err)(f"{where}: {err}") from None
 
 
 def results_table(grid: Grid) -> str:
@@ -299,7 +303,7 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
         remember_ids(plan, grid)
         _finish(grid, args)
         return 0
-    preflight(pending)
+    preflight(pending, str(grid.path))
     remember_ids(plan, grid)  # after the checks: a launch refused for bad input writes nothing
     start = time.perf_counter()
     outcomes = get_executor(options.kind).submit(grid, pending, options, _progress_printer(len(pending)), args.wait)

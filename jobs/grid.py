@@ -86,7 +86,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _nested(flat: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _nested(flat: Any, where: str) -> dict[str, Any]:
+    if not isinstance(flat, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of run settings, got {type(flat).__name__} {flat!r}")
     out: dict[str, Any] = {}
     for key, value in flat.items():
         if not isinstance(key, str):
