@@ -397,11 +397,21 @@ def _visible(entries: Sequence[str]) -> list[str]:
     return sorted(e for e in entries if not e.startswith("."))
 
 
+def _scan(directory: Path) -> list[os.DirEntry]:
+    """The entries of a dataset folder; :class:`DataError` naming it when it cannot be listed (permissions, gone)."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as err:
+        raise DataError(f"dataset folder {directory} cannot be read ({err.strerror}): check that it exists and is "
+                        "readable by this user") from None
+
+
 def _class_folders(directory: Path) -> list[str]:
     """Sorted non-hidden sub-folders of ``directory`` (files such as README.txt are ignored)."""
     if not directory.is_dir():
         raise DataError(f"image folder {directory} is missing (expected one sub-folder per class)")
-    folders = _visible([e.name for e in os.scandir(directory) if e.is_dir()])
+    folders = _visible([e.name for e in _scan(directory) if e.is_dir()])
     if not folders:
         raise DataError(f"image folder {directory} has no class sub-folders")
     return folders
@@ -425,7 +435,7 @@ def _folder_items(root: Path, sub: str, folders: Sequence[str], labels: Sequence
     items = []
     for folder, label, name in zip(folders, labels, names):
         prefix = f"{sub}/{folder}" if sub else folder
-        files = _visible([e.name for e in os.scandir(root / prefix) if e.is_file()])
+        files = _visible([e.name for e in _scan(root / prefix) if e.is_file()])
         items.extend(Item(f"{prefix}/{f}", label, name) for f in files)
     return items
 
