@@ -65,8 +65,11 @@ def shape_overrides(name: str, clip: FrozenCLIP) -> dict[str, Any]:
 
 
 def default_batch(name: str) -> int:
-    """The method's recipe batch size on ImageNet few-shot (HeBA 16, MMA 128 on ImageNet -> 16 as elsewhere)."""
-    return {"heba": 16, "mma": 16, "coop": 32, "clip_lora": 32}.get(name, 32)
+    """The batch size of the method's own recipe for a 16-shot base-to-novel run (HeBA 16, MMA 16, CoOp 32,
+    CLIP-LoRA 32; MMA's ImageNet recipe would take 128)."""
+    from jobs.config import method_class
+    cls = method_class(name, "bench")
+    return int(cls.recipe("base2novel", "caltech101", 16, cls.Config()).get("batch_size", 32))
 
 
 @dataclass
