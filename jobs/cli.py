@@ -184,6 +184,8 @@ def launch_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=EXECUTORS.names(), help="override the grid's executor")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would run; run nothing")
     parser.add_argument("--status", action="store_true", help="show the state of every run from the records")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every run's resolved config as YAML, each value with its origin; run nothing")
     parser.add_argument("--workers", type=int, help="local executor: number of worker slots")
     parser.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="set a key of the executor block, e.g. partition=gpu timeout_min=240 "
@@ -204,6 +206,8 @@ def launch_main(argv: list[str] | None = None) -> int:
             if args.status:
                 return print_status(plan)
             grid = resolve_plan(plan)
+            if args.print_config:
+                return print_grid_configs(plan, grid, parse_overrides(args.overrides))
             if args.cancel:
                 return cancel_grid(grid)
             return _launch(plan, grid, args)
@@ -322,6 +326,17 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     return 0
 
 
+def print_grid_configs(plan: GridPlan, grid: Grid, overrides: dict[str, Any]) -> int:
+    """``--print-config``: each run's resolved config with the origin of every value (:mod:`jobs.printconfig`)."""
+    from jobs.printconfig import print_configs
+    raws: dict[str, dict[str, Any]] = {}
+    for raw_run, run_id in zip(plan.raws, grid.raw_ids):
+        raws.setdefault(run_id, raw_run.raw)
+    print(print_configs(((spec.resolved, raws[spec.run_id]) for spec in grid.runs), overrides, "grid file"),
+          end="")
+    return 0
+
+
 def rerun_changed(grid: Grid) -> None:
     """``--rerun-changed``: move aside the records of finished runs whose inputs changed (:mod:`jobs.inputs`), so
     that this launch runs them again."""
@@ -371,6 +386,8 @@ def run_main(argv: list[str] | None = None) -> int:
     """``python jobs/run.py [--config FILE] key=value ...``: execute one run in this process."""
     parser = argparse.ArgumentParser(prog="jobs/run.py", description="Execute one run.")
     parser.add_argument("--config", help="a run config YAML (e.g. a run folder's config.yaml)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML, each value with its origin; run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value settings, e.g. method=coop dataset=world_shapes")
     args = parser.parse_args(argv)
     threads = os.environ.get("FCS_TORCH_THREADS")
@@ -383,6 +400,10 @@ def run_main(argv: list[str] | None = None) -> int:
             raw = read_run_config(args.config) if args.config else {}
             raw = merge(raw, parse_overrides(args.overrides))
             resolved = resolve(raw, args.config or "command line")
+            if args.print_config:
+                from jobs.printconfig import print_configs
+                print(print_configs([(resolved, raw)], parse_overrides(args.overrides), "run config"), end="")
+                return 0
             spec = RunSpec(resolved.run_id, resolved.config, resolved)
             from jobs.runfolder import check_writable_folder
             check_writable_folder(run_dir(resolved).parent, "results folder (results_dir/name)")

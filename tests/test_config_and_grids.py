@@ -175,6 +175,37 @@ def test_backbone_shapes_are_read_without_building_the_model():
     assert (tiny.text.layers, tiny.visual.layers, tiny.text.width, tiny.visual.width) == (3, 4, 64, 128)
 
 
+def test_print_config_of_one_run_is_yaml_with_the_origin_of_every_value(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/run.py"), "--print-config", "method=clip_lora",
+                           "dataset=dtd", "optim.lr=1e-3", f"results_dir={tmp_path / 'res'}"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (config,) = list(yaml.safe_load_all(proc.stdout))
+    assert config["method"]["name"] == "clip_lora" and config["optim"]["lr"] == 0.001 and len(config["run_id"]) == 16
+    lines = proc.stdout.splitlines()
+    assert '  lr: 0.001  # command line' in lines
+    assert '  batch_size: 32  # recipe: base2novel, dtd, 16 shots' in lines
+    assert '  r: 2  # method default: --r' in lines
+    assert 'seed: 1  # default' in lines
+    assert not (tmp_path / "res").exists()  # nothing ran
+
+
+def test_print_config_of_a_grid_names_file_and_command_line_origins(data_root, tmp_path, capsys):
+    from jobs import cli
+    path = write_grid(tmp_path / "g.yaml", data_root, tmp_path / "res",
+                      variants=[{"method": "zeroshot"}, {"method": "heba", "method.bottleneck_ratio": 8}])
+    assert cli.launch_main(["--grid", str(path), "--print-config", "seed=2"]) == 0
+    out = capsys.readouterr().out
+    documents = list(yaml.safe_load_all(out))
+    assert len(documents) == 4 and {d["seed"] for d in documents} == {2}
+    heba = [d for d in documents if d["method"]["name"] == "heba"]
+    assert {d["dataset"] for d in heba} == {"oxford_pets", "caltech101"}
+    assert "seed: 2  # command line" in out and "  bottleneck_ratio: 8  # grid file" in out
+    assert "  lr: 0.0075  # recipe: base2novel, oxford_pets, 4 shots" in out
+    assert "# run 3/4: HeBA [bottleneck ratio=8]" in out
+    assert not (tmp_path / "res").exists()
+
+
 def test_every_shipped_grid_validates():
     grids = sorted((REPO / "grids").glob("*.yaml"))
     assert grids, "no grid files shipped"
