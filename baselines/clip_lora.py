@@ -16,7 +16,8 @@ frozen (plus a delta when ``o`` is adapted). The official eval mode merges ``W +
 here is the same function. ``huggingface/peft``'s MHA LoRA is not used: it cannot restrict itself to q, k, v.
 
 Training: text features of all classes are recomputed through the LoRA text tower every step from
-``dataset.template[0]`` (the suite's dataset template; "a photo of a {}." on ImageNet); logits are the constant
+the official template "a photo of a {}." on every dataset (``template``; ``dataset`` = the dataset's CoOp template
+instead, what the suite used before recipe version 2); logits are the constant
 ``100 x`` cosine (``main.py``: ``logit_scale = 100``), CE loss, no validation, last iterate. Recipe: AdamW lr 2e-4,
 weight decay 1e-2, betas (0.9, 0.999), ``CosineAnnealingLR(500 x shots, eta_min=1e-6)`` stepped per iteration,
 batch 32, the same for every dataset and shot count. Deviations: the official loader keeps the last partial batch
@@ -66,6 +67,10 @@ class CLIPLoRAConfig:
         "sqrt", "alpha / sqrt(r) (official) or alpha / r (loralib, commented out)")
     dropout_rate: float = option(0.25, "--dropout_rate, on the LoRA input, training only")
     logit_scale: float = option(100.0, "main.py: logit_scale = 100")
+    template: str = option(
+        "a photo of a {}.", "datasets/*.py: every dataset's template is 'a photo of a {}.' (the per-dataset templates "
+        "sit inside string literals); 'dataset' = the dataset's CoOp template (the suite's reading before recipe "
+        "version 2)", values={"dataset": "the dataset's template"})
 
     def validate(self) -> None:
         unknown = sorted(set(self.params) - set(PROJECTIONS))
@@ -73,6 +78,8 @@ class CLIPLoRAConfig:
             raise ValueError(f"params must be distinct names among {list(PROJECTIONS)}, got {list(self.params)}")
         if self.r < 1:
             raise ValueError("r must be >= 1")
+        if self.template != "dataset" and "{}" not in self.template:
+            raise ValueError(f"template must hold '{{}}' (the class name) or be 'dataset', got {self.template!r}")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError("dropout_rate must be in [0, 1)")
         if any(layer < 0 for layer in self.layers):
@@ -148,7 +155,9 @@ class CLIPLoRA(Method):
     info = MethodInfo(
         name="clip_lora", display="CLIP-LoRA",
         paper=Paper("Low-Rank Few-Shot Adaptation of Vision-Language Models", "CVPR Workshops", 2024, "2405.18541"),
-        code=Code("MaxZanella/CLIP-LoRA", "358f0d7"), capabilities=Capabilities(trains_on="images"))
+        code=Code("MaxZanella/CLIP-LoRA", "358f0d7"), capabilities=Capabilities(trains_on="images"),
+        # 2: the official template "a photo of a {}." on every dataset; version 1 used the dataset's CoOp template
+        recipe_version=2)
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CLIPLoRAConfig,
                  context: MethodContext) -> None:
@@ -200,7 +209,8 @@ class CLIPLoRA(Method):
         return attention
 
     def _build_prompts(self, classnames: Sequence[str]) -> None:
-        ids = self.clip.tokenize(self.prompts(self.context.template, classnames))
+        template = self.context.template if self.config.template == "dataset" else self.config.template
+        ids = self.clip.tokenize(self.prompts(template, classnames))
         self.register_buffer("tokenized_prompts", self.clip.truncate(ids), persistent=False)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:

@@ -50,8 +50,14 @@ def prompt_tokens(clip: FrozenCLIP, classnames: Sequence[str], prompt_prefix: st
 class CoOpConfig:
     """CoOp options; defaults are ``TRAINER.COOP`` of the official configs."""
 
-    n_ctx: int = option(16, "N_CTX (ignored when ctx_init is given: M = number of its words)")
-    ctx_init: str = option("", 'CTX_INIT, e.g. "a photo of a" (base-to-novel configs); "" = random N(0, init_std)')
+    n_ctx: int | None = option(
+        None, "N_CTX (ignored when ctx_init is given: M = number of its words); null = the official config of the "
+        "protocol: 16 on few-shot (configs/trainers/CoOp/*_ep50.yaml ...), 4 on base-to-novel, cross-dataset and DG "
+        "(vit_b16_ctxv1.yaml, vit_b16_ep50_ctxv1.yaml)", values={None: "official for the protocol"})
+    ctx_init: str | None = option(
+        None, 'CTX_INIT; "" = random N(0, init_std); null = the official config of the protocol: "" on few-shot, '
+        '"a photo of a" on base-to-novel, cross-dataset and DG (vit_b16_ctxv1.yaml, vit_b16_ep50_ctxv1.yaml)',
+        values={None: "official for the protocol"})
     csc: bool = option(False, "CSC: class-specific contexts")
     class_token_position: Literal["end", "middle", "front"] = option("end", "CLASS_TOKEN_POSITION")
     init_std: float = option(0.02, "coop.py PromptLearner: nn.init.normal_(ctx_vectors, std=0.02)")
@@ -62,8 +68,22 @@ class CoOpConfig:
         fast_path_off=False)
 
     def validate(self) -> None:
-        if self.n_ctx <= 0 and not self.ctx_init:
-            raise ValueError("n_ctx must be positive")
+        if self.n_ctx is not None and self.n_ctx <= 0 and not self.ctx_init:
+            raise ValueError("n_ctx must be positive (or null: the protocol's official value)")
+
+
+#: (N_CTX, CTX_INIT) of CoOp's official configs per protocol: the few-shot runs learn 16 random context tokens; the
+#: base-to-novel, cross-dataset and DG runs (the CoCoOp paper's CoOp rows) 4 tokens initialised from "a photo of a"
+PROTOCOL_CONTEXT: dict[str, tuple[int, str]] = {"fewshot": (16, ""), "base2novel": (4, "a photo of a"),
+                                                "cross_dataset": (4, "a photo of a"),
+                                                "domain_generalization": (4, "a photo of a")}
+
+
+def context_settings(config: Any, protocol: str) -> tuple[int, str]:
+    """``(n_ctx, ctx_init)`` of a run: the config's values, where null the official ones for ``protocol``."""
+    official_n, official_init = PROTOCOL_CONTEXT.get(protocol, PROTOCOL_CONTEXT["fewshot"])
+    return (official_n if config.n_ctx is None else config.n_ctx,
+            official_init if config.ctx_init is None else config.ctx_init)
 
 
 class CoOp(Method):
@@ -73,21 +93,25 @@ class CoOp(Method):
     info = MethodInfo(
         name="coop", display="CoOp",
         paper=Paper("Learning to Prompt for Vision-Language Models", "IJCV", 2022, "2109.01134"),
-        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"))
+        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"),
+        # 2: the context follows the official config of the protocol (4 tokens from "a photo of a" on
+        # base-to-novel, cross-dataset and DG), where version 1 learned 16 random tokens on every protocol
+        recipe_version=2)
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CoOpConfig,
                  context: MethodContext) -> None:
         super().__init__(clip, classnames, config, context)
         width = clip.text.width
-        if config.ctx_init:
-            init = config.ctx_init.replace("_", " ")
+        n_ctx, ctx_init = context_settings(config, context.protocol)
+        if ctx_init:
+            init = ctx_init.replace("_", " ")
             ids = clip.tokenize([init])
             self.n_ctx = len(init.split(" "))  # official: words, assumed one BPE token each
             with torch.no_grad():
                 vectors = clip.token_embedding(ids)[0, 1:1 + self.n_ctx].clone()
             self.prompt_prefix = init  # official: a word-initialised context is generic even with CSC
         else:
-            self.n_ctx = config.n_ctx
+            self.n_ctx = n_ctx
             shape = (len(classnames), self.n_ctx, width) if config.csc else (self.n_ctx, width)
             vectors = torch.empty(shape, dtype=clip.dtype, device=clip.device)
             nn.init.normal_(vectors, std=config.init_std)
@@ -103,6 +127,11 @@ class CoOp(Method):
         if dataset == "imagenet":
             epochs = 50
         return {"name": "sgd", "lr": 0.002, "epochs": epochs, "batch_size": 32, "warmup_epochs": 1}
+
+    @classmethod
+    def protocol_settings(cls, config: CoOpConfig, protocol: str) -> dict[str, Any]:
+        n_ctx, ctx_init = context_settings(config, protocol)
+        return {"n_ctx": len(ctx_init.split(" ")) if ctx_init else n_ctx, "ctx_init": ctx_init}
 
     @classmethod
     def check_run(cls, run: Any, config: CoOpConfig) -> None:

@@ -113,6 +113,13 @@ class Method(nn.Module):
         capabilities declare, which the runner checks itself); default: every combination is possible."""
 
     @classmethod
+    def protocol_settings(cls, config: Any, protocol: str) -> dict[str, Any]:
+        """The values that options left at null take on ``protocol`` (e.g. CoOp's context: 4 tokens from "a photo
+        of a" on base-to-novel, 16 random ones on few-shot), for ``--print-config`` and the records; default:
+        none."""
+        return {}
+
+    @classmethod
     def check_backbone(cls, shape: BackboneShape, protocol: str, config: Any) -> None:
         """Raise :class:`~frozen_clip.errors.ConfigError` when the options cannot fit a backbone of ``shape`` (adapted
         layers it does not have, a width a bottleneck ratio does not divide). Called when a config is resolved, so a

@@ -67,10 +67,16 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
     lines = [f"# run {index}/{total}: {run_label(resolved.config)}",
              f"# prompt template of {run.dataset}: {get_spec(run.dataset).template!r}",
              f"run_id: {_value(resolved.run_id)}"]
+    on_protocol = cls.protocol_settings(resolved.method_config, run.protocol)
+
+    def effective(key: str, sub: str) -> str:
+        return f"; this run: {_value(on_protocol[sub])}" if key == "method" and sub in on_protocol else ""
+
     for key, value in resolved.config.items():
         if isinstance(value, Mapping):
             lines.append(f"{key}:")
-            lines += [f"  {sub}: {_value(v)}  # {origin(f'{key}.{sub}')}" for sub, v in value.items()]
+            lines += [f"  {sub}: {_value(v)}  # {origin(f'{key}.{sub}')}{effective(key, sub)}"
+                      for sub, v in value.items()]
         else:
             note = " (fp32 on CPU, amp_fp16 on CUDA)" if key == "precision" and value == "auto" else ""
             lines.append(f"{key}: {_value(value)}  # {origin(key)}{note}")

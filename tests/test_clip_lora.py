@@ -172,3 +172,15 @@ def test_attn_tap_replaces_attention_once_per_site(tiny_clip):
     assert calls == [("visual", 1, True), ("text", 0, False)]  # the text tower passes its causal mask
     with pytest.raises(ValueError, match="at most one"):
         taps.add("attn", "visual", 1, zero_attention)
+
+
+def test_template_is_the_official_one_on_every_dataset_unless_asked(tiny_clip):
+    """The official code encodes "a photo of a {}." for every dataset; ``template: dataset`` takes the dataset's."""
+    official = CLIPLoRA(tiny_clip, ["Abyssinian"], CLIPLoRAConfig(), context())
+    expected = tiny_clip.truncate(tiny_clip.tokenize(["a photo of a Abyssinian."]))
+    assert torch.equal(official.tokenized_prompts, expected)
+    per_dataset = CLIPLoRA(tiny_clip, ["Abyssinian"], CLIPLoRAConfig(template="dataset"), context())
+    assert torch.equal(per_dataset.tokenized_prompts,
+                       tiny_clip.truncate(tiny_clip.tokenize(["a photo of a Abyssinian, a type of pet."])))
+    with pytest.raises(ValueError, match="template must hold"):
+        CLIPLoRAConfig(template="a photo").validate()

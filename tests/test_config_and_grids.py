@@ -28,10 +28,31 @@ def test_run_id_ignores_where_results_go(data_root, tmp_path):
     assert again.run_id == a.run_id and again.config == a.config
 
 
+def test_coop_context_follows_the_official_config_of_the_protocol(data_root, tmp_path):
+    """4 tokens from "a photo of a" on base-to-novel (vit_b16_ctxv1), 16 random tokens on few-shot; explicit values
+    win on every protocol."""
+    from baselines.coop import CoOp
+    from frozen_clip.backbone import load_backbone
+    from frozen_clip.method import MethodContext
+    from tests.conftest import GOLDEN_BACKBONE
+    clip = load_backbone(GOLDEN_BACKBONE, "golden")
+    for protocol, method, (n_ctx, prefix) in [
+            ("base2novel", {}, (4, "a photo of a")), ("fewshot", {}, (16, " ".join(["X"] * 16))),
+            ("fewshot", {"ctx_init": "a photo of a"}, (4, "a photo of a")), ("base2novel", {"ctx_init": ""}, (4, "X X X X")),
+            ("base2novel", {"ctx_init": "", "n_ctx": 8}, (8, " ".join(["X"] * 8)))]:
+        resolved = resolve({**base_run(data_root, tmp_path, protocol=protocol), "method": {"name": "coop", **method}},
+                           "t")
+        context = MethodContext(dataset="oxford_pets", template="a photo of a {}.", protocol=protocol, shots=4, seed=1,
+                                epochs=1)
+        coop = CoOp(clip, ["a", "b"], resolved.method_config, context)
+        assert (coop.n_ctx, coop.prompt_prefix) == (n_ctx, prefix), (protocol, method)
+        assert CoOp.protocol_settings(resolved.method_config, protocol)["n_ctx"] == n_ctx
+
+
 def test_method_recipe_then_user_overrides(data_root, tmp_path):
     resolved = resolve(base_run(data_root, tmp_path, optim={"lr": 0.05}), "t")
     assert resolved.optim.lr == 0.05 and resolved.optim.warmup_epochs == 1  # CoOp recipe kept where not set
-    assert resolved.config["method"] == {"name": "coop", "n_ctx": 16, "ctx_init": "", "csc": False,
+    assert resolved.config["method"] == {"name": "coop", "n_ctx": None, "ctx_init": None, "csc": False,
                                          "class_token_position": "end", "init_std": 0.02, "truncate_text": True,
                                          "shared_prefix": True}
 
