@@ -38,7 +38,9 @@ class CLIPAdapter(FeatureMethod):
     info = MethodInfo(
         name="clip_adapter", display="CLIP-Adapter",
         paper=Paper("CLIP-Adapter: Better Vision-Language Models with Feature Adapters", "IJCV", 2024, "2110.04544"),
-        code=Code("gaopengcuhk/CLIP-Adapter", "9ac913a"), capabilities=Capabilities(trains_on="features"))
+        code=Code("gaopengcuhk/CLIP-Adapter", "9ac913a"), capabilities=Capabilities(trains_on="features"),
+        # 2: cross-dataset and DG targets are prompted with their own template (version 1: the source's)
+        recipe_version=2)
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CLIPAdapterConfig,
                  context: MethodContext) -> None:

@@ -33,7 +33,9 @@ class ZeroShotCLIP(FeatureMethod):
     Config = ZeroShotConfig
     info = MethodInfo(
         name="zeroshot", display="Zero-shot CLIP", paper=Paper("Learning Transferable Visual Models From Natural Language Supervision", "ICML", 2021, "2103.00020"),
-        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"), paper_names={"ZS-CLIP": {}})
+        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"), paper_names={"ZS-CLIP": {}},
+        # 2: cross-dataset and DG targets are prompted with their own template (version 1: the source's)
+        recipe_version=2)
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: ZeroShotConfig,
                  context: MethodContext) -> None:

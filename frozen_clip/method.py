@@ -22,7 +22,7 @@ complete method file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -131,6 +131,16 @@ class Method(nn.Module):
         """Rebuild class-dependent state for ``classnames`` (evaluation on novel classes or another dataset)."""
         self.classnames = tuple(classnames)
         self.invalidate()
+
+    def evaluate_on(self, dataset: str, template: str, classnames: Sequence[str]) -> None:
+        """Score ``classnames`` of ``dataset`` from now on, prompting with that dataset's ``template``: a
+        cross-dataset or DG target is evaluated with its own template, as the official eval-only runs on a target's
+        config do (novel classes of the training dataset keep its template)."""
+        if dataset != self.context.dataset or template != self.context.template:
+            self.context = replace(self.context, dataset=dataset, template=template)
+            self.set_classnames(classnames)
+        elif tuple(classnames) != tuple(self.classnames):
+            self.set_classnames(classnames)
 
     def prepare_fit(self, data: FitData) -> None:
         """Called once before the gradient loop (closed-form fits, caches); default: nothing."""

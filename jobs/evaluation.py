@@ -2,8 +2,8 @@
 the record's headline numbers.
 
 Methods with a frozen image path are evaluated on cached test features (:mod:`frozen_clip.features`); the others on
-the test images. For novel classes or other datasets the method rebuilds its class-dependent state with
-``set_classnames`` first.
+the test images. For novel classes or other datasets the method rebuilds its class-dependent state first
+(``Method.evaluate_on``); a cross-dataset or DG target is prompted with its own dataset's template.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ def evaluate(method: Method, trainer: Trainer, features: FeatureAccess, evals: d
     of a split, for a method evaluated on images)."""
     out = {}
     for name, manifest in evals.items():
-        if manifest.classnames != method.classnames:
-            method.set_classnames(manifest.classnames)
+        method.evaluate_on(manifest.dataset, get_spec(manifest.dataset).template, manifest.classnames)
         if method.frozen_image_path:
             feats, labels = features.split_features(manifest, "test")
             preds, labels = trainer.predict_from_features(feats, labels)
