@@ -17,7 +17,7 @@ from torch import nn
 from adapters.mma import MMA, MMAConfig, adapted_layers
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext
-from tests.conftest import FIXTURES, base_run, execute_resolved
+from tests.conftest import FIXTURES, base_run, execute_resolved, golden_grad_tol
 
 GOLDEN = load_file(str(FIXTURES / "mma.safetensors"))
 META = json.loads((FIXTURES / "mma.json").read_text())
@@ -40,12 +40,9 @@ def stored(case: str, kind: str) -> dict[str, torch.Tensor]:
 
 
 def grad_tol(case: str) -> dict[str, float]:
-    """Gradient tolerance: 1e-6 relative to the case's largest gradient (plus rtol 1e-5).
-
-    The official gsl trick makes every adapter gradient 1/s = 1000x its true value (case A reaches 15.3), so a fixed
-    atol of 1e-6 would demand ~1e-10 relative accuracy of the true gradient; fp32 gives ~1e-7.
-    """
-    return {"atol": 1e-6 * META["cases"][case]["grad_max_abs"], "rtol": 1e-5}
+    """The golden gradient tolerance (:func:`tests.conftest.golden_grad_tol`) of the case's largest gradient: the
+    official gsl trick makes every adapter gradient 1/s = 1000x its true value (case A reaches 15.3)."""
+    return golden_grad_tol(META["cases"][case]["grad_max_abs"])
 
 
 def golden_method(clip, case: str, **options) -> MMA:
