@@ -213,6 +213,9 @@ class MMA(Method):
         return {**common, "epochs": 5, "batch_size": 128 if dataset == "imagenet" else 16}
 
     # -- prompts ------------------------------------------------------------------------------------------------------
+    def prompt_templates(self) -> tuple[str, ...]:
+        return (self.template(),)
+
     def template(self) -> str:
         """The prompt template in use (``template: dataset`` = the dataset's CoOp template)."""
         return self.context.template if self.config.template == "dataset" else self.config.template

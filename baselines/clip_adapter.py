@@ -59,6 +59,9 @@ class CLIPAdapter(FeatureMethod):
         super().set_classnames(classnames)
         self._text = None
 
+    def prompt_templates(self) -> tuple[str, ...]:
+        return (self.context.template,)
+
     def text_features(self) -> torch.Tensor:
         """Normalised frozen text features of the dataset template (cached per class set; nothing text-side trains)."""
         if self._text is None:

@@ -208,8 +208,11 @@ class CLIPLoRA(Method):
             return self.lora[tower][str(layer)](a, attn, mask, cfg.scale, cfg.dropout_rate, self.training)
         return attention
 
+    def prompt_templates(self) -> tuple[str, ...]:
+        return (self.context.template if self.config.template == "dataset" else self.config.template,)
+
     def _build_prompts(self, classnames: Sequence[str]) -> None:
-        template = self.context.template if self.config.template == "dataset" else self.config.template
+        (template,) = self.prompt_templates()
         ids = self.clip.tokenize(self.prompts(template, classnames))
         self.register_buffer("tokenized_prompts", self.clip.truncate(ids), persistent=False)
 

@@ -251,6 +251,9 @@ class TipAdapter(FeatureMethod):
         return {"epochs": 0}
 
     # -- text -------------------------------------------------------------------------------------------------------
+    def prompt_templates(self) -> tuple[str, ...]:
+        return self.templates()
+
     def templates(self) -> tuple[str, ...]:
         """The dataset's template; the 7 ``IMAGENET_TEMPLATES_SELECT`` on ImageNet (``datasets/imagenet.py``)."""
         if self.config.template_list:

@@ -47,6 +47,9 @@ class ZeroShotCLIP(FeatureMethod):
         """No training."""
         return {"epochs": 0}
 
+    def prompt_templates(self) -> tuple[str, ...]:
+        return self.template_set()
+
     def template_set(self) -> tuple[str, ...]:
         """The templates in use."""
         if self.config.template_list:

@@ -132,6 +132,11 @@ class Method(nn.Module):
         self.classnames = tuple(classnames)
         self.invalidate()
 
+    def prompt_templates(self) -> tuple[str, ...] | None:
+        """The hand-written prompt template(s) the method scores classes with now (stored with each evaluated split
+        in the record); None for a method whose prompts are learned (CoOp's context) or not templates."""
+        return None
+
     def evaluate_on(self, dataset: str, template: str, classnames: Sequence[str]) -> None:
         """Score ``classnames`` of ``dataset`` from now on, prompting with that dataset's ``template``: a
         cross-dataset or DG target is evaluated with its own template, as the official eval-only runs on a target's

@@ -35,6 +35,9 @@ def evaluate(method: Method, trainer: Trainer, features: FeatureAccess, evals: d
         out[name] = {"accuracy": metrics.accuracy(preds, labels), "n_images": int(labels.numel()),
                      "n_classes": len(manifest.classnames), "dataset": manifest.dataset,
                      "per_class_accuracy": metrics.per_class_accuracy(preds, labels, manifest.classnames)}
+        templates = method.prompt_templates()
+        if templates is not None:  # provenance: the prompts this split was scored with
+            out[name]["templates"] = list(templates)
         log(f"eval {name} ({get_spec(manifest.dataset).key}): {out[name]['accuracy']:.2f}%")
     return out
 

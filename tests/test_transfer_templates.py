@@ -32,6 +32,10 @@ def test_a_target_is_scored_with_its_own_template(small_world, tmp_path):
     assert transfer["metrics"]["world_objects"]["accuracy"] == direct["metrics"]["test"]["accuracy"]
     assert (transfer["metrics"]["world_objects"]["per_class_accuracy"]
             == direct["metrics"]["test"]["per_class_accuracy"])
+    # provenance: each split says which prompts scored it; the record, the precision and the recipe version
+    assert transfer["metrics"]["source"]["templates"] == ["a photo of a {} object."]
+    assert transfer["metrics"]["world_objects"]["templates"] == ["a photo of a {}."]
+    assert transfer["env"]["precision"] == "fp32" and transfer["method_card"]["recipe_version"] >= 1
 
 
 def test_novel_classes_keep_the_training_datasets_template(tiny_clip):
