@@ -84,9 +84,11 @@ def catalog() -> dict[str, Any]:
     return data
 
 
+@functools.lru_cache(maxsize=None)
 def model_config(arch: str) -> dict[str, Any] | None:
     """open_clip's model config of architecture ``arch`` (``model_configs/<arch>.json``), read as a file: sizes a
-    method can be checked against before any model is built. None if there is no such file."""
+    method can be checked against before any model is built (read once per process; do not modify the result).
+    None if there is no such file."""
     package = _package_dir()
     path = None if package is None else package / "model_configs" / f"{arch}.json"
     if path is None or not path.is_file():
