@@ -45,7 +45,8 @@ def test_launch_twice_runs_nothing_twice_and_status(data_root, tmp_path):
     assert len(recs) == 4 and all(r["status"] == "done" for r in recs.values())
     rec = next(r for r in recs.values() if r["config"]["method"]["name"] == "coop")
     assert set(rec["metrics"]) == {"base", "novel"} and set(rec["summary"]) == {"base", "novel", "hm"}
-    assert rec["cost"]["trainable_params"] == 16 * 32 and rec["history"][-1]["epoch"] == 2
+    # base-to-novel: CoOp's official 4 context tokens from "a photo of a" (vit_b16_ctxv1), each as wide as the text
+    assert rec["cost"]["trainable_params"] == 4 * 32 and rec["history"][-1]["epoch"] == 2
     assert rec["env"]["versions"]["open_clip"].startswith("3.3") and rec["metrics"]["base"]["per_class_accuracy"]
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").glob("*/*/record.json")}
     second = launch("--grid", str(grid), "--no-analysis", cwd=tmp_path)
