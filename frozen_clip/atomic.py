@@ -55,6 +55,23 @@ DAMAGED_FILE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, 
                                                         pickle.UnpicklingError, zipfile.BadZipFile)
 
 
+def move_aside(path: Path, tag: str, stamp: str | None = None) -> Path:
+    """Rename ``path`` to ``<name>.<tag>-<UTC time>`` next to it (kept to inspect, out of the readers' way); ``stamp``
+    names the time when several files move aside together. Returns the new path; raises ``FileNotFoundError`` if
+    ``path`` is gone."""
+    path = Path(path)
+    stamp = stamp or utc_stamp()
+    target = path.with_name(f"{path.name}.{tag}-{stamp}")
+    os.replace(path, target)
+    return target
+
+
+def utc_stamp() -> str:
+    """The current UTC time as ``YYYYmmddTHHMMSSffffffZ`` (for names of files moved aside)."""
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
 def quarantine(path: Path, what: str, error: BaseException | str,
                log: Callable[[str], None] | None = None) -> Path:
     """Move a damaged file aside (``<name>.damaged-<UTC time>``, next to it) so that it is computed again, and say
@@ -62,15 +79,12 @@ def quarantine(path: Path, what: str, error: BaseException | str,
 
     Files written by this module are complete or absent, so a damaged one was truncated or changed by something else
     (a full disk, a copy cut short, a hand edit); keeping it aside instead of deleting it leaves it to inspect."""
-    import datetime as dt
     import warnings
     path = Path(path)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    target = path.with_name(f"{path.name}.damaged-{stamp}")
     try:
-        os.replace(path, target)
+        target = move_aside(path, "damaged")
     except FileNotFoundError:  # another process moved it aside first
-        return target
+        return path
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {str(error).split('. ')[0][:200]}"
     message = f"{what} {path} could not be read ({reason}); moved aside to {target.name} and computed again"
     if log is not None:
@@ -78,6 +92,23 @@ def quarantine(path: Path, what: str, error: BaseException | str,
     else:
         warnings.warn(message, stacklevel=2)
     return target
+
+
+def load_or_quarantine(path: Path, what: str, load: Callable[[Path], Any],
+                       log: Callable[[str], None] | None = None) -> Any | None:
+    """``load(path)``; None when there is no file, or when loading it fails as a damaged file does
+    (:data:`DAMAGED_FILE_ERRORS`): then it is moved aside with a message (:func:`quarantine`), to be computed
+    again."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return load(path)
+    except FileNotFoundError:
+        return None
+    except DAMAGED_FILE_ERRORS as err:
+        quarantine(path, what, err, log)
+        return None
 
 
 def write_json(path: Path, data: Any) -> None:

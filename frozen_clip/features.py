@@ -281,14 +281,8 @@ def load_entry(path: Path, what: str, required: tuple[str, ...] = ()) -> dict[st
     """The tensor dict stored at ``path``, or None when there is none. A file that cannot be loaded, or that is not
     a dict of tensors holding ``required``, is damaged: it is moved aside with a warning naming it
     (:func:`frozen_clip.atomic.quarantine`) and None is returned, so that the entry is computed again."""
-    if not path.is_file():
-        return None
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except atomic.DAMAGED_FILE_ERRORS as err:
-        atomic.quarantine(path, what, err)
+    entry = atomic.load_or_quarantine(path, what, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    if entry is None:
         return None
     if not (isinstance(entry, dict) and all(isinstance(v, torch.Tensor) for v in entry.values())
             and all(k in entry for k in required)):
@@ -358,6 +352,7 @@ class FeatureAccess:
         self.images = images
         # file stamps of each split's images, read once per run (a run's epochs ask for their views again and again)
         self._stamps: dict[tuple[str, str], list[str]] = {}
+        self._weights = clip.weights_stamp  # likewise the weights file's
 
     def counters(self) -> dict[str, Any]:
         """Hits and misses of the feature cache, the trainer's view cache and (``fast.shared_views``) the row
@@ -371,7 +366,7 @@ class FeatureAccess:
         return FeatureKey(self.clip.name, self.clip.pretrained, spec.signature(), manifest.dataset,
                           manifest=manifest.content_hash, split=split,
                           images=stamps_signature(self._split_stamps(manifest, split), getattr(manifest, split)),
-                          weights=self.clip.weights_stamp)
+                          weights=self._weights)
 
     def _split_stamps(self, manifest: Split, split: str) -> list[str]:
         """:func:`~frozen_clip.stamps.file_stamps` of ``split``'s images (read once per run)."""

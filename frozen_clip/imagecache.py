@@ -75,7 +75,7 @@ class ImageCache:
                       load: Callable[[Path], Any]) -> Any | None:
         path = self.root / f"{self._key(parts)}{suffix}"
         too_large = path.with_suffix(".too-large")  # remembered, so later runs do not decode up to the limit again
-        found = self._load(path, load)
+        found = atomic.load_or_quarantine(path, "image cache entry", load)
         if found is not None:
             self.hits += 1
             return found
@@ -83,7 +83,7 @@ class ImageCache:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            found = self._load(path, load)
+            found = atomic.load_or_quarantine(path, "image cache entry", load)
             if found is not None:
                 self.hits += 1
                 return found
@@ -93,19 +93,6 @@ class ImageCache:
                 return None
             atomic.write_json(path.with_suffix(".json"), parts)
         return load(path)
-
-    @staticmethod
-    def _load(path: Path, load: Callable[[Path], Any]) -> Any | None:
-        """The entry at ``path``; None if absent, or if damaged (moved aside with a warning, to be built again)."""
-        if not path.is_file():
-            return None
-        try:
-            return load(path)
-        except FileNotFoundError:
-            return None
-        except atomic.DAMAGED_FILE_ERRORS as err:
-            atomic.quarantine(path, "image cache entry", err)
-            return None
 
     # -- full resolution ----------------------------------------------------------------------------------------------
     def decoded(self, dataset: str, items: Sequence[ImageItem], image_root: Path) -> list[np.ndarray] | None:

@@ -314,16 +314,17 @@ class Trainer:
     def _resume(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 result: FitResult) -> tuple[int, int]:
         path = None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
-        if path is None or not path.is_file():
+        if path is None:
             return 0, 0
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+
+        def load(file: Path) -> dict:
+            state = torch.load(file, map_location=self.device, weights_only=False)
             if not isinstance(state, dict) or not {"epoch", "iteration", "method", "optimizer"} <= set(state):
                 raise ValueError("not a checkpoint of this trainer")
-        except FileNotFoundError:
-            return 0, 0
-        except atomic.DAMAGED_FILE_ERRORS as err:  # truncated or foreign: start again rather than fail until deleted
-            atomic.quarantine(path, "checkpoint", err, self.log)
+            return state
+        # truncated or foreign: moved aside, the run starts again rather than fail until the file is deleted
+        state = atomic.load_or_quarantine(path, "checkpoint", load, self.log)
+        if state is None:
             return 0, 0
         self.method.load_state_dict(state["method"], strict=True)
         optimizer.load_state_dict(state["optimizer"])

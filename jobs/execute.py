@@ -77,6 +77,7 @@ class RunExecution:
         self._log_sink = log
         self.fast: FastPaths = resolved.fast
         self.images = ImageCache(cache_dir(resolved) / "images") if self.fast.image_cache else None
+        self.code = code_version()  # which code runs (git commit or package version): in the log and the record
 
     def log(self, message: str) -> None:
         line = f"[{dt.datetime.now().strftime('%H:%M:%S')}] {message}"
@@ -89,7 +90,7 @@ class RunExecution:
         """What the log is of, at the top of each attempt (a resumed run appends a new attempt)."""
         with open(self.folder / "log.txt", "a") as handle:
             handle.write(f"=== run {self.resolved.run_id}: {run_label(self.resolved.config)}\n"
-                         f"=== config: {self.folder / 'config.yaml'}; code: {code_version()}; host: "
+                         f"=== config: {self.folder / 'config.yaml'}; code: {self.code}; host: "
                          f"{socket.gethostname()}; started {dt.datetime.now().isoformat(timespec='seconds')}\n")
 
     def write_config(self) -> None:
@@ -179,7 +180,7 @@ class RunExecution:
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
                 "shots_per_class": shots,
-                "env": environment(device, precision, git_sha(), code_version())}
+                "env": environment(device, precision, git_sha(), self.code)}
 
     def _build_method(self, clip: FrozenCLIP, fit: SplitManifest) -> Method:
         run = self.resolved.run

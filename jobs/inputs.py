@@ -12,9 +12,7 @@ Standard library only (``--status`` runs without torch).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -86,12 +84,10 @@ def changed_inputs(folders: Iterable[Path]) -> dict[Path, str]:
 def set_aside(folder: Path) -> Path:
     """Move a finished run's record (and its inputs) aside as ``record.json.inputs-changed-<time>``, so that a
     launch runs it again; the old record stays to compare with."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = Path(folder) / f"{RECORD_NAME}.inputs-changed-{stamp}"
-    os.replace(Path(folder) / RECORD_NAME, target)
-    inputs = Path(folder) / INPUTS_NAME
-    if inputs.exists():
-        os.replace(inputs, Path(folder) / f"{INPUTS_NAME}.inputs-changed-{stamp}")
+    stamp = atomic.utc_stamp()
+    target = atomic.move_aside(Path(folder) / RECORD_NAME, "inputs-changed", stamp)
+    if (Path(folder) / INPUTS_NAME).exists():
+        atomic.move_aside(Path(folder) / INPUTS_NAME, "inputs-changed", stamp)
     return target
 
 
