@@ -74,7 +74,7 @@ from torch.nn import functional as F
 from adapters.blocks import scaled_branch
 from adapters.bottleneck import BottleneckBlock, InitScheme, bottleneck_width, init_bottleneck_
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -263,16 +263,28 @@ class HeBA(Method):
         return self.config.text_adapter
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """Official optimisation (spec §4): base-to-novel ``base2new.yaml`` (+ Dassl defaults): SGD lr 0.0075,
         momentum 0.9, wd 5e-4, 30 epochs cosine (per epoch), no warmup, batch 16, test batch 128. Few-shot: the same
         (GUESS, no official config). Cross-dataset / DG: ``x2d.yaml``'s lr 0.0065, 10 epochs, batch 64 (both XD
         presets); with ``xd_preset: none`` the base-to-novel recipe."""
-        common = {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 0,
-                  "eval_batch_size": 128}
+        b2n = "configs/trainers/HeBA/base2new.yaml"
+        values = {"name": ("sgd", f"{b2n}:16"), "momentum": (0.9, "Dassl dassl/config/defaults.py:153-156 (not overridden)"),
+                  "weight_decay": (5e-4, "Dassl dassl/config/defaults.py:153-156 (not overridden)"),
+                  "scheduler": ("cosine", f"{b2n}:19-22"), "warmup_epochs": (0, f"{b2n}:19-22"),
+                  "eval_batch_size": (128, f"{b2n}:5"), "lr": (0.0075, f"{b2n}:17"), "epochs": (30, f"{b2n}:18"),
+                  "batch_size": (16, f"{b2n}:3")}
         if protocol in XD_PROTOCOLS and config.xd_preset != "none":
-            return {**common, "lr": 0.0065, "epochs": 10, "batch_size": 64}
-        return {**common, "lr": 0.0075, "epochs": 30, "batch_size": 16}
+            unloadable = ("configs/trainers/HeBA/x2d.yaml:{} sets it, but the file's trainer block is TRAINER.LWEIB "
+                          "(x2d.yaml:34) and cannot be loaded into HeBA's config")
+            values.update(lr=(0.0065, unloadable.format(17)), epochs=(10, unloadable.format(18)),
+                          batch_size=(64, unloadable.format(3)))
+            return {k: (no_official(v, where) if "x2d" in where else official(v, where))
+                    for k, (v, where) in values.items()}
+        if protocol != "base2novel":
+            return {k: no_official(v, f"no {protocol} config in the official repository; base-to-novel {where}")
+                    for k, (v, where) in values.items()}
+        return {k: official(v, where) for k, (v, where) in values.items()}
 
     @classmethod
     def check_run(cls, run: Any, config: HeBAConfig) -> None:

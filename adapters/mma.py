@@ -58,7 +58,7 @@ from torch.nn import functional as F
 
 from adapters.blocks import kaiming_linears_, scaled_branch
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -201,16 +201,28 @@ class MMA(Method):
         return self.text_adapters if tower == "text" else self.visual_adapters
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """Official optimisation (spec §4.1, Dassl defaults + ``vit_b16_ep5*.yaml``): SGD lr 0.0015, momentum 0.9,
         wd 5e-4, cosine per epoch, no warmup, 5 epochs, batch 16 (ImageNet 128, ``vit_b16_ep5_imnet.yaml``), test
         batch 100. Few-shot: the same (GUESS). Cross-dataset / DG with an XD preset: 1 epoch, batch 128 (GUESS, from
         the paper's sentence quoted in VLM-MultiModalAdapter#3)."""
-        common = {"name": "sgd", "lr": 0.0015, "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine",
-                  "warmup_epochs": 0, "eval_batch_size": 100}
+        ep5 = "configs/trainers/MultiModalAdapter/vit_b16_ep5.yaml"
+        values = {"name": ("sgd", f"{ep5}:16"), "lr": (0.0015, f"{ep5}:17"),
+                  "momentum": (0.9, "Dassl dassl/config/defaults.py:153-156 (not overridden)"),
+                  "weight_decay": (5e-4, "Dassl dassl/config/defaults.py:153-156 (not overridden)"),
+                  "scheduler": ("cosine", f"{ep5}:19-20"), "warmup_epochs": (0, f"{ep5}:19-20"),
+                  "eval_batch_size": (100, f"{ep5}:5"), "epochs": (5, f"{ep5}:18"),
+                  "batch_size": (128, "vit_b16_ep5_imnet.yaml:3 (run_examples.sh:12-15)") if dataset == "imagenet"
+                  else (16, f"{ep5}:3")}
         if protocol in XD_PROTOCOLS and config.xd_preset != "none":
-            return {**common, "epochs": 1, "batch_size": 128}
-        return {**common, "epochs": 5, "batch_size": 128 if dataset == "imagenet" else 16}
+            quote = (f"xd_preset {config.xd_preset}: no config in the official repository; the paper's '1 epoch' "
+                     "as quoted in the repository's issue #3")
+            values.update(epochs=(1, quote), batch_size=(128, quote))
+        if protocol != "base2novel":
+            return {k: no_official(v, where if "xd_preset" in where
+                                   else f"no {protocol} config in the official repository; base-to-novel {where}")
+                    for k, (v, where) in values.items()}
+        return {k: official(v, where) for k, (v, where) in values.items()}
 
     # -- prompts ------------------------------------------------------------------------------------------------------
     def prompt_templates(self) -> tuple[str, ...]:

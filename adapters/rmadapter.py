@@ -60,7 +60,7 @@ from torch.nn import functional as F
 from adapters.blocks import grad_scaled, kaiming_linears_
 from adapters.mma import MMA, Activation, MMAConfig, activation_module
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, MethodInfo, Paper, option
+from frozen_clip.contract import Capabilities, MethodInfo, Paper, Sourced, no_official, option
 from frozen_clip.method import MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
 
@@ -196,6 +196,12 @@ class RMAdapter(MMA):
         caption_note="RMAdapter has no official code: its unknown design choices are the suite's guesses "
                      "(every one a named option).",
         tiny_world_overrides={"method.layers": [2, 3], "optim.grad_clip": 1.0})
+
+    @classmethod
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
+        """MMA's recipe (spec GUESS #22): RMAdapter has no official code, so no value is official."""
+        return {k: no_official(v.value, f"no official RMAdapter code; MMA's: {v.source}")
+                for k, v in super().recipe_settings(protocol, dataset, shots, config).items()}
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: RMAdapterConfig,
                  context: MethodContext) -> None:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -175,13 +175,21 @@ class CLIPLoRA(Method):
         self._build_prompts(classnames)
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
-        """``run_utils`` defaults: AdamW lr 2e-4, wd 1e-2, per-iteration cosine to 1e-6 over 500 x shots, batch 32."""
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
+        """``run_utils`` defaults: AdamW lr 2e-4, wd 1e-2, per-iteration cosine to 1e-6 over 500 x shots, batch 32.
+        The repository has few-shot code only: other protocols run the same recipe (no official value)."""
         if shots <= 0:
-            return {"epochs": 0}
-        return {"name": "adamw", "lr": 2e-4, "weight_decay": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8,
-                "scheduler": "cosine_iter", "eta_min": 1e-6, "iterations": 500 * shots, "batch_size": 32,
-                "warmup_epochs": 0}
+            return {"epochs": no_official(0, "500 x shots iterations: none with shots 0 (every training image)")}
+        settings = {"name": ("adamw", "lora.py:75"), "lr": (2e-4, "run_utils.py:28, lora.py:75"),
+                    "weight_decay": (1e-2, "lora.py:75"), "betas": ((0.9, 0.999), "lora.py:75 (AdamW's default)"),
+                    "eps": (1e-8, "lora.py:75 (AdamW's default)"),
+                    "scheduler": ("cosine_iter", "lora.py:76,122 (CosineAnnealingLR stepped per iteration)"),
+                    "eta_min": (1e-6, "lora.py:76"), "iterations": (500 * shots, "run_utils.py:29, lora.py:73"),
+                    "batch_size": (32, "run_utils.py:30"), "warmup_epochs": (0, "lora.py: no warmup")}
+        if protocol != "fewshot":
+            return {k: no_official(v, f"no {protocol} code in the official repository; few-shot {where}")
+                    for k, (v, where) in settings.items()}
+        return {k: official(v, where) for k, (v, where) in settings.items()}
 
     # -- construction helpers --------------------------------------------------------------------------------------
     def _layers(self, tower: str, n_layers: int) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from baselines.coop import CoOp
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext, normalize
 
@@ -86,11 +86,16 @@ class CoCoOp(CoOp):
         ]))
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """``vit_b16_c4_ep10_batch1_ctxv1``: SGD lr 0.002, batch 1, 10 epochs, 1 constant warmup epoch (every
-        protocol)."""
-        return {"name": "sgd", "lr": 0.002, "epochs": 10, "batch_size": 1, "warmup_epochs": 1,
-                "eval_batch_size": 100}
+        protocol; the repository has no few-shot config, so few-shot runs the same one)."""
+        config_file = "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
+        values = {"name": ("sgd", "16-17"), "lr": (0.002, 17), "epochs": (10, 18), "batch_size": (1, 3),
+                  "warmup_epochs": (1, "19-22"), "eval_batch_size": (100, 5)}
+        if protocol == "fewshot":
+            return {k: no_official(v, f"no few-shot config in the official repository; {config_file}:{line}")
+                    for k, (v, line) in values.items()}
+        return {k: official(v, f"{config_file}:{line}") for k, (v, line) in values.items()}
 
     # -- prompts -----------------------------------------------------------------------------------------------------
     def shifted_context(self, image_features: torch.Tensor) -> torch.Tensor:

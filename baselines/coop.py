@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.shared_prefix import can_share, encode_text_shared_prefix
 
@@ -44,6 +44,26 @@ def prompt_tokens(clip: FrozenCLIP, classnames: Sequence[str], prompt_prefix: st
     with torch.no_grad():
         embedding = clip.token_embedding(ids)
     return ids, embedding[:, :1], embedding[:, 1 + n_ctx:], name_lens
+
+
+_FEWSHOT_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+
+
+def coop_epochs(protocol: str, dataset: str, shots: int) -> Sourced:
+    """CoOp's epochs for a run, with the config file that sets them (shared by CoOp and the CLIP-Adapter recipe that
+    follows CoOp's command)."""
+    if dataset == "imagenet":
+        return official(50, "COOP.md:13 (ImageNet: vit_b16_ep50.yaml for every shot count)" if protocol == "fewshot"
+                        else "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml:18 (scripts/cocoop/base2new_train.sh:15,"
+                             " xd_train.sh:14)")
+    if protocol == "fewshot":
+        if shots in _FEWSHOT_EPOCHS:
+            return official(_FEWSHOT_EPOCHS[shots], "COOP.md:18-22 (vit_b16_ep50 / ep100 / vit_b16.yaml:18 by shots)")
+        return no_official(200, f"CoOp has no config for {shots} shots; the 16-shot config's 200 epochs")
+    if shots != 16:
+        return no_official(_FEWSHOT_EPOCHS.get(shots, 200), f"the official {protocol} runs use 16 shots; the few-shot "
+                                                             f"epochs for {shots} shots (COOP.md:18-22)")
+    return official(200, "configs/trainers/CoOp/vit_b16_ctxv1.yaml:18 (scripts/cocoop/base2new_train.sh:14)")
 
 
 @dataclass(frozen=True)
@@ -120,13 +140,15 @@ class CoOp(Method):
         self._build_prompts(classnames)
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """CoOp's configs: SGD lr 0.002, batch 32, 1 constant warmup epoch; epochs by shots (IJCV few-shot table),
-        50 on ImageNet; base-to-novel (CoCoOp paper's CoOp rows): 200 epochs (ImageNet 50)."""
-        epochs = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}.get(shots, 200)
-        if dataset == "imagenet":
-            epochs = 50
-        return {"name": "sgd", "lr": 0.002, "epochs": epochs, "batch_size": 32, "warmup_epochs": 1}
+        50 on ImageNet; base-to-novel (CoCoOp paper's CoOp rows): 200 epochs (ImageNet 50); cross-dataset / DG:
+        ``vit_b16_ep50_ctxv1``, 50 epochs on the ImageNet source."""
+        config_file = "configs/trainers/CoOp/vit_b16.yaml"
+        return {"name": official("sgd", f"{config_file}:16-17"), "lr": official(0.002, f"{config_file}:16-17"),
+                "epochs": coop_epochs(protocol, dataset, shots), "batch_size": official(32, f"{config_file}:3"),
+                "warmup_epochs": official(1, f"{config_file}:19-22 (constant warmup at 1e-5)"),
+                "eval_batch_size": official(100, f"{config_file}:5")}
 
     @classmethod
     def protocol_settings(cls, config: CoOpConfig, protocol: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, official, option
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, normalize
 
 C_GRID = (1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6)  # the official list (1 is an int there)
@@ -58,9 +58,9 @@ class LinearProbe(FeatureMethod):
         self.chosen_c: float | None = None
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """Closed-form fit: no gradient epochs."""
-        return {"epochs": 0}
+        return {"epochs": official(0, "lpclip/linear_probe.py:57: a LogisticRegression fit, no gradient epochs")}
 
     def _prep(self, feats: torch.Tensor) -> np.ndarray:
         feats = normalize(feats) if self.config.normalize_features else feats

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from baselines.coop import prompt_tokens
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -136,12 +136,21 @@ class MaPLe(Method):
         prompt_depth(config, protocol, shape.text.layers, shape.visual.layers)
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
-        """The paper configs: base-to-novel (also few-shot) lr 0.0035 for 5 epochs, cross-dataset/DG lr 0.0026 for
-        2 epochs; SGD, batch 4, 1 constant warmup epoch at 1e-5, cosine."""
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
+        """The paper configs: base-to-novel (also few-shot, which has no config of its own) lr 0.0035 for 5 epochs,
+        cross-dataset/DG lr 0.0026 for 2 epochs; SGD, batch 4, 1 constant warmup epoch at 1e-5, cosine."""
+        config_file = "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx"
         if protocol in ("cross_dataset", "domain_generalization"):
-            return {"name": "sgd", "lr": 0.0026, "epochs": 2, "batch_size": 4, "warmup_epochs": 1}
-        return {"name": "sgd", "lr": 0.0035, "epochs": 5, "batch_size": 4, "warmup_epochs": 1}
+            config_file += "_cross_datasets"
+            values = {"lr": (0.0026, 17), "epochs": (2, 18)}
+        else:
+            values = {"lr": (0.0035, 17), "epochs": (5, 18)}
+        values.update({"name": ("sgd", "16-17"), "batch_size": (4, 3), "warmup_epochs": (1, "19-22"),
+                       "eval_batch_size": (100, 5)})
+        if protocol == "fewshot":
+            return {k: no_official(v, f"no few-shot config in the official repository; {config_file}.yaml:{line}")
+                    for k, (v, line) in values.items()}
+        return {k: official(v, f"{config_file}.yaml:{line}") for k, (v, line) in values.items()}
 
     # -- prompts -----------------------------------------------------------------------------------------------------
     def _build_prompts(self, classnames: Sequence[str]) -> None:

@@ -57,7 +57,7 @@ from torch.nn import functional as F
 from baselines.templates import IMAGENET_TEMPLATES_SELECT
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, official, option
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, StepOutput, normalize
 from frozen_clip.seeding import derive_seed
 
@@ -246,9 +246,10 @@ class TipAdapter(FeatureMethod):
         self._text: torch.Tensor | None = None
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """No epochs in the runner's loop: the cache is built, and Tip-Adapter-F fine-tuned, in ``prepare_fit``."""
-        return {"epochs": 0}
+        return {"epochs": official(0, "main.py: the cache is built and Tip-Adapter-F trained by the method itself "
+                                      "(its own settings are method options)")}
 
     # -- text -------------------------------------------------------------------------------------------------------
     def prompt_templates(self) -> tuple[str, ...]:

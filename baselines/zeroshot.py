@@ -15,7 +15,7 @@ import torch
 from baselines.templates import ensemble_templates
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, official, option
 from frozen_clip.method import FeatureMethod, MethodContext, normalize
 
 
@@ -43,9 +43,9 @@ class ZeroShotCLIP(FeatureMethod):
         self._text: torch.Tensor | None = None
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """No training."""
-        return {"epochs": 0}
+        return {"epochs": official(0, "trainers/zsclip.py: no training (eval-only)")}
 
     def prompt_templates(self) -> tuple[str, ...]:
         return self.template_set()

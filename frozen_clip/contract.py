@@ -18,7 +18,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-SourceKind = Literal["official", "paper", "suite"]
+#: where a value comes from: the official code (``file:line``), the paper (section), the suite's own choice (with the
+#: reason), or nowhere (``no_official``: the official code and paper give no value; the reason the suite's was chosen)
+SourceKind = Literal["official", "paper", "suite", "no_official"]
+SOURCE_KIND_NAMES = {"official": "official code", "paper": "paper", "suite": "suite choice",
+                     "no_official": "no official value"}
 PROTOCOL_NAMES = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
 #: protocols that score classes the method never saw in training
 UNSEEN_CLASS_PROTOCOLS = ("base2novel", "cross_dataset", "domain_generalization")
@@ -44,6 +48,43 @@ def option(default: Any, source: str, *, kind: SourceKind = "official", display:
     if fast_path_off is not _NO_FAST_PATH:
         meta["fast_path_off"] = fast_path_off
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """One recipe value with where it comes from (``source``: an official ``file:line``, a paper section, or for
+    ``kind="suite"`` / ``"no_official"`` the reason the suite chose it). ``Method.recipe_settings`` returns these, so
+    the recipe cards (``python -m analysis.recipes``) can cite every value, and a value without a source fails the
+    registry-wide tests."""
+
+    value: Any
+    source: str
+    kind: SourceKind = "official"
+
+
+def official(value: Any, source: str) -> Sourced:
+    """A recipe value the official code sets, ``source`` its ``repository-relative file:line``."""
+    return Sourced(value, source, "official")
+
+
+def suite_choice(value: Any, reason: str) -> Sourced:
+    """A recipe value the suite chose where the official code does something else, with the reason."""
+    return Sourced(value, reason, "suite")
+
+
+def no_official(value: Any, reason: str) -> Sourced:
+    """A recipe value for a setting the official code and paper give no value for, with why this one."""
+    return Sourced(value, reason, "no_official")
+
+
+def recipe_values(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain values of a recipe (``Sourced`` unwrapped)."""
+    return {k: v.value if isinstance(v, Sourced) else v for k, v in settings.items()}
+
+
+def unsourced(settings: Mapping[str, Any]) -> list[str]:
+    """The keys of a recipe whose value carries no source (the registry-wide tests require none)."""
+    return [k for k, v in settings.items() if not isinstance(v, Sourced) or not v.source.strip()]
 
 
 def fast_path_switches(config_cls: type) -> dict[str, Any]:
@@ -238,5 +279,6 @@ def _json_key(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-__all__ = ["option", "Paper", "Code", "TowerShape", "BackboneShape", "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display",
+__all__ = ["option", "Sourced", "official", "suite_choice", "no_official", "recipe_values", "unsourced",
+           "SOURCE_KIND_NAMES", "Paper", "Code", "TowerShape", "BackboneShape", "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display",
            "defaults", "fast_path_switches", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, MethodInfo, undocumented_options
+from frozen_clip.contract import BackboneShape, MethodInfo, Sourced, recipe_values, undocumented_options
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,16 @@ class Method(nn.Module):
         """Drop caches that depend on trainable weights (called on every mode switch and after loading)."""
 
     @classmethod
-    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+    def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
         """The official optimisation for this run (``OptimConfig`` fields: optimiser, lr, schedule, epochs, batch),
-        overridable by ``optim.*``; default: nothing beyond ``OptimConfig``'s defaults."""
+        each value with its source (:func:`~frozen_clip.contract.official`, ``suite_choice``, ``no_official``), for
+        the recipe cards; overridable by ``optim.*``. Default: nothing beyond ``OptimConfig``'s defaults."""
         return {}
+
+    @classmethod
+    def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
+        """:meth:`recipe_settings` as plain values (what the runner builds the ``OptimConfig`` from)."""
+        return recipe_values(cls.recipe_settings(protocol, dataset, shots, config))
 
     @classmethod
     def check_run(cls, run: Any, config: Any) -> None:

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal
 
+from frozen_clip.contract import option
+
 if TYPE_CHECKING:  # pragma: no cover - typing only; the config and schedules import no torch (config resolution)
     import torch
     from torch import nn
@@ -21,21 +23,25 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; the config and schedules im
 class OptimConfig:
     """Optimisation settings of one run. Defaults are Dassl's (``dassl/config/defaults.py``) with CoOp's recipe."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.002
-    weight_decay: float = 5e-4  # Dassl OPTIM.WEIGHT_DECAY, applied to every trainable parameter
-    momentum: float = 0.9  # Dassl OPTIM.MOMENTUM (SGD)
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
-    eps: float = 1e-8  # AdamW
-    epochs: int = 10
-    iterations: int | None = None  # if set, train for this many steps (CLIP-LoRA: 500 x shots) instead of epochs
-    batch_size: int = 32
-    eval_batch_size: int = 100
-    scheduler: Literal["cosine", "cosine_iter", "constant"] = "cosine"
-    warmup_epochs: int = 0  # constant warmup epochs at warmup_lr (CoOp, CoCoOp, MaPLe: 1)
-    warmup_lr: float = 1e-5  # Dassl OPTIM.WARMUP_CONS_LR
-    eta_min: float = 0.0  # floor of cosine_iter (CLIP-LoRA 1e-6)
-    grad_clip: float | None = None
+    name: Literal["sgd", "adamw"] = option("sgd", "CoOp configs/trainers/CoOp/vit_b16.yaml:16-17 (OPTIM.NAME; Dassl's own default is adam)")
+    lr: float = option(0.002, "CoOp configs/trainers/CoOp/vit_b16.yaml:16-17 (a method's recipe sets its own)")
+    weight_decay: float = option(  # applied to every trainable parameter
+        5e-4, "Dassl dassl/config/defaults.py:153-156 (OPTIM.WEIGHT_DECAY)")
+    momentum: float = option(0.9, "Dassl dassl/config/defaults.py:153-156 (OPTIM.MOMENTUM, SGD)")
+    betas: tuple[float, float] = option((0.9, 0.999), "torch.optim.AdamW's default (AdamW only)")
+    eps: float = option(1e-8, "torch.optim.AdamW's default (AdamW only)")
+    epochs: int = option(10, "Dassl dassl/config/defaults.py OPTIM.MAX_EPOCH (a method's recipe sets its own)")
+    iterations: int | None = option(  # CLIP-LoRA: 500 x shots
+        None, "train for this many steps instead of epochs when set (a method's recipe sets it)", kind="suite")
+    batch_size: int = option(32, "CoOp configs/trainers/CoOp/vit_b16.yaml:3 (DATALOADER.TRAIN_X.BATCH_SIZE)")
+    eval_batch_size: int = option(100, "CoOp configs/trainers/CoOp/vit_b16.yaml:5 (does not change a result)")
+    scheduler: Literal["cosine", "cosine_iter", "constant"] = option(
+        "cosine", "Dassl dassl/optim/lr_scheduler.py:128-131 (CosineAnnealingLR stepped per epoch)")
+    warmup_epochs: int = option(  # constant warmup at warmup_lr (CoOp, CoCoOp, MaPLe: 1)
+        0, "Dassl dassl/config/defaults.py:180 (OPTIM.WARMUP_EPOCH)")
+    warmup_lr: float = option(1e-5, "Dassl dassl/config/defaults.py:185 (OPTIM.WARMUP_CONS_LR)")
+    eta_min: float = option(0.0, "floor of cosine_iter (CLIP-LoRA's recipe sets 1e-6)", kind="suite")
+    grad_clip: float | None = option(None, "no clipping in any official code", kind="suite")
 
     def validate(self) -> None:
         """Reject impossible settings."""

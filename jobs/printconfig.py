@@ -7,7 +7,8 @@ dataset and, after each value, its origin:
 
 - ``command line``: a ``key=value`` override;
 - ``grid file`` / ``run config``: set in the file;
-- ``recipe: <protocol>, <dataset>, <shots> shots``: the method's official recipe for this run (``Method.recipe``);
+- ``recipe: <protocol>, <dataset>, <shots> shots (<source>)``: the method's recipe for this run
+  (``Method.recipe_settings``), with the value's source (official file:line, or the suite's reason);
 - ``method default: <source>``: the option's default, with the source its contract names (official file:line,
   paper section, or the suite's reason);
 - ``default``: a run or optimiser setting left at the suite's default.
@@ -49,7 +50,7 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
     cls = method_class(resolved.method_name, "print-config")
     given, from_command_line = _flat(raw), _flat(overrides)
     run = resolved.run
-    recipe = cls.recipe(run.protocol, run.dataset, run.shots, resolved.method_config)
+    recipe = cls.recipe_settings(run.protocol, run.dataset, run.shots, resolved.method_config)
     method_meta = _option_sources(cls.Config)
 
     def origin(dotted: str) -> str:
@@ -59,7 +60,7 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
             return file_kind
         section, _, name = dotted.partition(".")
         if section == "optim" and name in recipe:
-            return f"recipe: {run.protocol}, {run.dataset}, {run.shots} shots"
+            return f"recipe: {run.protocol}, {run.dataset}, {run.shots} shots ({_source(recipe[name])})"
         if section == "method" and name in method_meta:
             return f"method default: {method_meta[name]}"
         return "default"
@@ -81,6 +82,14 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
             note = " (fp32 on CPU, amp_fp16 on CUDA)" if key == "precision" and value == "auto" else ""
             lines.append(f"{key}: {_value(value)}  # {origin(key)}{note}")
     return "\n".join(lines)
+
+
+def _source(value: Any) -> str:
+    """A recipe value's source as a comment: ``official: file:line``, ``suite choice: reason``, ..."""
+    from frozen_clip.contract import SOURCE_KIND_NAMES, Sourced
+    if not isinstance(value, Sourced):
+        return "no source given"
+    return f"{SOURCE_KIND_NAMES[value.kind]}: {value.source}"
 
 
 def _option_sources(config_cls: type) -> dict[str, str]:

@@ -205,7 +205,8 @@ def test_print_config_of_one_run_is_yaml_with_the_origin_of_every_value(tmp_path
     assert config["method"]["name"] == "clip_lora" and config["optim"]["lr"] == 0.001 and len(config["run_id"]) == 16
     lines = proc.stdout.splitlines()
     assert '  lr: 0.001  # command line' in lines
-    assert '  batch_size: 32  # recipe: base2novel, dtd, 16 shots' in lines
+    assert ('  batch_size: 32  # recipe: base2novel, dtd, 16 shots (no official value: no base2novel code in the '
+            'official repository; few-shot run_utils.py:30)') in lines
     assert '  r: 2  # method default: --r' in lines
     assert 'seed: 1  # default' in lines
     assert not (tmp_path / "res").exists()  # nothing ran
@@ -222,7 +223,8 @@ def test_print_config_of_a_grid_names_file_and_command_line_origins(data_root, t
     heba = [d for d in documents if d["method"]["name"] == "heba"]
     assert {d["dataset"] for d in heba} == {"oxford_pets", "caltech101"}
     assert "seed: 2  # command line" in out and "  bottleneck_ratio: 8  # grid file" in out
-    assert "  lr: 0.0075  # recipe: base2novel, oxford_pets, 4 shots" in out
+    assert ("  lr: 0.0075  # recipe: base2novel, oxford_pets, 4 shots (official code: "
+            "configs/trainers/HeBA/base2new.yaml:17)") in out
     assert "# run 3/4: HeBA [bottleneck ratio=8]" in out
     assert not (tmp_path / "res").exists()
 

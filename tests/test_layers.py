@@ -26,8 +26,8 @@ function (a lazy import is still a dependency, only a later one). The layers, bo
 ``bench``
     benchmarks of the whole suite; may import every package.
 
-The command line (``jobs.cli`` with its scripts ``jobs/launch.py`` and ``jobs/run.py``, :data:`COMMAND_LINE`) sits on
-top of every layer: it lives in ``jobs`` for its users' sake (``python jobs/launch.py``), may import any package
+The command line (``jobs.cli`` with its scripts ``jobs/launch.py`` and ``jobs/run.py``, and ``python -m
+analysis.recipes``: :data:`COMMAND_LINE`) sits on top of every layer: it lives in ``jobs`` for its users' sake (``python jobs/launch.py``), may import any package
 (a launch ends by writing the analysis), and nothing but its scripts imports it.
 """
 
@@ -57,8 +57,9 @@ HEAVY = frozenset({"torch", "torchvision", "open_clip"})
 
 #: the modules that may import ``jobs.cli`` (the command-line scripts); library modules must not
 CLI_ENTRY_POINTS = frozenset({"jobs.run", "jobs.launch"})
-#: the command line: the top layer, which may import every package
-COMMAND_LINE = CLI_ENTRY_POINTS | {"jobs.cli"}
+#: the command line: the top layer, which may import every package (``analysis.recipes`` writes the recipe cards
+#: from the method classes themselves, so it imports the methods, and torch, unlike the rest of ``analysis``)
+COMMAND_LINE = CLI_ENTRY_POINTS | {"jobs.cli", "analysis.recipes"}
 
 #: (importing module, imported module) pairs that break a rule above today and are being removed; each must still
 #: occur (a fixed one is taken off this list), and no other may appear.
@@ -136,7 +137,7 @@ def _violations() -> set[tuple[str, str]]:
             found.add((module, target))
         if target == "jobs.cli" and module not in CLI_ENTRY_POINTS:
             found.add((module, target))
-        if source == "analysis" and dest != "analysis" and _reaches_heavy(target):
+        if source == "analysis" and dest != "analysis" and module not in COMMAND_LINE and _reaches_heavy(target):
             found.add((module, target))
     return found
 
