@@ -20,9 +20,9 @@ the official template "a photo of a {}." on every dataset (``template``; ``datas
 instead, what the suite used before recipe version 2); logits are the constant
 ``100 x`` cosine (``main.py``: ``logit_scale = 100``), CE loss, no validation, last iterate. Recipe: AdamW lr 2e-4,
 weight decay 1e-2, betas (0.9, 0.999), ``CosineAnnealingLR(500 x shots, eta_min=1e-6)`` stepped per iteration,
-batch 32, the same for every dataset and shot count. Deviations: the official loader keeps the last partial batch
-(the runner drops it when the set exceeds a batch); precision follows the runner (fp16 autocast on CUDA, as the
-official ``autocast`` + ``GradScaler``). The official A-initialisation consumes the RNG in another order (it first
+batch 32, the same for every dataset and shot count, keeping the last partial batch of each epoch as the official
+loader does (``optim.last_batch: keep``, since recipe version 3; ``drop`` is Dassl's rule, what the suite did before).
+Deviations: precision follows the runner (fp16 autocast on CUDA, as the official ``autocast`` + ``GradScaler``). The official A-initialisation consumes the RNG in another order (it first
 builds throw-away linears), so the same seed gives other A matrices.
 """
 
@@ -156,8 +156,9 @@ class CLIPLoRA(Method):
         name="clip_lora", display="CLIP-LoRA",
         paper=Paper("Low-Rank Few-Shot Adaptation of Vision-Language Models", "CVPR Workshops", 2024, "2405.18541"),
         code=Code("MaxZanella/CLIP-LoRA", "358f0d7"), capabilities=Capabilities(trains_on="images"),
-        # 2: the official template "a photo of a {}." on every dataset; version 1 used the dataset's CoOp template
-        recipe_version=2)
+        # 2: the official template "a photo of a {}." on every dataset; version 1 used the dataset's CoOp template;
+        # 3: the last partial batch of each epoch is kept, as the official loader does (optim.last_batch: keep)
+        recipe_version=3)
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CLIPLoRAConfig,
                  context: MethodContext) -> None:
@@ -185,7 +186,8 @@ class CLIPLoRA(Method):
                     "eps": (1e-8, "lora.py:75 (AdamW's default)"),
                     "scheduler": ("cosine_iter", "lora.py:76,122 (CosineAnnealingLR stepped per iteration)"),
                     "eta_min": (1e-6, "lora.py:76"), "iterations": (500 * shots, "run_utils.py:29, lora.py:73"),
-                    "batch_size": (32, "run_utils.py:30"), "warmup_epochs": (0, "lora.py: no warmup")}
+                    "batch_size": (32, "run_utils.py:30"), "warmup_epochs": (0, "lora.py: no warmup"),
+                    "last_batch": ("keep", "datasets/utils.py:375 (the train loader's drop_last=False)")}
         if protocol != "fewshot":
             return {k: no_official(v, f"no {protocol} code in the official repository; few-shot {where}")
                     for k, (v, where) in settings.items()}

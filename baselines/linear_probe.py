@@ -5,6 +5,9 @@ few-shot train split (test transform, no augmentation, not L2-normalised by defa
 ``min(k, 4)``-shot validation split only: a coarse grid {1e6, 1e4, ..., 1e-6}, then 8 steps of interval halving in
 log10 space around the best value (ties keep the smaller C), keeping the classifier chosen at the last step.
 Deviation: the official probe draws its own shots with NumPy; the suite uses the shared split manifests.
+Without a validation split (ImageNet in the CoOp protocol) C is fixed at 1.0 (``c_without_val: fixed``, test-clean);
+the official code's ImageNet "val" features are its test images (``datasets/imagenet.py:61`` with
+``lpclip/feat_extractor.py:126-127``), so its C is searched on test: ``c_without_val: search_on_test``.
 Fast path (``reuse_fits``, exact, not hashed): each halving step fits both ends of the interval; from the third step
 on, the end kept from the step before comes back with the same C (value and type: see :meth:`LinearProbe._search`)
 on the same data, and L-BFGS is deterministic, so that classifier is reused (17 fits instead of the official 23).
@@ -14,7 +17,7 @@ A linear probe cannot score unseen classes, so it runs under the ``fewshot`` pro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +37,12 @@ class LinearProbeConfig:
     search_steps: int = option(8, "interval-halving steps after the coarse grid")
     max_iter: int = option(1000, "lpclip/linear_probe.py: LogisticRegression(max_iter=1000)")
     normalize_features: bool = option(False, "official: raw features")
+    c_without_val: Literal["fixed", "search_on_test"] = option(
+        "fixed", "test-clean: C = 1.0 without a val split (official: its ImageNet 'val' is the test set, "
+                 "lpclip/feat_extractor.py:126-127: search_on_test)", kind="suite", display="C without val",
+        values={"fixed": "C = 1", "search_on_test": "searched on test (official)"},
+        value_notes={"search_on_test": "On ImageNet the linear probe's C is searched on the test set, as the "
+                                       "official code does (its ImageNet validation features are the test images)."})
     reuse_fits: bool = option(True, "a C fitted before is not fitted again (official: refits; same classifier)",
                                fast_path_off=False)
 
@@ -56,6 +65,15 @@ class LinearProbe(FeatureMethod):
         self.weight = nn.Parameter(torch.zeros(n_cls, dim))
         self.bias = nn.Parameter(torch.zeros(n_cls))
         self.chosen_c: float | None = None
+        self.c_selected_on = ""  # "val", "test" (c_without_val: search_on_test) or "fixed"
+
+    def report(self) -> dict[str, Any]:
+        """The chosen C and the split it was chosen on."""
+        return {"chosen_c": self.chosen_c, "c_selected_on": self.c_selected_on}
+
+    @classmethod
+    def selects_on_test(cls, config: LinearProbeConfig) -> bool:
+        return config.c_without_val == "search_on_test"
 
     @classmethod
     def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
@@ -78,9 +96,14 @@ class LinearProbe(FeatureMethod):
         train_x, train_y = data.features("train")
         x, y = self._prep(train_x), train_y.numpy()
         vx, vy = data.features("val")
+        self.c_selected_on = "val"
+        if len(vy) == 0 and self.config.c_without_val == "search_on_test":  # the official ImageNet "val"
+            vx, vy = data.features("test")
+            self.c_selected_on = "test"
         vx, vy = self._prep(vx), vy.numpy()
         if len(vy) == 0:  # ImageNet-style datasets have no val split: keep the grid's middle value
             clf, c = self._fit(1.0, x, y), 1.0
+            self.c_selected_on = "fixed"
         else:
             clf, c = self._search(x, y, vx, vy)
         self.chosen_c = c

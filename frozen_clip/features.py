@@ -521,11 +521,14 @@ class FeatureAccess:
             return {"features": torch.zeros(0, self.clip.embed_dim), "labels": torch.zeros(0, dtype=torch.long)}
         return {"features": torch.cat(feats), "labels": torch.cat(labels)}
 
-    def fit_data(self, manifest: Split) -> FitData:
-        """The :class:`FitData` handed to ``prepare_fit`` (train and val only)."""
+    def fit_data(self, manifest: Split, test_allowed: bool = False) -> FitData:
+        """The :class:`FitData` handed to ``prepare_fit``: train and val, and test only when ``test_allowed`` (a
+        method option that selects on test, ``Method.selects_on_test``)."""
+        readable = ("train", "val", "test") if test_allowed else ("train", "val")
+
         def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-            if split not in ("train", "val"):
-                raise ValueError(f"prepare_fit may only read train/val, not {split!r}")
+            if split not in readable:
+                raise ValueError(f"prepare_fit may only read {'/'.join(readable)}, not {split!r}")
             return self.split_features(manifest, split)
 
         def augmented(split: str, view: int, rrc_scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:

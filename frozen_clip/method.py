@@ -57,8 +57,9 @@ class StepOutput:
 class FitData:
     """Access to the few-shot training data for ``prepare_fit`` (features are computed and cached by the runner).
 
-    ``features(split)`` returns ``(features [N, E], labels [N])`` of ``split`` ("train" or "val") under the
-    test transform; ``augmented_features(split, view, rrc_scale)`` those of the ``view``-th augmented pass.
+    ``features(split)`` returns ``(features [N, E], labels [N])`` of ``split`` ("train" or "val"; "test" only for a
+    method whose config :meth:`Method.selects_on_test`) under the test transform; ``augmented_features(split, view,
+    rrc_scale)`` those of the ``view``-th augmented pass of "train" or "val".
     """
 
     classnames: tuple[str, ...]
@@ -112,6 +113,14 @@ class Method(nn.Module):
     def recipe(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Any]:
         """:meth:`recipe_settings` as plain values (what the runner builds the ``OptimConfig`` from)."""
         return recipe_values(cls.recipe_settings(protocol, dataset, shots, config))
+
+    @classmethod
+    def selects_on_test(cls, config: Any) -> bool:
+        """Whether ``prepare_fit`` reads the test split to select something: an oracle that some official code
+        reports numbers with (Tip-Adapter-F's best epoch on test, the linear probe's C on ImageNet's test images),
+        offered as a named option, never a default. The runner hands the test features to ``prepare_fit`` only then,
+        and the record says so (``selected_on_test``). Default: never."""
+        return False
 
     @classmethod
     def check_run(cls, run: Any, config: Any) -> None:

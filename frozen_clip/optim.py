@@ -34,6 +34,8 @@ class OptimConfig:
     iterations: int | None = option(  # CLIP-LoRA: 500 x shots
         None, "train for this many steps instead of epochs when set (a method's recipe sets it)", kind="suite")
     batch_size: int = option(32, "CoOp configs/trainers/CoOp/vit_b16.yaml:3 (DATALOADER.TRAIN_X.BATCH_SIZE)")
+    last_batch: Literal["drop", "keep"] = option(
+        "drop", "Dassl dassl/data/data_manager.py:43 (drop_last when the train set holds a full batch)")
     eval_batch_size: int = option(100, "CoOp configs/trainers/CoOp/vit_b16.yaml:5 (does not change a result)")
     scheduler: Literal["cosine", "cosine_iter", "constant"] = option(
         "cosine", "Dassl dassl/optim/lr_scheduler.py:128-131 (CosineAnnealingLR stepped per epoch)")

@@ -1,7 +1,8 @@
 """The one training loop and evaluation every method runs through.
 
 Fit: per epoch, the global RNGs are re-seeded from (seed, epoch), the learning rate is set from the explicit
-schedule, the shuffled loader (Dassl: ``RandomSampler``, ``drop_last = len(train) >= batch_size``) is drawn from a
+schedule, the shuffled loader (Dassl: ``RandomSampler``, ``drop_last = len(train) >= batch_size``; ``optim.last_batch:
+keep`` keeps the partial batch, as CLIP-LoRA's loader does) is drawn from a
 generator seeded the same way, and a checkpoint is written atomically at the end of the epoch (of the first and the
 last epoch always, of the others once the training since the last write took ``CHECKPOINT_SPACING`` times as long as
 that write). A run killed at any point resumes from the last checkpoint and produces exactly the metrics of an
@@ -167,26 +168,35 @@ class Trainer:
         sampler = RandomSampler(dataset, generator=generator)
         common = dict(num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
                       persistent_workers=False)
+        drop_last = self._drops_last(len(dataset))
         if isinstance(dataset, FeatureRows):  # cached features: a batch is one indexing, not B rows collated
             # the same batches from the same generator draws as below (BatchSampler is what DataLoader builds)
-            return DataLoader(dataset, sampler=BatchSampler(sampler, batch, drop_last=len(dataset) >= batch),
+            return DataLoader(dataset, sampler=BatchSampler(sampler, batch, drop_last=drop_last),
                               batch_size=None, **common)
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=len(dataset) >= batch,
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=drop_last,
                           collate_fn=collate, **common)
+
+    def _drops_last(self, n_train: int) -> bool:
+        """Dassl drops the last partial batch when the set holds at least one batch (``optim.last_batch: drop``);
+        CLIP-LoRA's loader keeps it (``keep``)."""
+        return self.optim.last_batch == "drop" and n_train >= self.optim.batch_size
+
+    def batches_per_epoch(self, n_train: int) -> int:
+        """Optimiser steps of one epoch over ``n_train`` items (at least 1)."""
+        full, rest = divmod(n_train, self.optim.batch_size)
+        return max(full if self._drops_last(n_train) else full + (rest > 0), 1)
 
     def total_iterations(self, n_train: int) -> int:
         """Optimiser steps of the whole fit."""
         if self.optim.iterations is not None:
             return self.optim.iterations
-        per_epoch = n_train // self.optim.batch_size if n_train >= self.optim.batch_size else 1
-        return per_epoch * self.optim.epochs
+        return self.batches_per_epoch(n_train) * self.optim.epochs
 
     def n_epochs(self, n_train: int) -> int:
         """Epochs of the fit (iterations mode: enough epochs to reach the step count)."""
         if self.optim.iterations is None:
             return self.optim.epochs
-        per_epoch = max(n_train // self.optim.batch_size, 1) if n_train >= self.optim.batch_size else 1
-        return -(-self.optim.iterations // per_epoch)
+        return -(-self.optim.iterations // self.batches_per_epoch(n_train))
 
     def will_train(self, n_train: int) -> bool:
         """Whether :meth:`fit` on ``n_train`` items runs any step (trainable parameters and at least one epoch)."""

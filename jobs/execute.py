@@ -151,7 +151,8 @@ class RunExecution:
                           fast=self.fast)
         features = FeatureAccess(clip, cache_dir(self.resolved) / "features", device, self.resolved.optim,
                                  self.fast, self.images)
-        method.prepare_fit(features.fit_data(manifests.fit))
+        selects_on_test = type(method).selects_on_test(method.config)
+        method.prepare_fit(features.fit_data(manifests.fit, test_allowed=selects_on_test))
         t1 = time.perf_counter()
         feature_views = features.training_views(manifests.fit) if self.fast.feature_training_for(method) else None
         # the training images are decoded only for a fit that reads them (not one on cached features, nor no fit)
@@ -176,6 +177,7 @@ class RunExecution:
                          "image_cache": None if self.images is None else {"hits": self.images.hits,
                                                                           "misses": self.images.misses}},
                 "method_report": method.report(),
+                "selected_on_test": selects_on_test,
                 "method_card": card(type(method)),
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},

@@ -85,6 +85,29 @@ def _probe_search(tiny_clip, reuse: bool, n_cls: int = 6, shots: int = 8, noise:
     return probe
 
 
+@pytest.mark.parametrize("c_without_val", ["fixed", "search_on_test"])
+def test_linear_probe_without_val_fixes_c_or_searches_on_test(tiny_clip, c_without_val):
+    """ImageNet has no val split: C = 1 (test-clean default), or searched on test as the official code does (its
+    ImageNet "val" features are the test images)."""
+    torch.manual_seed(0)
+    centers = torch.randn(3, 32) * 3
+    train_y, test_y = torch.arange(3).repeat_interleave(8), torch.arange(3).repeat_interleave(5)
+    train_x, test_x = centers[train_y] + torch.randn(24, 32), centers[test_y] + torch.randn(15, 32)
+    calls = []
+
+    def features(split: str):
+        calls.append(split)
+        return {"train": (train_x, train_y), "val": (train_x[:0], train_y[:0]), "test": (test_x, test_y)}[split]
+    config = LinearProbeConfig(c_without_val=c_without_val)
+    assert LinearProbe.selects_on_test(config) == (c_without_val == "search_on_test")
+    probe = LinearProbe(tiny_clip, ["a", "b", "c"], config, ctx())
+    probe.prepare_fit(FitData(("a", "b", "c"), 24, 0, features))
+    if c_without_val == "fixed":
+        assert "test" not in calls and probe.chosen_c == 1.0 and probe.report()["c_selected_on"] == "fixed"
+    else:
+        assert "test" in calls and probe.report()["c_selected_on"] == "test"
+
+
 def test_linear_probe_search_steps_like_lpclip(tiny_clip):
     """The refitting search fits lpclip's C sequence, value and type: the grid as listed, then 8 steps of
     ``binary_search`` (the official update rule, transcribed below), whose ends are ``np.power(10, .)``."""

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from baselines.templates import IMAGENET_TEMPLATES_SELECT
 from baselines.tip_adapter import TipAdapter, TipAdapterConfig, build_cache, search_hp, search_hp_loop
 from frozen_clip.errors import ConfigError
-from frozen_clip.method import FitData, MethodContext
+from frozen_clip.method import FitData, MethodContext, normalize
 from tests.conftest import FIXTURES, base_run, execute_resolved, golden_grad_tol
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -131,6 +131,58 @@ def test_val_epoch_selection_reads_val_only(tiny_clip, golden):
     assert "test" not in requested
 
 
+def _with_test_split(data: FitData, tensors, requested: list) -> FitData:
+    """``data`` whose ``features("test")`` gives the fixture's test features (a FitData built with the test allowed)."""
+    val_only = data.features
+
+    def features(split):
+        if split == "test":
+            requested.append("test")
+            return tensors["test.features_in"], tensors["test.labels"]
+        return val_only(split)
+    data.features = features
+    return data
+
+
+def test_best_on_test_keeps_the_best_test_epoch_and_the_better_alpha_beta(tiny_clip, golden):
+    """``epoch_selection: best_on_test`` is main.py's report: the best epoch on test (with the initial alpha/beta),
+    then the initial or the searched alpha/beta, whichever scores higher on test."""
+    tensors, _meta = golden
+    assert not TipAdapter.selects_on_test(TipAdapterConfig(finetune=True))
+    assert TipAdapter.selects_on_test(TipAdapterConfig(finetune=True, epoch_selection="best_on_test"))
+    method = make(tiny_clip, golden, finetune=True, augment_epoch=3, train_epoch=4, batch_size=8,
+                  epoch_selection="best_on_test")
+    requested: list = []
+    method.prepare_fit(_with_test_split(fixture_fit_data(tensors, requested), tensors, requested))
+    accs = [entry["test_acc"] for entry in method.fit_log]
+    assert len(accs) == 4 and "test" in requested
+    test_x, test_y = normalize(tensors["test.features_in"]), tensors["test.labels"]
+    assert method._acc_with_initial_hp(test_x, test_y) == max(accs)  # the kept weights are the best epoch's
+    chosen = method.search_outcome["test_selection"]
+    assert chosen["initial_test_acc"] == max(accs)
+    final = float((method.logits_from_features(tensors["test.features_in"]).argmax(1) == test_y).float().mean() * 100)
+    assert final == pytest.approx(max(chosen["initial_test_acc"], chosen["searched_test_acc"]))
+
+
+def test_search_without_val_on_test_searches_the_test_features(tiny_clip, golden):
+    tensors, _meta = golden
+    method = make(tiny_clip, golden, augment_epoch=3, search_without_val="on_test")
+    requested: list = []
+    data = _with_test_split(fixture_fit_data(tensors, requested), tensors, requested)
+    no_val = data.features
+    data.features = lambda split: (tensors["val.features_in"][:0], tensors["val.labels"][:0]) if split == "val" \
+        else no_val(split)
+    method.prepare_fit(data)
+    assert method.search_outcome["searched"] and method.search_outcome["split"] == "test"
+    assert method.search_outcome["n_test"] == len(tensors["test.labels"])
+    clean = make(tiny_clip, golden, augment_epoch=3)  # the default: no search without val, test never read
+    clean_requested: list = []
+    clean_data = fixture_fit_data(tensors, clean_requested)
+    clean_data.features = lambda split: (tensors["val.features_in"][:0], tensors["val.labels"][:0])
+    clean.prepare_fit(clean_data)
+    assert not clean.search_outcome["searched"] and "test" not in clean_requested
+
+
 def test_official_table_and_defaults(tiny_clip):
     assert TipAdapterConfig().resolved("eurosat").train_epoch == 100
     assert TipAdapterConfig().resolved("fgvc_aircraft").search_scale == (30.0, 30.0)
@@ -163,6 +215,19 @@ def test_end_to_end(data_root, tmp_path, finetune):
     assert record["cost"]["trainable_params"] == (6 * 4 * 32 if finetune else 0)  # 24 keys x E=32
     # cache views 0..1 (+ one training view) and val/test features all went through the runner's feature cache
     assert record["cost"]["feature_cache"]["misses"] == (4 if finetune else 3) + 1
+    assert record["selected_on_test"] is False
+
+
+def test_best_on_test_run_reads_the_test_split_and_says_so(data_root, tmp_path):
+    from jobs.config import resolve
+    method = {"name": "tip_adapter", "finetune": True, "augment_epoch": 2, "train_epoch": 2, "batch_size": 12,
+              "epoch_selection": "best_on_test"}
+    cfg = base_run(data_root, tmp_path / "res", method=method, protocol="fewshot")
+    del cfg["optim"]
+    record = execute_resolved(resolve(cfg, "test"))
+    assert record["selected_on_test"] is True
+    assert [sorted(e) for e in record["method_report"]["fit_log"]] == [["epoch", "loss", "lr", "test_acc"]] * 2
+    assert record["method_report"]["search"]["test_selection"]["kept"] in ("initial", "searched")
 
 
 def test_augment_views_cycles_tip_adapter_f_epochs_through_the_cache_views(data_root, tmp_path):
