@@ -51,7 +51,8 @@ class OptimConfig:
             raise ValueError("lr, batch_size and eval_batch_size must be positive")
         if self.epochs < 0 or (self.iterations is not None and self.iterations <= 0):
             raise ValueError("epochs must be >= 0 and iterations > 0 when given")
-        if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= max(self.epochs, 1)):
+        trains_by_epochs = self.iterations is None and self.epochs > 0  # epochs 0: no training, warmup unused
+        if self.warmup_epochs < 0 or (trains_by_epochs and self.warmup_epochs >= self.epochs):
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}")
 
 

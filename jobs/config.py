@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from frozen_clip.configtools import build, check_value, suggest, to_dict, to_dict_values
@@ -29,6 +30,9 @@ from jobs.rawconfig import folder_name_problem, merge, parse_overrides, set_dott
 from jobs.registry import METHODS
 
 UNHASHED_KEYS = ("name", "data_root", "results_dir", "device", "num_workers", "fast")
+#: ``method.checkpoint``: an official checkpoint the run loads (frozen_clip/checkpoints.py). Not a method option:
+#: kept in the method section with the file's content digest (``checkpoint_sha256``); the id hashes the digest only
+CHECKPOINT_KEYS = ("checkpoint", "checkpoint_sha256")
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def _result_changing(config: Mapping[str, Any]) -> dict[str, Any]:
     hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
     method = hashed.get("method")
     if isinstance(method, Mapping) and method.get("name") in METHODS:
-        exact = exact_method_fields(method["name"])
+        exact = (*exact_method_fields(method["name"]), "checkpoint")  # the checkpoint by content, not by path
         hashed["method"] = {k: v for k, v in method.items() if k not in exact}
     inexact = inexact_fast_settings(config.get("fast") or {})
     if inexact:
@@ -142,9 +146,11 @@ def run_label(config: Mapping[str, Any]) -> str:
     method = config["method"]
     name = method["name"]
     cls = METHODS.get(name)
-    exact = exact_method_fields(name)
+    exact = (*exact_method_fields(name), *CHECKPOINT_KEYS)
     changed = _without_defaults({k: v for k, v in method.items() if k != "name" and k not in exact}, cls.Config)
     parts = [f"{option_display(cls.Config, k)}={value_display(cls.Config, k, v)}" for k, v in changed.items()]
+    if method.get("checkpoint"):
+        parts.append(f"checkpoint={Path(method['checkpoint']).name}")
     head = cls.info.display + (f" [{', '.join(parts)}]" if parts else "")
     return f"{head} {config['dataset']} {config['protocol']} shots={config['shots']} seed={config['seed']}"
 
@@ -165,11 +171,12 @@ def legacy_run_id(config: Mapping[str, Any]) -> str:
 
 
 def _split_method(raw: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """The method's name and its options (``method.checkpoint`` and its digest left out: not options)."""
     method = raw.get("method")
     if isinstance(method, str):
         return method, {}
     if isinstance(method, Mapping):
-        options = dict(method)
+        options = {k: v for k, v in method.items() if k not in CHECKPOINT_KEYS}
         name = options.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"{where}: method.name must be a string naming a method, got {name!r}")
@@ -238,9 +245,26 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
         raise ConfigError(f"{where}: impossible combination: {err}") from None
     config = to_dict(run)
     config["backbone"], config["pretrained"] = source.name, source.pretrained
-    config = {"method": {"name": method_name, **to_dict(method_config)}, **config, "optim": to_dict(optim),
-              "fast": to_dict(fast)}
+    config = {"method": {"name": method_name, **to_dict(method_config), **_checkpoint(raw, where)}, **config,
+              "optim": to_dict(optim), "fast": to_dict(fast)}
     return ResolvedRun(run, method_name, method_config, optim, config, run_id_of(config), fast)
+
+
+def _checkpoint(raw: Mapping[str, Any], where: str) -> dict[str, str]:
+    """``{"checkpoint": absolute path, "checkpoint_sha256": digest}`` of ``method.checkpoint`` ({} when not set);
+    ConfigError naming the key when it is not a readable file."""
+    method = raw.get("method")
+    path = method.get("checkpoint") if isinstance(method, Mapping) else None
+    if path is None:
+        return {}
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}: method.checkpoint must be the path of a checkpoint file, got {path!r}")
+    from frozen_clip.checkpoints import checkpoint_digest
+    try:
+        digest = checkpoint_digest(Path(path).expanduser())
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return {"checkpoint": str(Path(path).expanduser().resolve()), "checkpoint_sha256": digest}
 
 
 def _check_capabilities(cls: type, run: RunConfig, where: str) -> None:

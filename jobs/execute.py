@@ -37,7 +37,7 @@ import torch
 
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.contract import card
-from frozen_clip.errors import SuiteError
+from frozen_clip.errors import ConfigError, SuiteError
 from frozen_clip.fastpaths import FastPaths, SeededViews, eval_images, image_keys, train_images
 from frozen_clip.features import FeatureAccess
 from frozen_clip.flops import mfu, peak_flops
@@ -153,6 +153,7 @@ class RunExecution:
                                  self.fast, self.images)
         selects_on_test = type(method).selects_on_test(method.config)
         method.prepare_fit(features.fit_data(manifests.fit, test_allowed=selects_on_test))
+        checkpoint = self._load_checkpoint(method)
         t1 = time.perf_counter()
         feature_views = features.training_views(manifests.fit) if self.fast.feature_training_for(method) else None
         # the training images are decoded only for a fit that reads them (not one on cached features, nor no fit)
@@ -178,6 +179,7 @@ class RunExecution:
                                                                           "misses": self.images.misses}},
                 "method_report": method.report(),
                 "selected_on_test": selects_on_test,
+                "checkpoint": checkpoint,
                 "method_card": card(type(method)),
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
@@ -190,6 +192,28 @@ class RunExecution:
         context = MethodContext(dataset=run.dataset, template=get_spec(run.dataset).template, protocol=run.protocol,
                                 shots=run.shots, seed=run.seed, epochs=self.resolved.optim.epochs)
         return cls(clip, fit.classnames, self.resolved.method_config, context).to(clip.device)
+
+    def _load_checkpoint(self, method: Method) -> dict[str, Any] | None:
+        """Load ``method.checkpoint`` (an official checkpoint) into the method; what the record says about it."""
+        path = self.resolved.config["method"].get("checkpoint")
+        if not path:
+            return None
+        from frozen_clip.checkpoints import checkpoint_digest, load_checkpoint, tensors_digest
+        digest = checkpoint_digest(path)
+        if digest != self.resolved.config["method"]["checkpoint_sha256"]:
+            raise ConfigError(f"method.checkpoint: {path} changed since the run was configured "
+                              f"({digest} != {self.resolved.config['method']['checkpoint_sha256']}); relaunch")
+        state = load_checkpoint(path)
+        try:
+            method.load_official_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, ConfigError) as err:
+            raise ConfigError(f"method.checkpoint: {path} does not fit {self.resolved.method_name} with these "
+                              f"options and backbone: {err}") from None
+        method.invalidate()
+        self.log(f"loaded {len(state)} tensors from checkpoint {path}")
+        # which weights the method holds now (its trainable parameters), comparable with any run's or file's
+        loaded = tensors_digest({k: p.data for k, p in method.trainable_parameters().items()})
+        return {"path": path, "sha256": digest, "tensors": len(state), "trainable_sha256": loaded}
 
     def _test_images(self, manifest: SplitManifest, clip: FrozenCLIP) -> torch.utils.data.Dataset:
         """The test images of ``manifest`` under the test transform (through the image cache when on)."""
