@@ -74,7 +74,9 @@ from torch.nn import functional as F
 from adapters.blocks import scaled_branch
 from adapters.bottleneck import BottleneckBlock, InitScheme, bottleneck_width, init_bottleneck_
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
+from frozen_clip.contract import (
+    BackboneShape, Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, official,
+    option)
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -224,7 +226,12 @@ class HeBA(Method):
     info = MethodInfo(
         name="heba", display="HeBA", paper=Paper("HeBA: heterogeneous bottleneck adapters", "arXiv", 2026, "2603.16653"),
         code=Code("Jahid12012021/VLM-HeBA", "60ecf23"), capabilities=Capabilities(trains_on="images"),
-        factors={"heterogeneity": ("visual_adapter", "text_adapter")})
+        factors={"heterogeneity": ("visual_adapter", "text_adapter")},
+        precision=OfficialPrecision(
+            "amp_fp16", "fp32",
+            "configs/trainers/HeBA/base2new.yaml:41 (PREC amp: autocast + GradScaler); Dassl "
+            "dassl/engine/trainer.py:446-475 (test() without autocast)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: HeBAConfig,
                  context: MethodContext) -> None:
@@ -269,8 +276,9 @@ class HeBA(Method):
         (GUESS, no official config). Cross-dataset / DG: ``x2d.yaml``'s lr 0.0065, 10 epochs, batch 64 (both XD
         presets); with ``xd_preset: none`` the base-to-novel recipe."""
         b2n = "configs/trainers/HeBA/base2new.yaml"
-        values = {"name": ("sgd", f"{b2n}:16"), "momentum": (0.9, "Dassl dassl/config/defaults.py:153-156 (not overridden)"),
-                  "weight_decay": (5e-4, "Dassl dassl/config/defaults.py:153-156 (not overridden)"),
+        dassl = "Dassl dassl/config/defaults.py:153-156 (not overridden)"
+        values = {"name": ("sgd", f"{b2n}:16"), "momentum": (0.9, dassl),
+                  "weight_decay": (5e-4, dassl),
                   "scheduler": ("cosine", f"{b2n}:19-22"), "warmup_epochs": (0, f"{b2n}:19-22"),
                   "eval_batch_size": (128, f"{b2n}:5"), "lr": (0.0075, f"{b2n}:17"), "epochs": (30, f"{b2n}:18"),
                   "batch_size": (16, f"{b2n}:3")}

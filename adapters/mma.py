@@ -58,7 +58,9 @@ from torch.nn import functional as F
 
 from adapters.blocks import kaiming_linears_, scaled_branch
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
+from frozen_clip.contract import (
+    BackboneShape, Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, official,
+    option)
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -157,7 +159,12 @@ class MMA(Method):
     info = MethodInfo(
         name="mma", display="MMA", paper=Paper("MMA: Multi-Modal Adapter for Vision-Language Models", "CVPR", 2024),
         code=Code("ZjjConan/Multi-Modal-Adapter", "547ee34"), capabilities=Capabilities(trains_on="images"),
-        tiny_world_overrides={"method.layers": [2, 3]})
+        tiny_world_overrides={"method.layers": [2, 3]},
+        precision=OfficialPrecision(
+            "amp_fp16", "fp32",
+            "configs/trainers/MultiModalAdapter/vit_b16_ep5.yaml:38 (PREC amp); Dassl "
+            "dassl/engine/trainer.py:446-475 (test() without autocast)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: MMAConfig,
                  context: MethodContext) -> None:

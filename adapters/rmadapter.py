@@ -60,7 +60,7 @@ from torch.nn import functional as F
 from adapters.blocks import grad_scaled, kaiming_linears_
 from adapters.mma import MMA, Activation, MMAConfig, activation_module
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, MethodInfo, Paper, Sourced, no_official, option
+from frozen_clip.contract import Capabilities, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, option
 from frozen_clip.method import MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
 
@@ -195,7 +195,11 @@ class RMAdapter(MMA):
         factors={"reconstruction branch": ("reconstruction", "consistency")},
         caption_note="RMAdapter has no official code: its unknown design choices are the suite's guesses "
                      "(every one a named option).",
-        tiny_world_overrides={"method.layers": [2, 3], "optim.grad_clip": 1.0})
+        tiny_world_overrides={"method.layers": [2, 3], "optim.grad_clip": 1.0},
+        precision=OfficialPrecision(
+            "amp_fp16", "fp32",
+            "no official RMAdapter code: MMA's (vit_b16_ep5.yaml:38, Dassl test() without autocast)",
+            "no_official"))
 
     @classmethod
     def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:

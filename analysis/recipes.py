@@ -53,12 +53,15 @@ PROTOCOL_DISPLAY = {"base2novel": "base-to-novel", "fewshot": "few-shot", "cross
 class Row:
     """One line of a card: a setting, one of its values, where that value applies, and the value's source."""
 
-    section: str  # "optimisation" | "method option"
+    section: str  # one of SECTIONS
     setting: str
     value: str
     applies: str  # "" = every run of the protocol
     source: str
     kind: str  # a SOURCE_KIND_NAMES key
+
+
+SECTIONS = ("optimisation", "method option", "run setting")
 
 
 class MissingSource(ValueError):
@@ -155,9 +158,35 @@ def option_rows(cls: type, protocol: str) -> list[Row]:
     return rows
 
 
+#: run-level settings every method shares, with the official value and why the suite's differs where it does
+SHARED_RUN_ROWS = (
+    Row("run setting", "RNG stream", "re-seeded per epoch; crops seeded per (split, view, item)", "",
+        "a killed run resumes to identical metrics; Dassl seeds once per process (train.py set_random_seed), the "
+        "distributions are the same", "suite"),
+    Row("run setting", "cuDNN", "deterministic (deterministic: true)", "",
+        "the same kernels every run; CoOp train.py:135-136 sets cudnn.benchmark = True: deterministic: false", "suite"),
+    Row("run setting", "ImageNet few-shot draw", "files in sorted order", "",
+        "Dassl draws from os.listdir order (dassl/utils/tools.py:135-145, sort=False), which depends on the file "
+        "system, so no order reproduces it everywhere; other datasets draw from their split files exactly", "suite"),
+    Row("run setting", "evaluated model", "the last epoch", "",
+        "Dassl dassl/config/defaults.py TEST.FINAL_MODEL last_step; base-to-novel novel classes with --load-epoch "
+        "<last>", "official"),
+)
+
+
+def run_rows(cls: type) -> list[Row]:
+    """The run-level rows: the method's official precision (what ``precision: auto`` runs on CUDA), then
+    :data:`SHARED_RUN_ROWS`."""
+    official = cls.info.precision
+    value = official.train if official.train == official.eval else \
+        f"{official.train}, evaluated in {official.eval}"
+    return [Row("run setting", "precision (on CUDA)", value, "", f"{official.source}; precision: auto runs it on "
+                "CUDA and fp32 on a CPU", official.kind), *SHARED_RUN_ROWS]
+
+
 def card_rows(cls: type, protocol: str) -> list[Row]:
     """Every row of the card of ``cls`` on ``protocol``."""
-    return recipe_rows(cls, protocol) + option_rows(cls, protocol)
+    return recipe_rows(cls, protocol) + option_rows(cls, protocol) + run_rows(cls)
 
 
 def _title(cls: type, protocol: str) -> str:
@@ -172,11 +201,15 @@ def _provenance(cls: type) -> str:
            f"it names another (Dassl, CoOp). Recipe version {info.recipe_version}."
 
 
+def _heading(section: str) -> str:
+    return {"optimisation": "Optimisation", "method option": "Method options", "run setting": "Run settings"}[section]
+
+
 def markdown(cls: type, protocol: str, rows: Sequence[Row]) -> str:
     """The Markdown page of one card."""
     lines = [f"# {_title(cls, protocol)}", "", _provenance(cls), ""]
-    for section in ("optimisation", "method option"):
-        lines += [f"## {section.capitalize()}{'s' if section == 'method option' else ''}", "",
+    for section in SECTIONS:
+        lines += [f"## {_heading(section)}", "",
                   "| setting | value | applies to | source | kind |", "|---|---|---|---|---|"]
         lines += [f"| {r.setting} | `{r.value}` | {r.applies or 'all runs'} | {r.source.replace('|', '/')} | "
                   f"{SOURCE_KIND_NAMES[r.kind]} |" for r in rows if r.section == section]
@@ -195,8 +228,8 @@ def _breakable(text: str) -> str:
 def latex(cls: type, protocol: str, rows: Sequence[Row]) -> str:
     """The LaTeX appendix table of one card (booktabs; a ``table*`` spanning both columns of a two-column paper)."""
     body = []
-    for section in ("optimisation", "method option"):
-        body.append(rf"\multicolumn{{4}}{{l}}{{\textit{{{escape(section.capitalize())}s}}}} \\")
+    for section in SECTIONS:
+        body.append(rf"\multicolumn{{4}}{{l}}{{\textit{{{escape(_heading(section))}}}}} \\")
         for r in (r for r in rows if r.section == section):
             value = escape(r.value) + (f" ({escape(r.applies)})" if r.applies else "")
             body.append(f"{escape(r.setting)} & {_breakable(value)} & {escape(SOURCE_KIND_NAMES[r.kind])} & "

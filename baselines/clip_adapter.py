@@ -22,7 +22,8 @@ from torch import nn
 
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
+from frozen_clip.contract import (
+    Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, official, option)
 from baselines.coop import coop_epochs
 from frozen_clip.method import FeatureMethod, MethodContext, normalize
 
@@ -50,7 +51,11 @@ class CLIPAdapter(FeatureMethod):
         code=Code("gaopengcuhk/CLIP-Adapter", "9ac913a"), capabilities=Capabilities(trains_on="features"),
         # 2: cross-dataset and DG targets are prompted with their own template (version 1: the source's);
         # 3: CoOp's recipe (lr 0.002, ImageNet 50 epochs) as the README says, was lr 0.01 for 200 epochs everywhere
-        recipe_version=3)
+        recipe_version=3,
+        precision=OfficialPrecision(
+            "fp32", "fp32",
+            "clip_adapter.py:128,157 (clip_model.float(), no autocast)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CLIPAdapterConfig,
                  context: MethodContext) -> None:

@@ -37,7 +37,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
+from frozen_clip.contract import (
+    BackboneShape, Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, official,
+    option)
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -158,7 +160,12 @@ class CLIPLoRA(Method):
         code=Code("MaxZanella/CLIP-LoRA", "358f0d7"), capabilities=Capabilities(trains_on="images"),
         # 2: the official template "a photo of a {}." on every dataset; version 1 used the dataset's CoOp template;
         # 3: the last partial batch of each epoch is kept, as the official loader does (optim.last_batch: keep)
-        recipe_version=3)
+        recipe_version=3,
+        precision=OfficialPrecision(
+            "amp_fp16", "amp_fp16",
+            "lora.py:82,98-105 (autocast fp16 + GradScaler; the official CLIP weights are fp16 with the adapted"
+            " projections in fp32)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CLIPLoRAConfig,
                  context: MethodContext) -> None:

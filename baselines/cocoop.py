@@ -27,7 +27,8 @@ from torch import nn
 
 from baselines.coop import CoOp
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
+from frozen_clip.contract import (
+    Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, official, option)
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import MethodContext, normalize
 
@@ -69,7 +70,12 @@ class CoCoOp(CoOp):
     info = MethodInfo(
         name="cocoop", display="CoCoOp",
         paper=Paper("Conditional Prompt Learning for Vision-Language Models", "CVPR", 2022, "2203.05557"),
-        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="images"))
+        code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="images"),
+        precision=OfficialPrecision(
+            "fp16", "fp16",
+            "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml:35 (PREC fp16); "
+            "trainers/cocoop.py:101-102 (meta-net .half())",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CoCoOpConfig,
                  context: MethodContext) -> None:
@@ -84,6 +90,8 @@ class CoCoOp(CoOp):
             ("relu", nn.ReLU(inplace=True)),
             ("linear2", nn.Linear(hidden, ctx_dim)),
         ]))
+        if clip.dtype == torch.float16:  # official: meta_net.half() under PREC fp16 (trainers/cocoop.py:101-102)
+            self.meta_net.half()
 
     @classmethod
     def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:

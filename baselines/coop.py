@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
+from frozen_clip.contract import (
+    Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, official, option)
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.shared_prefix import can_share, encode_text_shared_prefix
 
@@ -116,7 +117,12 @@ class CoOp(Method):
         code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"),
         # 2: the context follows the official config of the protocol (4 tokens from "a photo of a" on
         # base-to-novel, cross-dataset and DG), where version 1 learned 16 random tokens on every protocol
-        recipe_version=2)
+        recipe_version=2,
+        precision=OfficialPrecision(
+            "fp16", "fp16",
+            "train.py:94 (TRAINER.COOP.PREC fp16); trainers/coop.py:229-231 (CLIP kept in fp16), :250 (no "
+            "GradScaler)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: CoOpConfig,
                  context: MethodContext) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, official, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, official, option
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, normalize
 
 C_GRID = (1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6)  # the official list (1 is an int there)
@@ -56,7 +56,11 @@ class LinearProbe(FeatureMethod):
     info = MethodInfo(
         name="linear_probe", display="Linear probe", paper=Paper("Learning Transferable Visual Models From Natural Language Supervision", "ICML", 2021, "2103.00020"),
         code=Code("KaiyangZhou/CoOp", "ff61507"), paper_names={"Linear probe": {}},
-        capabilities=Capabilities(trains_on="features", unseen_classes=False, protocols=("fewshot",)))
+        capabilities=Capabilities(trains_on="features", unseen_classes=False, protocols=("fewshot",)),
+        precision=OfficialPrecision(
+            "fp32", "fp32",
+            "features in fp32: the official feature extractor's precision is not part of the audited recipe",
+            "suite"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: LinearProbeConfig,
                  context: MethodContext) -> None:

@@ -34,7 +34,9 @@ from torch.nn import functional as F
 
 from baselines.coop import prompt_tokens
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import BackboneShape, Capabilities, Code, MethodInfo, Paper, Sourced, no_official, official, option
+from frozen_clip.contract import (
+    BackboneShape, Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, no_official, official,
+    option)
 from frozen_clip.errors import ConfigError
 from frozen_clip.method import Method, MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
@@ -96,7 +98,12 @@ class MaPLe(Method):
     info = MethodInfo(
         name="maple", display="MaPLe", paper=Paper("MaPLe: Multi-modal Prompt Learning", "CVPR", 2023, "2210.03117"),
         code=Code("muzairkhattak/multimodal-prompt-learning", "69bce21"), capabilities=Capabilities(trains_on="images"),
-        tiny_world_overrides={"method.prompt_depth": 3})
+        tiny_world_overrides={"method.prompt_depth": 3},
+        precision=OfficialPrecision(
+            "fp16", "fp16",
+            "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:35 (PREC fp16); trainers/maple.py:75,104 "
+            "(ctx, proj fp16), :111-117 (deep prompts fp32), :257 (no GradScaler)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: MaPLeConfig,
                  context: MethodContext) -> None:
@@ -121,6 +128,8 @@ class MaPLe(Method):
             [nn.Parameter(torch.empty(self.n_ctx, text_width)) for _ in range(self.depth - 1)])
         for prompt in self.compound_prompts_text:
             nn.init.normal_(prompt, std=config.init_std)
+        if clip.dtype == torch.float16:  # official: proj.half() under PREC fp16 (trainers/maple.py:104); the deep
+            self.proj.half()             # prompts and their projections stay fp32 (:111-117)
         single_layer = nn.Linear(text_width, image_width)
         self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(single_layer) for _ in range(self.depth - 1)])
         self._text: torch.Tensor | None = None

@@ -63,7 +63,7 @@ from torch.nn import functional as F
 from baselines.templates import IMAGENET_TEMPLATES_SELECT
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, official, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, official, option
 from frozen_clip.method import FeatureMethod, FitData, MethodContext, StepOutput, normalize
 from frozen_clip.seeding import derive_seed
 
@@ -104,7 +104,10 @@ class TipAdapterConfig:
         (0.5, 1.0), "RandomResizedCrop scale of the cache/training passes (main.py)")
     init_beta: float = option(1.0, "configs: init_beta (all datasets)")
     init_alpha: float | None = option(None, "configs: init_alpha")
-    search_hp: bool = option(True, "configs: search_hp (on the few-shot val split only, see the module docstring)")
+    search_hp: bool = option(
+        True, "configs: search_hp; on the min(k, 4)-shot val split the protocol gives every method (official "
+              "main.py:47 searches the dataset's full val split, which the few-shot protocol does not hand out)",
+        kind="suite")
     search_scale: tuple[float, float] | None = option(None, "configs: search_scale [beta, alpha]")
     search_step: tuple[int, int] = option((200, 20), "configs: search_step [beta, alpha]")
     train_epoch: int | None = option(None, "configs: train_epoch (Tip-Adapter-F)")
@@ -247,7 +250,12 @@ class TipAdapter(FeatureMethod):
         code=Code("gaopengcuhk/Tip-Adapter", "d0e2d6f"),
         # "images": the runner's loop never trains it on cached features (Tip-Adapter-F trains in prepare_fit)
         capabilities=Capabilities(trains_on="images", unseen_classes=False, protocols=("fewshot",)),
-        paper_names={"Tip-Adapter": {"finetune": False}, "Tip-Adapter-F": {"finetune": True}})
+        paper_names={"Tip-Adapter": {"finetune": False}, "Tip-Adapter-F": {"finetune": True}},
+        precision=OfficialPrecision(
+            "fp16", "fp16",
+            "main.py:69, utils.py:62 (fp16 CLIP features; the suite keeps the cache and Tip-Adapter-F's adapter"
+            " in fp32)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: TipAdapterConfig,
                  context: MethodContext) -> None:
@@ -281,9 +289,10 @@ class TipAdapter(FeatureMethod):
         return (self.context.template,)
 
     def text_features(self) -> torch.Tensor:
-        """``clip_classifier``: normalised class features ``[C, E]`` (frozen, computed once)."""
+        """``clip_classifier``: normalised class features ``[C, E]`` (frozen, computed once; in fp32, where the suite
+        keeps the cache, also from a pure-fp16 model)."""
         if self._text is None:
-            self._text = class_text_features(self.clip, self.classnames, self.templates())
+            self._text = class_text_features(self.clip, self.classnames, self.templates()).float()
         return self._text
 
     def set_classnames(self, classnames: Sequence[str]) -> None:

@@ -15,7 +15,7 @@ import torch
 from baselines.templates import ensemble_templates
 from baselines.text_classifier import class_text_features
 from frozen_clip.backbone import FrozenCLIP
-from frozen_clip.contract import Capabilities, Code, MethodInfo, Paper, Sourced, official, option
+from frozen_clip.contract import Capabilities, Code, MethodInfo, OfficialPrecision, Paper, Sourced, official, option
 from frozen_clip.method import FeatureMethod, MethodContext, normalize
 
 
@@ -35,7 +35,11 @@ class ZeroShotCLIP(FeatureMethod):
         name="zeroshot", display="Zero-shot CLIP", paper=Paper("Learning Transferable Visual Models From Natural Language Supervision", "ICML", 2021, "2103.00020"),
         code=Code("KaiyangZhou/CoOp", "ff61507"), capabilities=Capabilities(trains_on="features"), paper_names={"ZS-CLIP": {}},
         # 2: cross-dataset and DG targets are prompted with their own template (version 1: the source's)
-        recipe_version=2)
+        recipe_version=2,
+        precision=OfficialPrecision(
+            "fp16", "fp16",
+            "trainers/zsclip.py:39-40 (load_clip_to_cpu keeps CLIP's fp16 weights)",
+            "official"))
 
     def __init__(self, clip: FrozenCLIP, classnames: Sequence[str], config: ZeroShotConfig,
                  context: MethodContext) -> None:

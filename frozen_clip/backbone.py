@@ -336,7 +336,9 @@ class FrozenCLIP(nn.Module):
 
     # -- image ------------------------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, taps: Taps | None = None) -> torch.Tensor:
-        """Pooled, projected, un-normalised image features ``[B, E]``."""
+        """Pooled, projected, un-normalised image features ``[B, E]`` (images cast to the model's dtype, as CLIP's
+        ``encode_image`` does: a pure-fp16 model takes fp32 pixels)."""
+        images = images.to(self.dtype)
         if taps is None or not taps.has_tower("visual"):
             return self.model.encode_image(images)
         return visual_forward(self.model.visual, images, taps)

@@ -178,6 +178,28 @@ class Capabilities:
         return self.trains_on == "features"
 
 
+#: numeric precisions of a run: ``fp32``; ``amp_fp16`` / ``amp_bf16`` (fp32 weights, autocast on CUDA, a GradScaler for
+#: fp16); ``fp16`` (pure: the frozen model and the parameters created in its dtype are fp16, no autocast, no
+#: GradScaler, as Dassl's ``PREC "fp16"``)
+PRECISIONS = ("fp32", "amp_fp16", "amp_bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class OfficialPrecision:
+    """How the official code computes on a GPU: ``train`` and ``eval`` are :data:`PRECISIONS` (HeBA and MMA train
+    under amp and evaluate in fp32, Dassl's ``test()`` having no autocast); ``source`` says where (``file:line``) or,
+    with ``kind="suite"``, why the suite chose it. ``precision: auto`` runs this on CUDA and fp32 on a CPU."""
+
+    train: str = "amp_fp16"
+    eval: str = "amp_fp16"
+    source: str = "the suite's default: fp32 weights with fp16 autocast and a GradScaler"
+    kind: SourceKind = "suite"
+
+    def __post_init__(self) -> None:
+        if self.train not in PRECISIONS or self.eval not in PRECISIONS:
+            raise ValueError(f"precisions must be among {PRECISIONS}, got train={self.train!r} eval={self.eval!r}")
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """A method's metadata: how tables name it, where it comes from, what it can do.
@@ -203,6 +225,8 @@ class MethodInfo:
     #: CLIP (3 text / 4 image blocks) where a default assumes ViT-B/16 (12 blocks, its loss scales); the
     #: registry-wide tests run the method on that model with these, as ``grids/quickstart.yaml`` does
     tiny_world_overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: the official code's precision on a GPU (``precision: auto`` runs it on CUDA)
+    precision: OfficialPrecision = OfficialPrecision()
 
     def names_in_papers(self) -> dict[str, dict[str, Any]]:
         """``paper_names``, or the display name with no options."""
@@ -264,6 +288,7 @@ def card(method_cls: type) -> dict[str, Any]:
                            "value_notes": {_json_key(v): d for v, d in (meta.get("value_notes") or {}).items()},
                            "source": meta.get("source", ""), "kind": meta.get("kind", "")}
     return {"name": info.name, "display": info.display, "recipe_version": info.recipe_version,
+            "precision": dataclasses.asdict(info.precision),
             "paper_names": info.names_in_papers(), "caption_note": info.caption_note,
             "capabilities": dataclasses.asdict(info.capabilities),
             "paper": dataclasses.asdict(info.paper) if info.paper else None,
@@ -279,6 +304,8 @@ def _json_key(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-__all__ = ["option", "Sourced", "official", "suite_choice", "no_official", "recipe_values", "unsourced",
-           "SOURCE_KIND_NAMES", "Paper", "Code", "TowerShape", "BackboneShape", "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display",
-           "defaults", "fast_path_switches", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]
+__all__ = [
+    "option", "Sourced", "official", "suite_choice", "no_official", "recipe_values", "unsourced",
+    "SOURCE_KIND_NAMES", "PRECISIONS", "OfficialPrecision", "Paper", "Code", "TowerShape", "BackboneShape",
+    "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display", "defaults",
+    "fast_path_switches", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]

@@ -71,6 +71,8 @@ class FeatureKey:
             entries leave it out; their rows are keyed per image with the image's own stamp.
         weights: the stamp of the backbone's weights file where it is a local file
             (:attr:`~frozen_clip.backbone.FrozenCLIP.weights_stamp`).
+        dtype: the backbone's dtype when it is not fp32 (``float16``: a pure-fp16 run's features); left out of the
+            digest when None, so fp32 entries keep their names.
     """
 
     backbone: str
@@ -86,10 +88,14 @@ class FeatureKey:
     row_batch: int | None = None
     images: str | None = None
     weights: str | None = None
+    dtype: str | None = None
 
     def parts(self) -> dict[str, Any]:
-        """The fields as a dict (stored next to the entry)."""
-        return dataclasses.asdict(self)
+        """The fields as a dict (stored next to the entry; ``dtype`` only when set)."""
+        parts = dataclasses.asdict(self)
+        if parts["dtype"] is None:
+            del parts["dtype"]
+        return parts
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of :meth:`parts` (24 hex chars): the entry's file name."""
@@ -362,11 +368,17 @@ class FeatureAccess:
                 "row_store": ({"read": self.rows.read, "computed": self.rows.computed}
                               if self.fast.shared_views else None)}
 
+    @property
+    def _dtype(self) -> str | None:
+        """The model's dtype for :attr:`FeatureKey.dtype`: None for fp32, e.g. ``float16`` for a pure-fp16 run."""
+        return None if self.clip.dtype == torch.float32 else str(self.clip.dtype).removeprefix("torch.")
+
     def _key(self, manifest: Split, split: str, spec: TransformSpec) -> FeatureKey:
         return FeatureKey(self.clip.name, self.clip.pretrained, spec.signature(), manifest.dataset,
                           manifest=manifest.content_hash, split=split,
                           images=stamps_signature(self._split_stamps(manifest, split), getattr(manifest, split)),
-                          weights=self._weights)
+                          weights=self._weights,
+                          dtype=self._dtype)
 
     def _split_stamps(self, manifest: Split, split: str) -> list[str]:
         """:func:`~frozen_clip.stamps.file_stamps` of ``split``'s images (read once per run)."""

@@ -60,8 +60,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def autocast_context(device: torch.device, precision: str):
-    """``torch.autocast`` for ``amp_fp16``/``amp_bf16`` on CUDA; fp32 (no autocast) on CPU or for ``fp32``."""
-    if device.type != "cuda" or precision == "fp32":
+    """``torch.autocast`` for ``amp_fp16``/``amp_bf16`` on CUDA; none on CPU, for ``fp32``, and for pure ``fp16``
+    (the model itself is half)."""
+    if device.type != "cuda" or precision in ("fp32", "fp16"):
         return nullcontext()
     dtype = torch.float16 if precision == "amp_fp16" else torch.bfloat16
     return torch.autocast(device_type="cuda", dtype=dtype)
@@ -143,13 +144,17 @@ class Trainer:
 
     def __init__(self, method: Method, optim: OptimConfig, *, seed: int, device: torch.device,
                  precision: str = "fp32", checkpoint_dir: Path | None = None, num_workers: int = 0,
+                 eval_precision: str | None = None,
                  log: Callable[[str], None] = print, progress: bool | None = None,
                  fast: FastPaths | None = None, count_flops: bool | None = None) -> None:
         self.method = method
         self.optim = optim
         self.seed = seed
         self.device = device
-        self.precision = precision if device.type == "cuda" else "fp32"
+        # autocast is CUDA-only: amp on a CPU is fp32; pure fp16 (a half model) runs anywhere
+        self.precision = precision if device.type == "cuda" or precision == "fp16" else "fp32"
+        evaluation = precision if eval_precision is None else eval_precision
+        self.eval_precision = evaluation if device.type == "cuda" or evaluation == "fp16" else "fp32"
         self.checkpoint_dir = checkpoint_dir
         self.num_workers = num_workers
         self.log = log
@@ -299,6 +304,8 @@ class Trainer:
 
     def _step(self, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler):
+        if self.precision == "fp16":  # pure fp16: cached features (stored fp32, computed fp16) go back to fp16
+            inputs = inputs.half()
         with autocast_context(self.device, self.precision):
             out = self._source.step(self.method, self._step_fn)(inputs, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -355,7 +362,7 @@ class Trainer:
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         preds, labels = [], []
         for images, target, _index in loader:
-            with autocast_context(self.device, self.precision):
+            with autocast_context(self.device, self.eval_precision):
                 logits = self.method(to_device(images, self.device))
             preds.append(logits.argmax(dim=-1).cpu())
             labels.append(target)
@@ -367,6 +374,10 @@ class Trainer:
         """Predictions of a :class:`~frozen_clip.method.FeatureMethod` on cached features."""
         self.method.eval()
         preds = []
+        # cached features are stored in fp32; a pure-fp16 evaluation takes them back to fp16 (exact: they were
+        # computed in fp16), as the official code's features never leave fp16
+        dtype = torch.float16 if self.eval_precision == "fp16" else features.dtype
         for chunk in features.split(max(self.optim.eval_batch_size, 256)):
-            preds.append(self.method.logits_from_features(chunk.to(self.device)).argmax(dim=-1).cpu())
+            logits = self.method.logits_from_features(chunk.to(self.device, dtype))
+            preds.append(logits.argmax(dim=-1).cpu())
         return torch.cat(preds), labels

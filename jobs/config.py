@@ -49,8 +49,9 @@ class RunConfig:
     shots: int = 16
     seed: int = 1
     sampling: Literal["dassl", "local"] = "dassl"
-    precision: Literal["auto", "fp32", "amp_fp16", "amp_bf16"] = "auto"  # auto: fp32 on CPU, amp_fp16 on CUDA
-    deterministic: bool = True
+    # auto: the method's official precision on CUDA (MethodInfo.precision), fp32 on a CPU (frozen_clip/precision.py)
+    precision: Literal["auto", "fp32", "amp_fp16", "amp_bf16", "fp16"] = "auto"
+    deterministic: bool = True  # cuDNN deterministic, no autotuning; false: cudnn.benchmark as the official code
     results_dir: str = "results"  # not hashed
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" (not hashed)
     num_workers: int = 0  # data-loader workers (not hashed)
@@ -103,7 +104,7 @@ def _result_changing(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config without what cannot change a result: :data:`UNHASHED_KEYS`, the method's exact speed switches
     (its ``UNHASHED_FIELDS``), and the ``fast`` switches other than the result-changing ones set off their defaults
     (``fast.augment_views``, ``fast.device_augment``, ``fast.shared_views``: in the id when set)."""
-    hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    hashed = {k: v for k, v in config.items() if k not in UNHASHED_KEYS and k != "resolved_precision"}
     method = hashed.get("method")
     if isinstance(method, Mapping) and method.get("name") in METHODS:
         exact = (*exact_method_fields(method["name"]), "checkpoint")  # the checkpoint by content, not by path
@@ -112,6 +113,15 @@ def _result_changing(config: Mapping[str, Any]) -> dict[str, Any]:
     if inexact:
         hashed["fast"] = inexact
     return hashed
+
+
+def _hashed_precision(config: Mapping[str, Any]) -> dict[str, str] | None:
+    """The resolved precision as the id hashes it: None for fp32/fp32 (every CPU run, and every run resolved before
+    precisions were), else ``{"train", "eval"}``."""
+    resolved = config.get("resolved_precision")
+    if not isinstance(resolved, Mapping) or (resolved.get("train"), resolved.get("eval")) == ("fp32", "fp32"):
+        return None
+    return {"train": resolved.get("train"), "eval": resolved.get("eval")}
 
 
 def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,6 +141,9 @@ def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
     canonical = {"method": hashed.get("method"),
                  **_without_defaults({k: v for k, v in hashed.items() if k not in ("method", "optim", "fast")},
                                      RunConfig)}
+    precision = _hashed_precision(config)  # the resolved precision, unless fp32/fp32
+    if precision is not None:
+        canonical["resolved_precision"] = precision
     if "optim" in hashed:
         canonical["optim"] = _without_defaults(hashed["optim"], OptimConfig)
     if "fast" in hashed:
@@ -210,13 +223,15 @@ def _section(raw: Mapping[str, Any], key: str, what: str, where: str) -> Mapping
     return section
 
 
-def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
-    """Validate and resolve a raw nested run config; ``where`` names the source (file, command line)."""
+def resolve(raw: Mapping[str, Any], where: str, compute_device: str | None = None) -> ResolvedRun:
+    """Validate and resolve a raw nested run config; ``where`` names the source (file, command line).
+    ``compute_device`` (``cuda`` / ``cpu``): what a run with ``device: auto`` will compute on, where the executor
+    knows better than this machine (Slurm tasks with or without GPUs); None: this machine's CUDA."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: a run config must be a mapping, got {type(raw).__name__}")
     method_name, method_options = _split_method(raw, where)
     cls = method_class(method_name, where)
-    top = {k: v for k, v in raw.items() if k not in ("method", "optim", "fast")}
+    top = {k: v for k, v in raw.items() if k not in ("method", "optim", "fast", "resolved_precision")}
     if "dataset" not in top:
         raise ConfigError(f"{where}: 'dataset' is required")
     run = build(RunConfig, top, where)
@@ -243,8 +258,10 @@ def resolve(raw: Mapping[str, Any], where: str) -> ResolvedRun:
         cls.check_run(run, method_config)
     except ValueError as err:
         raise ConfigError(f"{where}: impossible combination: {err}") from None
+    precision = _resolve_precision(cls, run, compute_device, where)
     config = to_dict(run)
     config["backbone"], config["pretrained"] = source.name, source.pretrained
+    config["resolved_precision"] = {"train": precision.train, "eval": precision.eval}
     config = {"method": {"name": method_name, **to_dict(method_config), **_checkpoint(raw, where)}, **config,
               "optim": to_dict(optim), "fast": to_dict(fast)}
     return ResolvedRun(run, method_name, method_config, optim, config, run_id_of(config), fast)
@@ -265,6 +282,19 @@ def _checkpoint(raw: Mapping[str, Any], where: str) -> dict[str, str]:
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return {"checkpoint": str(Path(path).expanduser().resolve()), "checkpoint_sha256": digest}
+
+
+def _resolve_precision(cls: type, run: RunConfig, compute_device: str | None, where: str) -> Any:
+    """The run's :class:`~frozen_clip.precision.ResolvedPrecision`; pure fp16 only for a method whose official code
+    runs in it (the others create fp32 parameters that a half model cannot take)."""
+    from frozen_clip.precision import device_kind, resolve_precision
+    official = cls.info.precision
+    resolved = resolve_precision(run.precision, device_kind(run.device, compute_device), official)
+    if resolved.half_model and "fp16" not in (official.train, official.eval):
+        raise ConfigError(f"{where}: precision: fp16 (pure fp16) is for methods whose official code runs in it "
+                          f"(CoOp, CoCoOp, MaPLe, zero-shot, Tip-Adapter); {cls.info.name}'s runs in "
+                          f"{official.train} (evaluated in {official.eval}): use amp_fp16, amp_bf16 or fp32")
+    return resolved
 
 
 def _check_capabilities(cls: type, run: RunConfig, where: str) -> None:

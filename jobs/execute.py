@@ -48,7 +48,7 @@ from frozen_clip.trainer import FitResult, Trainer, peak_memory_mb
 from frozen_clip.transforms import test_spec, train_spec
 from jobs.config import ResolvedRun, method_class, run_label
 from jobs.data import Manifests, cache_dir, resolve_data_root
-from jobs.environment import environment, make_deterministic, pick_device, resolve_precision
+from jobs.environment import environment, make_deterministic, pick_device, run_precision
 from jobs.evaluation import evaluate, summarize
 from jobs.inputs import write_inputs
 from jobs.runfolder import SCHEMA_VERSION, code_version, git_sha, run_dir, write_config, write_record
@@ -131,9 +131,12 @@ class RunExecution:
         run = self.resolved.run
         t0 = time.perf_counter()
         device = pick_device(run.device)
-        precision = resolve_precision(run.precision, device)
+        official = method_class(self.resolved.method_name, "run").info.precision
+        precision = run_precision(self.resolved.config, official, device)
         if run.deterministic:
             make_deterministic()
+        else:  # the official code's setting (CoOp train.py:135-136): cuDNN autotunes its kernels
+            torch.backends.cudnn.benchmark = True
         manifests = Manifests(self.resolved, resolve_data_root(run.data_root))
         manifests.preflight()
         self.log(f"fit split {manifests.fit.dataset}/{manifests.fit.subsample}: {len(manifests.fit.train)} train, "
@@ -145,8 +148,11 @@ class RunExecution:
                      "the shots per class (shots_per_class)")
         seed_everything(derive_seed("build", run.seed))
         clip = load_backbone(run.backbone, run.pretrained, device)
+        if precision.half_model:  # pure fp16 (Dassl's PREC "fp16"): the frozen model and what is built in its dtype
+            clip = clip.half()
         method = self._build_method(clip, manifests.fit)
-        trainer = Trainer(method, self.resolved.optim, seed=run.seed, device=device, precision=precision,
+        trainer = Trainer(method, self.resolved.optim, seed=run.seed, device=device, precision=precision.train,
+                          eval_precision=precision.eval,
                           checkpoint_dir=self.folder / "checkpoints", num_workers=run.num_workers, log=self.log,
                           fast=self.fast)
         features = FeatureAccess(clip, cache_dir(self.resolved) / "features", device, self.resolved.optim,
@@ -171,7 +177,7 @@ class RunExecution:
                          "time_train_s": round(train_time, 3), "time_eval_s": round(t3 - t2, 3),
                          "images_per_s": round(fit.images_seen / train_time, 2) if fit.images_seen else None,
                          "peak_memory_mb": round(peak_memory_mb(device), 1),
-                         **self._flop_cost(fit, train_time, device, precision),
+                         **self._flop_cost(fit, train_time, device, precision.train),
                          "resumed_from_epoch": fit.resumed_from_epoch,
                          "trained_on_cached_features": fit.trained_on_features,
                          **features.counters(),
@@ -184,7 +190,7 @@ class RunExecution:
                 "splits": {name: {"dataset": m.dataset, "subsample": m.subsample, "manifest": m.content_hash}
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
                 "shots_per_class": shots,
-                "env": environment(device, precision, git_sha(), self.code)}
+                "env": environment(device, precision, git_sha(), self.code, official)}
 
     def _build_method(self, clip: FrozenCLIP, fit: SplitManifest) -> Method:
         run = self.resolved.run

@@ -189,6 +189,17 @@ def load_grid(path: str | Path, overrides: Mapping[str, Any] | None = None,
     return resolve_plan(expand_grid(path, overrides, executor_kind))
 
 
+def executor_compute_device(executor: Mapping[str, Any]) -> str | None:
+    """What runs with ``device: auto`` compute on under the grid file's ``executor:`` block: a Slurm block requesting
+    GPUs (``gpus_per_node`` > 0) gives ``cuda``, one requesting none ``cpu``; other executors run on this machine
+    (None). Read from the file only, so a launch and a later ``--status`` resolve the same run ids; a run that lands
+    on another device kind than its id says fails with the fix (``device: cuda``), never silently."""
+    if executor.get("kind") != "slurm":
+        return None
+    gpus = executor.get("gpus_per_node") or 0
+    return "cuda" if isinstance(gpus, int) and gpus > 0 else "cpu"
+
+
 def resolve_plan(plan: GridPlan) -> Grid:
     """Resolve every run of ``plan`` (deduplicated by run id, in expansion order). Every run is checked before
     anything is raised: the problems of the whole grid come in one :class:`ConfigError`
@@ -198,9 +209,10 @@ def resolve_plan(plan: GridPlan) -> Grid:
     seen: set[str] = set()
     raw_ids = []
     problems: list[tuple[str, ConfigError]] = []
+    compute_device = executor_compute_device(plan.executor)
     for raw_run in plan.raws:
         try:
-            resolved = resolve(raw_run.raw, raw_run.where)
+            resolved = resolve(raw_run.raw, raw_run.where, compute_device)
         except ConfigError as err:
             problems.append((raw_run.where, err))
             continue

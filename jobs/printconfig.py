@@ -53,7 +53,14 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
     recipe = cls.recipe_settings(run.protocol, run.dataset, run.shots, resolved.method_config)
     method_meta = _option_sources(cls.Config)
 
+    official = cls.info.precision
+    official_text = official.train if official.train == official.eval else \
+        f"{official.train}, evaluated in {official.eval}"
+
     def origin(dotted: str) -> str:
+        if dotted.startswith("resolved_precision."):
+            return (f"resolved from precision {run.precision!r} for the device the run computes on (the official "
+                    f"precision on CUDA: {official_text}; fp32 on a CPU)")
         if dotted in from_command_line:
             return "command line"
         if dotted in given:
@@ -79,7 +86,8 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
             lines += [f"  {sub}: {_value(v)}  # {origin(f'{key}.{sub}')}{effective(key, sub)}"
                       for sub, v in value.items()]
         else:
-            note = " (fp32 on CPU, amp_fp16 on CUDA)" if key == "precision" and value == "auto" else ""
+            note = (f" (the official {official_text} on CUDA: {official.source}; fp32 on a CPU)"
+                    if key == "precision" and value == "auto" else "")
             lines.append(f"{key}: {_value(value)}  # {origin(key)}{note}")
     return "\n".join(lines)
 
