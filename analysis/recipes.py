@@ -165,9 +165,10 @@ SHARED_RUN_ROWS = (
         "distributions are the same", "suite"),
     Row("run setting", "cuDNN", "deterministic (deterministic: true)", "",
         "the same kernels every run; CoOp train.py:135-136 sets cudnn.benchmark = True: deterministic: false", "suite"),
-    Row("run setting", "ImageNet few-shot draw", "files in sorted order", "",
-        "Dassl draws from os.listdir order (dassl/utils/tools.py:135-145, sort=False), which depends on the file "
-        "system, so no order reproduces it everywhere; other datasets draw from their split files exactly", "suite"),
+    Row("run setting", "ImageNet few-shot draw", "files in sorted order (sampling: dassl)", "",
+        "the same lists on every machine; Dassl draws from os.listdir order (dassl/utils/tools.py:135-145, "
+        "sort=False), which depends on the file system: sampling: dassl_listdir; the other datasets draw from their "
+        "split files exactly either way", "suite"),
     Row("run setting", "evaluated model", "the last epoch", "",
         "Dassl dassl/config/defaults.py TEST.FINAL_MODEL last_step; base-to-novel novel classes with --load-epoch "
         "<last>", "official"),

@@ -22,7 +22,9 @@ the recipe therefore sets ``optim.epochs = 0`` and the fine-tuning settings live
 
 **Hyper-parameter search** (``utils.search_hp``): ``beta_i = 0.1 + i (s0 - 0.1) / 200``, ``alpha_j = 0.1 + j
 (s1 - 0.1) / 20``, beta outer loop, alpha inner, the first strict maximum of accuracy wins (starting from accuracy 0
-and (0, 0)). **The suite searches on the ``min(k, 4)``-shot validation split only.** The official code does not:
+and (0, 0)). **By default the suite searches on the ``min(k, 4)``-shot validation split** that the few-shot protocol
+gives every method; the official ``main.py:47`` searches the dataset's whole val split (``search_data: full_val``,
+which reads it: more labelled images than the protocol's shots). The official code also selects on test:
 ``main.py`` keeps Tip-Adapter-F's best-on-*test* epoch and prints ``max(best test acc, searched acc)``
 (gaopengcuhk/Tip-Adapter#11), and ``main_imagenet.py`` runs the alpha/beta search itself on the *test* features.
 By default Tip-Adapter-F keeps the last epoch (``epoch_selection: last``) or the best epoch on val (``val``), and
@@ -32,8 +34,7 @@ which). The official choices are named options that select on test (the record's
 true): ``epoch_selection: best_on_test`` keeps the best epoch on test and, after the val search, the alpha/beta of
 the two (initial, searched) that score higher on test, which is ``main.py``'s reported ``max``;
 ``search_without_val: on_test`` searches alpha/beta on the test features where there is no val split, as
-``main_imagenet.py`` does. (The official search reads the dataset's full val split; the suite's few-shot protocol
-has the ``min(k, 4)``-shot one only.)
+``main_imagenet.py`` does.
 Fast path (``batched_search``, exact, not hashed): the logits of all alphas of one beta are formed in one batch
 (:func:`search_hp`; the official double loop is :func:`search_hp_loop`, same result, ~5x slower).
 
@@ -104,10 +105,7 @@ class TipAdapterConfig:
         (0.5, 1.0), "RandomResizedCrop scale of the cache/training passes (main.py)")
     init_beta: float = option(1.0, "configs: init_beta (all datasets)")
     init_alpha: float | None = option(None, "configs: init_alpha")
-    search_hp: bool = option(
-        True, "configs: search_hp; on the min(k, 4)-shot val split the protocol gives every method (official "
-              "main.py:47 searches the dataset's full val split, which the few-shot protocol does not hand out)",
-        kind="suite")
+    search_hp: bool = option(True, "configs: search_hp (on the split search_data names)")
     search_scale: tuple[float, float] | None = option(None, "configs: search_scale [beta, alpha]")
     search_step: tuple[int, int] = option((200, 20), "configs: search_step [beta, alpha]")
     train_epoch: int | None = option(None, "configs: train_epoch (Tip-Adapter-F)")
@@ -121,6 +119,12 @@ class TipAdapterConfig:
         values={"last": "last epoch", "val": "best on val", "best_on_test": "best on test (official)"},
         value_notes={"best_on_test": "Tip-Adapter-F's epoch (and whether the searched alpha/beta replace the "
                                      "initial ones) is chosen on the test set, as the official code reports."})
+    search_data: Literal["fewshot_val", "full_val"] = option(
+        "fewshot_val", "the min(k, 4)-shot val split every method gets (official main.py:47 searches the dataset's "
+                       "whole val split: full_val)", kind="suite", display="search data",
+        values={"fewshot_val": "few-shot val", "full_val": "full val (official)"},
+        value_notes={"full_val": "Tip-Adapter's alpha/beta are searched on the dataset's whole validation split, as "
+                                 "the official code does (more labelled images than the few-shot protocol gives)."})
     search_without_val: Literal["none", "on_test"] = option(
         "none", "test-clean: no search without a val split (official main_imagenet.py:43,110 searches on test: "
                 "on_test)", kind="suite", display="search without val",
@@ -322,12 +326,21 @@ class TipAdapter(FeatureMethod):
         if self.config.finetune:
             self._make_adapter()
             self._finetune(data, val_feats, val_labels, test if best_on_test else None)
-        if len(val_labels) == 0 and test is not None and self.hp.search_without_val == "on_test":
+        search_feats, search_labels, search_split = val_feats, val_labels, "val"
+        if self.hp.search_data == "full_val":
+            full_feats, search_labels = data.features("val_full")
+            search_feats, search_labels, search_split = normalize(full_feats.to(device)), search_labels.to(device), \
+                "val_full"
+        if len(search_labels) == 0 and test is not None and self.hp.search_without_val == "on_test":
             self._search(*test, split="test")
         else:
-            self._search(val_feats, val_labels)
+            self._search(search_feats, search_labels, split=search_split)
         if best_on_test:
             self._keep_the_better_on_test(*test)
+
+    @classmethod
+    def reads_full_val(cls, config: "TipAdapterConfig") -> bool:
+        return config.search_data == "full_val"
 
     @classmethod
     def selects_on_test(cls, config: "TipAdapterConfig") -> bool:

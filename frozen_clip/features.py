@@ -533,14 +533,17 @@ class FeatureAccess:
             return {"features": torch.zeros(0, self.clip.embed_dim), "labels": torch.zeros(0, dtype=torch.long)}
         return {"features": torch.cat(feats), "labels": torch.cat(labels)}
 
-    def fit_data(self, manifest: Split, test_allowed: bool = False) -> FitData:
-        """The :class:`FitData` handed to ``prepare_fit``: train and val, and test only when ``test_allowed`` (a
-        method option that selects on test, ``Method.selects_on_test``)."""
-        readable = ("train", "val", "test") if test_allowed else ("train", "val")
+    def fit_data(self, manifest: Split, test_allowed: bool = False, full_val: Split | None = None) -> FitData:
+        """The :class:`FitData` handed to ``prepare_fit``: train and val, test only when ``test_allowed`` (a method
+        option that selects on test, ``Method.selects_on_test``), and ``val_full`` (``full_val``'s val split: the
+        dataset's whole val split) when given."""
+        readable = ("train", "val", *(("test",) if test_allowed else ()), *(("val_full",) if full_val else ()))
 
         def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
             if split not in readable:
                 raise ValueError(f"prepare_fit may only read {'/'.join(readable)}, not {split!r}")
+            if split == "val_full":
+                return self.split_features(full_val, "val")
             return self.split_features(manifest, split)
 
         def augmented(split: str, view: int, rrc_scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,7 +58,8 @@ class FitData:
     """Access to the few-shot training data for ``prepare_fit`` (features are computed and cached by the runner).
 
     ``features(split)`` returns ``(features [N, E], labels [N])`` of ``split`` ("train" or "val"; "test" only for a
-    method whose config :meth:`Method.selects_on_test`) under the test transform; ``augmented_features(split, view,
+    method whose config :meth:`Method.selects_on_test`, "val_full", the dataset's whole val split, only for one that
+    :meth:`Method.reads_full_val`) under the test transform; ``augmented_features(split, view,
     rrc_scale)`` those of the ``view``-th augmented pass of "train" or "val".
     """
 
@@ -120,6 +121,13 @@ class Method(nn.Module):
         reports numbers with (Tip-Adapter-F's best epoch on test, the linear probe's C on ImageNet's test images),
         offered as a named option, never a default. The runner hands the test features to ``prepare_fit`` only then,
         and the record says so (``selected_on_test``). Default: never."""
+        return False
+
+    @classmethod
+    def reads_full_val(cls, config: Any) -> bool:
+        """Whether ``prepare_fit`` reads the fit dataset's whole val split (``FitData.features("val_full")``), not
+        only the protocol's few-shot val (Tip-Adapter's ``search_data: full_val``, as its official search). Default:
+        never."""
         return False
 
     @classmethod

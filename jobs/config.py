@@ -48,7 +48,9 @@ class RunConfig:
     targets: tuple[str, ...] = ()  # cross_dataset / domain_generalization targets (default: the protocol's)
     shots: int = 16
     seed: int = 1
-    sampling: Literal["dassl", "local"] = "dassl"
+    # dassl: Dassl's few-shot draw (ImageNet's files sorted); dassl_listdir: the same with ImageNet's files in
+    # os.listdir order, as Dassl reads them (the same draws as Dassl's on the same file system only)
+    sampling: Literal["dassl", "local", "dassl_listdir"] = "dassl"
     # auto: the method's official precision on CUDA (MethodInfo.precision), fp32 on a CPU (frozen_clip/precision.py)
     precision: Literal["auto", "fp32", "amp_fp16", "amp_bf16", "fp16"] = "auto"
     deterministic: bool = True  # cuDNN deterministic, no autotuning; false: cudnn.benchmark as the official code

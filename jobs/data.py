@@ -40,14 +40,26 @@ class Manifests:
         self.ledger = cache / LEDGER_NAME
         self.fit = build_manifest(self.plan.fit_dataset, data_root, run.shots, run.seed, self.plan.fit_subsample,
                                   run.sampling, cache)
+        #: the fit dataset's whole val split (no few-shot draw), built for a method that asks for it
+        #: (:meth:`request_full_val`)
+        self.full_val: SplitManifest | None = None
+        self._full = lambda: build_manifest(self.plan.fit_dataset, data_root, 0, run.seed, self.plan.fit_subsample,
+                                            run.sampling, cache)
         self.evals: dict[str, SplitManifest] = {}
         for split in self.plan.evals:
             shots = run.shots if split.dataset == self.plan.fit_dataset else 0
             self.evals[split.name] = build_manifest(split.dataset, data_root, shots, run.seed, split.subsample,
                                                     run.sampling, cache)
 
+    def request_full_val(self) -> SplitManifest:
+        """Build :attr:`full_val` (the fit classes' whole val split, e.g. for Tip-Adapter's official alpha/beta
+        search); its images are preflighted with the others."""
+        if self.full_val is None:
+            self.full_val = self._full()
+        return self.full_val
+
     def all(self) -> list[SplitManifest]:
-        return [self.fit, *self.evals.values()]
+        return [self.fit, *self.evals.values(), *([self.full_val] if self.full_val is not None else [])]
 
     def preflight(self) -> None:
         """Every image referenced exists and decodes; raises one :class:`DataError` listing the problems.

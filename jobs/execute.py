@@ -131,13 +131,16 @@ class RunExecution:
         run = self.resolved.run
         t0 = time.perf_counter()
         device = pick_device(run.device)
-        official = method_class(self.resolved.method_name, "run").info.precision
+        cls = method_class(self.resolved.method_name, "run")
+        official = cls.info.precision
         precision = run_precision(self.resolved.config, official, device)
         if run.deterministic:
             make_deterministic()
         else:  # the official code's setting (CoOp train.py:135-136): cuDNN autotunes its kernels
             torch.backends.cudnn.benchmark = True
         manifests = Manifests(self.resolved, resolve_data_root(run.data_root))
+        if cls.reads_full_val(self.resolved.method_config):
+            manifests.request_full_val()
         manifests.preflight()
         self.log(f"fit split {manifests.fit.dataset}/{manifests.fit.subsample}: {len(manifests.fit.train)} train, "
                  f"{len(manifests.fit.val)} val, {len(manifests.fit.classnames)} classes")
@@ -158,7 +161,7 @@ class RunExecution:
         features = FeatureAccess(clip, cache_dir(self.resolved) / "features", device, self.resolved.optim,
                                  self.fast, self.images)
         selects_on_test = type(method).selects_on_test(method.config)
-        method.prepare_fit(features.fit_data(manifests.fit, test_allowed=selects_on_test))
+        method.prepare_fit(features.fit_data(manifests.fit, test_allowed=selects_on_test, full_val=manifests.full_val))
         checkpoint = self._load_checkpoint(method)
         t1 = time.perf_counter()
         feature_views = features.training_views(manifests.fit) if self.fast.feature_training_for(method) else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from frozen_clip.errors import ConfigError, DataError
 
 LAYOUTS = ("json", "fgvc_txt", "imagenet", "imagenet_variant")
 FOLDER_LABELS = ("sorted", "numeric")
+FILE_ORDERS = ("sorted", "listdir")  # how ImageNet's class folders list their files (load_splits)
 CLASSNAMES_FILE = "classnames.txt"
 WORLD_PREFIX = "world_"
 WORLD_MODULE = "world.generate"
@@ -124,7 +126,7 @@ _BUILTIN_SPECS: tuple[DatasetSpec, ...] = (
                 has_val=False,
                 notes=f"train = images/train, test = images/val (official val); no val split; {_IMAGENET_NOTE}; "
                       "files listed in sorted order (Dassl uses os.listdir order, so ImageNet draws are not "
-                      "bit-exact with Dassl's)"),
+                      "bit-exact with Dassl's; sampling: dassl_listdir lists them in os.listdir order)"),
     DatasetSpec("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
                 "json", "a photo of a {}.", 100,
                 notes="BACKGROUND_Google and Faces_easy ignored; airplanes->airplane, Faces->face, "
@@ -290,8 +292,12 @@ def _checksum(spec: DatasetSpec, folder: Path) -> str | None:
     return found
 
 
-def load_splits(key_or_spec: str | DatasetSpec, data_root: str | Path) -> DatasetSplits:
+def load_splits(key_or_spec: str | DatasetSpec, data_root: str | Path, file_order: str = "sorted") -> DatasetSplits:
     """Read the full train/val/test lists of a dataset from ``data_root`` (CoOp layout, read-only, no images opened).
+
+    ``file_order`` applies to ImageNet's folder layout: ``sorted`` (the default: the same lists on every machine) or
+    ``listdir`` (the order ``os.listdir`` gives, which Dassl's ``listdir_nohidden(sort=False)`` reads and draws
+    from: reproduces Dassl's ImageNet draws on the same file system only).
 
     Raises:
         ConfigError: unknown dataset key.
@@ -302,8 +308,11 @@ def load_splits(key_or_spec: str | DatasetSpec, data_root: str | Path) -> Datase
     spec = resolve_spec(key_or_spec)
     folder = dataset_dir(spec, data_root)
     root = image_root(spec, data_root)
+    if file_order not in FILE_ORDERS:
+        raise ConfigError(f"file_order must be one of {list(FILE_ORDERS)}, got {file_order!r}")
     readers = {"json": _read_json_layout, "fgvc_txt": _read_fgvc_layout,
-               "imagenet": _read_imagenet_layout, "imagenet_variant": _read_variant_layout}
+               "imagenet": functools.partial(_read_imagenet_layout, file_order=file_order),
+               "imagenet_variant": _read_variant_layout}
     train, val, test, classnames = readers[spec.layout](spec, folder, root)
     return DatasetSplits(spec, root, tuple(train), tuple(val), tuple(test), tuple(classnames),
                          _checksum(spec, folder))
@@ -430,12 +439,14 @@ def _read_classnames_file(path: Path) -> dict[str, str]:
 
 
 def _folder_items(root: Path, sub: str, folders: Sequence[str], labels: Sequence[int],
-                  names: Sequence[str]) -> list[Item]:
-    """Items of each class folder ``root/sub/folder`` (files in sorted order), paths relative to ``root``."""
+                  names: Sequence[str], file_order: str = "sorted") -> list[Item]:
+    """Items of each class folder ``root/sub/folder`` (files in sorted order, or with ``file_order: listdir`` in the
+    order the file system lists them, as Dassl reads them), paths relative to ``root``."""
     items = []
     for folder, label, name in zip(folders, labels, names):
         prefix = f"{sub}/{folder}" if sub else folder
-        files = _visible([e.name for e in _scan(root / prefix) if e.is_file()])
+        listed = [e.name for e in _scan(root / prefix) if e.is_file()]  # os.scandir: os.listdir's order
+        files = _visible(listed) if file_order == "sorted" else [f for f in listed if not f.startswith(".")]
         items.extend(Item(f"{prefix}/{f}", label, name) for f in files)
     return items
 
@@ -447,7 +458,7 @@ def _names_for(folders: Sequence[str], names: dict[str, str], path: Path) -> lis
     return [names[f] for f in folders]
 
 
-def _read_imagenet_layout(spec: DatasetSpec, folder: Path, root: Path) -> _Lists:
+def _read_imagenet_layout(spec: DatasetSpec, folder: Path, root: Path, file_order: str = "sorted") -> _Lists:
     names_path = folder / CLASSNAMES_FILE
     folders = _class_folders(root / "train")
     test_folders = _class_folders(root / "val")
@@ -456,8 +467,8 @@ def _read_imagenet_layout(spec: DatasetSpec, folder: Path, root: Path) -> _Lists
                         f"({len(folders)} vs {len(test_folders)}); expected the same wnids")
     classnames = _names_for(folders, _read_classnames_file(names_path), names_path)
     labels = range(len(folders))
-    train = _folder_items(root, "train", folders, labels, classnames)
-    test = _folder_items(root, "val", folders, labels, classnames)
+    train = _folder_items(root, "train", folders, labels, classnames, file_order)
+    test = _folder_items(root, "val", folders, labels, classnames, file_order)
     return train, [], test, classnames
 
 

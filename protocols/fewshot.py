@@ -17,7 +17,8 @@ from typing import Sequence
 from frozen_clip.errors import ConfigError, DataError
 from protocols.datasets import DatasetSplits, Item
 
-SAMPLING_MODES = ("dassl", "local")
+#: ``dassl_listdir``: Dassl's draw with ImageNet's files in ``os.listdir`` order (as Dassl reads them)
+SAMPLING_MODES = ("dassl", "local", "dassl_listdir")
 SUBSAMPLES = ("all", "base", "new")
 MAX_VAL_SHOTS = 4  # CoOp datasets draw min(k, 4) validation shots per class
 
@@ -54,7 +55,9 @@ def sample_fewshot(splits: DatasetSplits, shots: int, seed: int,
                    mode: str = "dassl") -> tuple[tuple[Item, ...], tuple[Item, ...]]:
     """The ``shots``-shot (train, val) lists of ``splits`` for split seed ``seed``.
 
-    ``dassl``: one ``random.Random(seed)`` stream, train drawn first with ``shots`` then val with ``min(shots, 4)``;
+    ``dassl`` (and ``dassl_listdir``, whose lists differ only in ImageNet's file order, see
+    :func:`~protocols.datasets.load_splits`): one ``random.Random(seed)`` stream, train drawn first with ``shots``
+    then val with ``min(shots, 4)``;
     datasets without a val split (ImageNet family) draw train only and return an empty val. ``local``: train and
     val each from their own RNG keyed by (dataset key, shots, seed). ``shots == 0`` returns the full lists.
     """
@@ -66,7 +69,7 @@ def sample_fewshot(splits: DatasetSplits, shots: int, seed: int,
         return splits.train, splits.val
     if not splits.train:
         raise DataError(f"dataset {splits.spec.key!r} has no train split to draw {shots} shots from")
-    if mode == "dassl":
+    if mode in ("dassl", "dassl_listdir"):
         train_rng = val_rng = random.Random(seed)
     else:
         train_rng = _local_rng(splits.spec.key, shots, seed, "train")

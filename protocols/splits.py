@@ -94,7 +94,7 @@ def build_manifest(dataset: str | DatasetSpec, data_root: str | Path, shots: int
     """
     spec = resolve_spec(dataset)
     _check_not_inside(Path(cache_dir), Path(data_root))
-    splits = load_splits(spec, data_root)
+    splits = load_splits(spec, data_root, "listdir" if sampling == "dassl_listdir" else "sorted")
     train, val = sample_fewshot(splits, shots, seed, sampling)
     train_s, val_s, test_s = subsample_classes(train, val, splits.test, subsample)
     manifest = SplitManifest(

@@ -188,6 +188,30 @@ def test_imagenet_layout_sorted_wnids_no_val(tmp_path: Path) -> None:
     assert splits.image_root == tmp_path.absolute() / "imagenet" / "images"
 
 
+def test_imagenet_listdir_order_is_the_file_systems(tmp_path: Path) -> None:
+    """``file_order: listdir`` lists each class folder's files as os.listdir does (Dassl's order), hidden files left
+    out; ``sampling: dassl_listdir`` draws from those lists with Dassl's RNG stream."""
+    import os
+
+    from protocols.fewshot import sample_fewshot
+    make_imagenet(tmp_path)
+    for wnid in ("n01", "n02", "n03"):  # enough files that a listing order other than sorted would show
+        for i in range(12):
+            touch(tmp_path / "imagenet" / "images" / "train" / wnid / f"{wnid}_{(i * 7) % 12:02d}.JPEG")
+    listed = load_splits("imagenet", tmp_path, "listdir")
+    for wnid, label in (("n01", 0), ("n02", 1), ("n03", 2)):
+        folder = tmp_path / "imagenet" / "images" / "train" / wnid
+        expected = [f"train/{wnid}/{f}" for f in os.listdir(folder) if not f.startswith(".")]
+        assert [it.path for it in listed.train if it.label == label] == expected
+    ordered = load_splits("imagenet", tmp_path)
+    assert set(listed.train) == set(ordered.train)
+    assert [it.path for it in ordered.train] == sorted(it.path for it in ordered.train)
+    draw, _ = sample_fewshot(listed, 2, 1, "dassl_listdir")
+    assert draw == sample_fewshot(listed, 2, 1, "dassl")[0]  # the same RNG stream as dassl, on the listdir lists
+    with pytest.raises(ConfigError, match="file_order must be one of"):
+        load_splits("imagenet", tmp_path, "random")
+
+
 def test_imagenet_errors_name_the_file(tmp_path: Path) -> None:
     make_imagenet(tmp_path)
     names = tmp_path / "imagenet" / "classnames.txt"

@@ -164,6 +164,20 @@ def test_best_on_test_keeps_the_best_test_epoch_and_the_better_alpha_beta(tiny_c
     assert final == pytest.approx(max(chosen["initial_test_acc"], chosen["searched_test_acc"]))
 
 
+def test_full_val_search_reads_the_whole_val_split(tiny_clip, golden):
+    tensors, _meta = golden
+    method = make(tiny_clip, golden, augment_epoch=3, search_data="full_val")
+    assert TipAdapter.reads_full_val(method.config) and not TipAdapter.reads_full_val(TipAdapterConfig())
+    requested: list = []
+    data = fixture_fit_data(tensors, requested)
+    few = data.features
+    data.features = lambda split: (tensors["test.features_in"], tensors["test.labels"]) if split == "val_full" \
+        else few(split)  # the fixture's test features stand in for a larger val split
+    method.prepare_fit(data)
+    assert method.search_outcome["split"] == "val_full"
+    assert method.search_outcome["n_val_full"] == len(tensors["test.labels"]) != len(tensors["val.labels"])
+
+
 def test_search_without_val_on_test_searches_the_test_features(tiny_clip, golden):
     tensors, _meta = golden
     method = make(tiny_clip, golden, augment_epoch=3, search_without_val="on_test")
@@ -216,6 +230,18 @@ def test_end_to_end(data_root, tmp_path, finetune):
     # cache views 0..1 (+ one training view) and val/test features all went through the runner's feature cache
     assert record["cost"]["feature_cache"]["misses"] == (4 if finetune else 3) + 1
     assert record["selected_on_test"] is False
+
+
+def test_full_val_run_searches_on_the_datasets_whole_val_split(data_root, tmp_path):
+    from jobs.config import resolve
+    method = {"name": "tip_adapter", "augment_epoch": 2, "search_data": "full_val"}
+    cfg = base_run(data_root, tmp_path / "res", method=method, protocol="fewshot", shots=1)
+    del cfg["optim"]
+    record = execute_resolved(resolve(cfg, "test"))
+    search = record["method_report"]["search"]
+    from protocols.splits import build_manifest
+    full = build_manifest("oxford_pets", data_root, 0, 1, "all", "dassl", tmp_path / "m")
+    assert search["split"] == "val_full" and search["n_val_full"] == len(full.val) > 6  # 1 shot: 6 few-shot val
 
 
 def test_best_on_test_run_reads_the_test_split_and_says_so(data_root, tmp_path):
