@@ -123,10 +123,15 @@ class HeBAConfig:
     cls_passthrough: bool = option(
         True, "heba.py L229-248: CLS skips the image adapters (false needs visual_adapter linear)")
     ctx_init: str = option("a photo of a", "TEXT_CTX_INIT")
-    prompts: Literal["fallback", "cupl"] = option("fallback", "effective official behaviour: the fallback prompt")
+    prompts: Literal["fallback", "cupl"] = option(
+        "fallback", "trainers/heba.py:171,176: the fallback prompt, the CuPL loader returning nothing "
+                    "(trainers/gpt3_prompts.py:4,10); the paper and README describe CuPL descriptions: cupl",
+        values={"fallback": "fallback prompt (code)", "cupl": "CuPL descriptions (paper)"})
     cupl_file: str | None = option(None, "JSON {classname: [descriptions]}, required by prompts: cupl")
     novel_scale: float | None = option(
-        None, "None = official (ADAPTER_SCALE_NOVEL is dead); float = paper's intent", kind="paper")
+        None, "trainers/heba.py:154,200-202: novel classes get the base scale (use_novel_scale is hard-coded False); "
+              "the README passes ADAPTER_SCALE_NOVEL 0.010 (README.md:80): novel_scale: 0.010",
+        values={None: "base scale (code)"})
     truncate_text: bool = option(
         True, "exact fast path; never applied with text_adapter conv1d (module docstring)", kind="suite",
         fast_path_off=False)

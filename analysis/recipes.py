@@ -169,6 +169,9 @@ SHARED_RUN_ROWS = (
         "the same lists on every machine; Dassl draws from os.listdir order (dassl/utils/tools.py:135-145, "
         "sort=False), which depends on the file system: sampling: dassl_listdir; the other datasets draw from their "
         "split files exactly either way", "suite"),
+    Row("run setting", "cross-dataset / DG target prompts", "the target dataset's own template", "",
+        "CoOp trainers/zsclip.py:42 (the eval-only run sets DATASET.NAME to the target), CLIP-Adapter "
+        "clip_adapter.py:80", "official"),
     Row("run setting", "evaluated model", "the last epoch", "",
         "Dassl dassl/config/defaults.py TEST.FINAL_MODEL last_step; base-to-novel novel classes with --load-epoch "
         "<last>", "official"),
