@@ -58,6 +58,8 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
         f"{official.train}, evaluated in {official.eval}"
 
     def origin(dotted: str) -> str:
+        if dotted == "method.checkpoint_sha256":
+            return "computed from the checkpoint file (the run id hashes it, not the file's path)"
         if dotted.startswith("resolved_precision."):
             return (f"resolved from precision {run.precision!r} for the device the run computes on (the official "
                     f"precision on CUDA: {official_text}; fp32 on a CPU)")
