@@ -158,6 +158,7 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.num_workers = num_workers
         self.log = log
+        self._epochs, self._first_epoch = optim.epochs, 1  # set by fit (epochs of the fit, resumed or not)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.fast = fast or FastPaths()
         self._source: BatchSource | None = None  # chosen by fit
@@ -226,6 +227,7 @@ class Trainer:
         start_epoch, iteration = self._resume(optimizer, scaler, result)
         self._source.prefetch(sorted({self.fast.view_of_epoch(e) for e in range(start_epoch + 1, epochs + 1)}))
         total = self.total_iterations(len(train_set))
+        self._epochs, self._first_epoch = epochs, start_epoch + 1
         saved_at, save_cost = time.perf_counter(), None
         for epoch in range(start_epoch + 1, epochs + 1):
             iteration = self._epoch(epoch, iteration, total, optimizer, scaler, result)
@@ -238,6 +240,17 @@ class Trainer:
             if last:
                 break
         return result
+
+    def _eta(self, epoch: int, result: FitResult) -> str:
+        """``, ETA 1m05s`` for the epochs left at the mean time of this fit's epochs so far ("" after the last)."""
+        left = self._epochs - epoch
+        done = [entry["time_s"] for entry in result.history if entry["epoch"] >= self._first_epoch]
+        if left <= 0 or not done:
+            return ""
+        seconds = round(left * sum(done) / len(done))
+        if seconds < 1:
+            return ""
+        return f", ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f", ETA {seconds}s"
 
     def _epoch(self, epoch: int, iteration: int, total: int, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, result: FitResult) -> int:
@@ -270,7 +283,8 @@ class Trainer:
         entry = {"epoch": epoch, "lr": lr, "loss": means.pop("loss", float("nan")), "aux": means,
                  "iterations": iteration, "time_s": round(elapsed, 4)}
         result.history.append(entry)
-        self.log(f"epoch {epoch}: loss {entry['loss']:.4f} lr {lr:.3g} ({elapsed:.1f}s)")
+        self.log(f"epoch {epoch}/{self._epochs}: loss {entry['loss']:.4f} lr {lr:.3g} ({elapsed:.1f}s"
+                 f"{self._eta(epoch, result)})")
         return iteration
 
     def batch_source(self, train_set: Dataset, feature_views: FeatureViews | None = None) -> BatchSource:

@@ -145,24 +145,6 @@ def test_recipe(data_root, tmp_path):
     assert optim.last_batch == "keep"  # the official loader keeps the last partial batch (datasets/utils.py)
 
 
-@pytest.mark.parametrize("last_batch,sizes", [("keep", [4, 4, 2]), ("drop", [4, 4])])
-def test_the_last_partial_batch_is_kept_or_dropped(tiny_clip, last_batch, sizes):
-    from torch.utils.data import TensorDataset
-
-    from frozen_clip.optim import OptimConfig
-    from frozen_clip.trainer import Trainer
-    method = CLIPLoRA(tiny_clip, CLASSNAMES, CLIPLoRAConfig(), context())
-    optim = OptimConfig(batch_size=4, epochs=3, last_batch=last_batch)
-    trainer = Trainer(method, optim, seed=1, device=torch.device("cpu"), log=lambda _: None)
-    data = TensorDataset(torch.arange(10), torch.zeros(10, dtype=torch.long))
-    batches = list(trainer._loader(data, epoch=1))
-    assert [len(b[0]) for b in batches] == sizes and trainer.batches_per_epoch(10) == len(sizes)
-    assert trainer.total_iterations(10) == 3 * len(sizes)
-    seen = sorted(torch.cat([b[0] for b in batches]).tolist())
-    assert len(seen) == sum(sizes) and (seen == list(range(10))) == (last_batch == "keep")
-    assert trainer.batches_per_epoch(3) == 1  # a set smaller than one batch is one (partial) batch either way
-
-
 def test_two_steps_end_to_end(data_root, tmp_path):
     from jobs.config import resolve
     cfg = base_run(data_root, tmp_path / "res", method="clip_lora", optim={"iterations": 2, "batch_size": 6})
@@ -203,3 +185,4 @@ def test_template_is_the_official_one_on_every_dataset_unless_asked(tiny_clip):
                        tiny_clip.truncate(tiny_clip.tokenize(["a photo of a Abyssinian, a type of pet."])))
     with pytest.raises(ValueError, match="template must hold"):
         CLIPLoRAConfig(template="a photo").validate()
+
