@@ -100,42 +100,52 @@ def _display(dataset: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- ablation
 
-def plot_ablation(table: Table, out_dir: Path, metric: str | None = None) -> list[Path]:
-    """Bars of the metric per configuration (±std over seeds); plus a heatmap when there are two or more axes."""
+def plot_ablation(table: Table, out_dir: Path) -> list[Path]:
+    """One factor of an ablation (a ``study_table``): its levels against the headline metric averaged over the
+    datasets, with a 95% t-interval across seeds, the default level as a filled marker; one column wide (3.25 in)
+    so it is read at paper size. Tables without levels (per-dataset variants) draw nothing."""
     numbers = table.numbers
-    axes_cols = [c for c in numbers.columns if c not in ("dataset", "metric", "mean", "std", "n", "min", "max")]
-    metric = metric or ("hm" if "hm" in set(numbers["metric"]) else
-                        "average" if "average" in set(numbers["metric"]) else numbers["metric"].iloc[0])
-    sub = numbers[numbers["metric"] == metric].copy()
-    sub["config"] = sub[axes_cols].astype(str).apply(
-        lambda r: ", ".join(f"{c}={v}" for c, v in r.items()), axis=1)
-    sub = sub.sort_values(axes_cols, key=lambda s: s.map(_numeric_first))
-    paths = []
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(sub) + 2), 4.2))
-    ax.bar(range(len(sub)), sub["mean"], yerr=sub["std"], capsize=3, color=sns.color_palette("muted")[0])
-    ax.set_xticks(range(len(sub)))
-    ax.set_xticklabels(sub["config"], rotation=35, ha="right", fontsize=8)
-    finite = sub["mean"].dropna()
-    if len(finite):
-        low = float((finite - sub.loc[finite.index, "std"].fillna(0)).min())
-        ax.set_ylim(max(0.0, low - 2.0), min(100.0, float(finite.max() + sub["std"].fillna(0).max()) + 1.0))
-    ax.set_ylabel(f"{_metric_label(metric)} (%)")
-    ax.set_xlabel("Configuration")
-    ax.set_title(table.title)
+    if "level_display" not in numbers.columns:
+        return []
+    metric = "hm" if "hm" in set(numbers["metric"]) else ("average" if "average" in set(numbers["metric"])
+                                                          else numbers["metric"].iloc[0])
+    order = list(dict.fromkeys(table.cells.iloc[:, : table.n_label_cols].astype(str).agg(" / ".join, axis=1)))
+    sub = numbers[numbers["metric"] == metric].set_index("level_display").reindex(order)
+    half = [_t_half_width(std, n) for std, n in zip(sub["std"], sub["n"])]
+    fig, ax = plt.subplots(figsize=(3.25, 2.3))
+    x = np.arange(len(sub))
+    ax.errorbar(x, sub["mean"], yerr=half, fmt="-", color="0.55", ecolor="0.3", capsize=3, linewidth=1)
+    default = np.array(["(" in label and label.endswith(")") for label in sub.index])
+    ax.plot(x[~default], sub["mean"][~default], "o", color="C0", markerfacecolor="white", label="level")
+    ax.plot(x[default], sub["mean"][default], "o", color="C0", label="default")
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(sub.index), fontsize=7, rotation=20 if max(map(len, sub.index)) > 8 else 0,
+                       ha="right" if max(map(len, sub.index)) > 8 else "center")
+    ax.set_xlabel(" / ".join(table.cells.columns[: table.n_label_cols]), fontsize=8)
+    ax.set_ylabel(f"{_metric_label(metric)} (%)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
     ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    paths += save(fig, out_dir, f"{table.name}_bars")
-    if len(axes_cols) >= 2:
-        grid = sub.groupby([axes_cols[0], axes_cols[1]])["mean"].mean().unstack(axes_cols[1])
-        fig, ax = plt.subplots(figsize=(1.6 * grid.shape[1] + 2.5, 0.8 * grid.shape[0] + 1.8))
-        sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis", ax=ax,
-                    cbar_kws={"label": f"{_metric_label(metric)} (%)"})
-        ax.set_title(f"{table.title}" + (" (other axes averaged)" if len(axes_cols) > 2 else ""), fontsize=9)
-        ax.set_xlabel(axes_cols[1])
-        ax.set_ylabel(axes_cols[0])
-        fig.tight_layout()
-        paths += save(fig, out_dir, f"{table.name}_heatmap")
-    return paths
+    return save(fig, out_dir, table.name)
+
+
+def _t_half_width(std: float, n: float) -> float:
+    """Half width of the 95% t-interval of a mean over ``n`` seeds from their population std (0 for one seed)."""
+    if not n or n < 2 or not np.isfinite(std):
+        return 0.0
+    sample_std = std * np.sqrt(n / (n - 1))
+    return float(t_quantile_975(int(n) - 1) * sample_std / np.sqrt(n))
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: tabulated up to 10, beyond that the
+    Cornish-Fisher expansion around the normal quantile (within 0.005 there)."""
+    exact = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    if df in exact:
+        return exact[df]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
 def _numeric_first(value: object) -> tuple:
