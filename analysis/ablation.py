@@ -131,13 +131,23 @@ def off_defaults(sub: pd.DataFrame, method: str) -> tuple[list[str], dict[str, A
                                                            list[frozenset[str]]]:
     """For the runs of one method (and protocol): the varied columns, their defaults, where each default comes
     from, and per run the set of columns it sets off their defaults (empty: the default configuration)."""
-    axes = variant_axes(sub)
-    defaults, sources = {}, {}
-    for column in axes:
-        defaults[column], sources[column] = _default_of(sub, method, column)
-    differing = [frozenset(c for c in axes if methods.json_key(plain(row[c])) != methods.json_key(defaults[c]))
-                 for _, row in sub[axes].iterrows()]
-    return axes, defaults, sources, differing
+    key = (method, tuple(sub["run_id"]))
+    if key not in _OFF_DEFAULTS:  # every table asks again for the same runs: the answer is computed once
+        axes = variant_axes(sub)
+        defaults, sources = {}, {}
+        for column in axes:
+            defaults[column], sources[column] = _default_of(sub, method, column)
+        texts = {c: methods.json_key(defaults[c]) for c in axes}
+        differing = [frozenset(c for c, v in row.items() if methods.json_key(plain(v)) != texts[c])
+                     for row in sub[axes].to_dict("records")]
+        if len(_OFF_DEFAULTS) > 512:
+            _OFF_DEFAULTS.clear()
+        _OFF_DEFAULTS[key] = (axes, defaults, sources, differing)
+    return _OFF_DEFAULTS[key]
+
+
+_OFF_DEFAULTS: dict[tuple, tuple[list[str], dict[str, Any], dict[str, str], list[frozenset[str]]]] = {}
+""":func:`off_defaults` per (method, run ids in order); run ids name their configs, so an entry never goes stale."""
 
 
 def _method_studies(sub: pd.DataFrame, protocol: str, method: str) -> list[Study]:
@@ -271,4 +281,5 @@ def _config_of(study: Study, level: str) -> str:
                      if v != methods.json_key(study.defaults[o]))
 
 
-__all__ = ["Study", "LEVEL", "ALPHA", "studies", "off_defaults", "plain", "level_key", "common_datasets", "averages", "comparisons"]
+__all__ = ["Study", "LEVEL", "ALPHA", "studies", "off_defaults", "plain", "level_key", "common_datasets", "averages",
+           "comparisons"]

@@ -281,11 +281,17 @@ def _insert_group_rules(latex: str, starts: Iterable[int]) -> str:
     return "\n".join(out + lines[last:])
 
 
+FLOATS_PER_FLUSH = 10
+"""Tables input between two ``\\clearpage`` of the preview document."""
+
+
 def standalone(tex_files: Sequence[str], long_files: Sequence[str] = ()) -> str:
     """A two-column document with the CVPR page geometry (10 pt, text 6.875 in, columns 3.25 in) that ``\\input``s
     every table, to check that each fits a paper's page; ``long_files`` (longtables, which cannot be set in two
     columns) follow in one column at the same text width."""
-    floats = "\n".join(f"\\input{{{name}}}" for name in tex_files)
+    # a \clearpage every few tables flushes the floats: LaTeX holds at most 18 unplaced ones
+    flush = ["\n\\clearpage" if i % FLOATS_PER_FLUSH == FLOATS_PER_FLUSH - 1 else "" for i in range(len(tex_files))]
+    floats = "\n".join(f"\\input{{{name}}}{end}" for name, end in zip(tex_files, flush))
     long = "".join(f"\\input{{{name}}}\n" for name in long_files)
     tail = f"\\onecolumn\n{long}" if long_files else ""
     return (f"\\documentclass[10pt,twocolumn]{{article}}\n{PREAMBLE}{PAGE_GEOMETRY}\\begin{{document}}\n"

@@ -35,9 +35,18 @@ def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+MARKERS = "osD^vP<>Xhp*"
+"""One marker per method (with its colour), so that no two methods look alike in print or in grey."""
+
+
 def _palette(labels: Sequence[str]) -> dict[str, tuple]:
     colors = sns.color_palette("tab10" if len(labels) <= 10 else "tab20", n_colors=max(len(labels), 1))
     return dict(zip(labels, colors))
+
+
+def _markers(labels: Sequence[str]) -> dict[str, str]:
+    """A marker per label, distinct for up to 12 labels (then repeating with other colours)."""
+    return {label: MARKERS[i % len(MARKERS)] for i, label in enumerate(labels)}
 
 
 def _method_order(table: Table) -> list[str]:
@@ -59,7 +68,7 @@ def plot_kshot(table: Table, out_dir: Path) -> list[Path]:
     datasets = ["Average", *[d for d in dict.fromkeys(numbers["dataset"]) if d != "Average"]]
     datasets = [d for d in datasets if numbers.loc[numbers["dataset"] == d, "mean"].notna().any()]
     methods = _method_order(table)
-    colors = _palette(methods)
+    colors, markers = _palette(methods), _markers(methods)
     ncols = min(len(datasets), 3)
     nrows = int(np.ceil(len(datasets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
@@ -71,7 +80,7 @@ def plot_kshot(table: Table, out_dir: Path) -> list[Path]:
             rows = sub[sub["method"] == method].dropna(subset=["mean"]).sort_values("shots")
             trained = rows[rows["shots"] > 0]
             if len(trained):
-                line, = ax.plot(trained["shots"], trained["mean"], marker="o", ms=4, color=colors[method])
+                line, = ax.plot(trained["shots"], trained["mean"], marker=markers[method], ms=4, color=colors[method])
                 ax.fill_between(trained["shots"], trained["mean"] - trained["std"], trained["mean"] + trained["std"],
                                 color=colors[method], alpha=0.2, linewidth=0)
                 handles.setdefault(method, line)
@@ -198,13 +207,14 @@ def plot_tradeoff(tables: dict[str, Table], out_dir: Path) -> list[Path]:
         return []
     order = {m: i for i, m in enumerate(cost["method"])}
     data = data.sort_values("method", key=lambda s: s.map(order))
-    colors = _palette(list(data["method"]))
+    colors, markers = _palette(list(data["method"])), _markers(list(data["method"]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, column, xlabel in ((axes[0], "cost.trainable_params.mean", "Trainable parameters (log scale)"),
                                (axes[1], "cost.time_train_s.mean", "Train time per run (s, log scale)")):
         for _, row in data.iterrows():
             x = max(float(row[column]), 1.0) if pd.notna(row[column]) else np.nan
-            ax.errorbar(x, row["mean"], yerr=row["std"], fmt="o", ms=7, capsize=3, color=colors[row["method"]],
+            ax.errorbar(x, row["mean"], yerr=row["std"], fmt=markers[row["method"]], ms=7, capsize=3,
+                        color=colors[row["method"]],
                         label=row["method"])
         ax.set_xscale("log")
         ax.set_xlabel(xlabel + "; 0 drawn at 1")
