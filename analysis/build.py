@@ -16,6 +16,8 @@ of the same dataset, protocol and shots (``HeBA (bottleneck_ratio=2, init=zero)`
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -131,9 +133,19 @@ def _seeds(n: pd.Series) -> str:
     return f"{low}–{high} seeds (†: fewer than {high})"
 
 
+def backbone_display(name: str) -> str:
+    """A backbone as papers name it: ``ViT-B-16-quickgelu`` -> ``ViT-B/16``; a local file or folder by its name,
+    never its path."""
+    text = str(name)
+    if text.startswith(("/", ".", "~", "local-dir:")) or text.endswith((".json", ".pt", ".pth", ".bin",
+                                                                            ".safetensors")):
+        return Path(text.split(":", 1)[-1] if text.startswith("local-dir:") else text).stem
+    return re.sub(r"^(ViT-[A-Za-z]+)-(\d+)$", r"\1/\2", ref.normalize_backbone(text))
+
+
 def _context(sub: pd.DataFrame) -> str:
     """Backbone(s) and shots of a subset, for captions."""
-    backbones = ", ".join(sorted(map(str, sub["backbone"].unique())))
+    backbones = ", ".join(sorted({backbone_display(b) for b in sub["backbone"].unique()}))
     shots = sorted(sub["shots"].unique())
     shot_text = f"{shots[0]} shots" if len(shots) == 1 else f"shots {', '.join(map(str, shots))}"
     return f"{backbones}, {shot_text}"
@@ -559,7 +571,8 @@ def kshot_tables(frame: pd.DataFrame) -> list[Table]:
         tables.append(_method_grid(
             name, f"Few-shot accuracy vs shots: {_display_dataset(dataset)}", labels, headers,
             [[_mean(s) for s in row] for row in stats],
-            f"Few-shot classification ({', '.join(sorted(map(str, sub['backbone'].unique())))}, {_seeds(tidy['n'])})"
+            f"Few-shot classification ({', '.join(sorted({backbone_display(b) for b in sub['backbone'].unique()}))}, "
+            f"{_seeds(tidy['n'])})"
             f": test accuracy (%) {where} with k labelled images per class.",
             numbers if dataset == "Average" else numbers[numbers["dataset"] == dataset],
             per_seed if dataset == "Average" else None, notes,
