@@ -29,7 +29,7 @@ from analysis.aggregate import MAIN_METRIC, STAT_COLUMNS, dataset_average, per_r
 from analysis.latex import (MISSING, Table, best_mask, fmt_count, fmt_mean_std, fmt_number, second_mask,
                             signed as _signed)
 from analysis.records import TRANSFER_PROTOCOLS, variant_axes
-from analysis.stats import STD_DDOF
+from analysis.stats import STD_DDOF, holm, paired_comparison
 
 METRIC_NAMES = {"base": "Base", "novel": "Novel", "hm": "HM", "accuracy": "Accuracy", "source": "Source",
                 "average": "Average"}
@@ -113,6 +113,48 @@ def main_variants(sub: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+BASELINE = "zeroshot"
+"""The method every other is compared with in the method tables and their significance table, unless named."""
+TEST_COLUMNS = ["a", "b", "metric", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_sign_flip", "p_holm",
+                "significant", "wins", "ties", "losses", "datasets"]
+
+
+def baseline_pairs(sub: pd.DataFrame, baseline: str = BASELINE) -> list[tuple[str, str]]:
+    """(each method's main configuration, the baseline's) in table order, for a :func:`labelled` frame of one
+    protocol; ``baseline`` names a method or a label, and where it has no run the first method is the baseline."""
+    main = main_variants(sub)
+    base = main.get(baseline, baseline)
+    if base not in set(sub["label"]):
+        base = main[sorted(main, key=ref.method_rank)[0]]
+    return [(main[m], base) for m in sorted(main, key=ref.method_rank) if main[m] != base]
+
+
+def paired_tests(sub: pd.DataFrame, pairs: Sequence[tuple[str, str]], n_boot: int = 10_000,
+                 seed: int = 0) -> pd.DataFrame:
+    """Label A against label B on the protocol's headline metric per run, paired over the runs sharing dataset,
+    seed and shots (a :func:`labelled` frame of one protocol): mean difference, 95% bootstrap CI, sign-flip p and
+    Holm's adjustment across these comparisons (:data:`TEST_COLUMNS`)."""
+    protocol = str(sub["protocol"].iloc[0])
+    metric = MAIN_METRIC[protocol]
+    long = per_run_values(sub, ["label", "shots"])
+    values = long[long["metric"] == metric].pivot_table(index=["dataset", "shots", "seed"], columns="label",
+                                                         values="value")
+    rows = []
+    for a, b in pairs:
+        both = values[[a, b]].dropna() if a in values and b in values else pd.DataFrame()
+        if both.empty:
+            continue
+        result = paired_comparison(both[a], both[b], n_boot=n_boot, seed=seed)
+        rows.append({"a": a, "b": b, "metric": metric, "n_pairs": result.n, "mean_diff": result.mean_diff,
+                     "ci_low": result.ci_low, "ci_high": result.ci_high, "p_sign_flip": result.p_value,
+                     "wins": result.wins, "ties": result.ties, "losses": result.losses,
+                     "datasets": ",".join(sorted(both.index.unique("dataset")))})
+    tests = pd.DataFrame(rows, columns=[c for c in TEST_COLUMNS if c not in ("p_holm", "significant")])
+    tests["p_holm"] = holm(list(tests["p_sign_flip"])) if len(tests) else []
+    tests["significant"] = tests["p_holm"] < ablation.ALPHA
+    return tests[TEST_COLUMNS]
+
+
 def _label_order(sub: pd.DataFrame) -> list[str]:
     return list(sub.drop_duplicates("label").sort_values("label_rank")["label"])
 
@@ -183,13 +225,17 @@ def _display_dataset(key: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- base-to-novel
 
-def base2novel_tables(frame: pd.DataFrame) -> list[Table]:
+def base2novel_tables(frame: pd.DataFrame, baseline: str = BASELINE) -> list[Table]:
     """Base-to-novel as CoCoOp's and MaPLe's Table 1: the compact main table (HM per dataset and the Average, one
     row per method; full text width), then the Average sub-table and one sub-table per dataset (Base, Novel, HM;
-    column width). The Average's HM is the HM of the averaged base and novel, as the papers compute it."""
+    column width). The Average's HM is the HM of the averaged base and novel, as the papers compute it. A ``*`` on
+    a method's Average HM: its per-run HM differs from the ``baseline``'s significantly after Holm's correction
+    (:func:`paired_tests`, as the significance table reports it)."""
     sub = main_only(labelled(frame, "base2novel"))
     if sub.empty:
         return []
+    tests = paired_tests(sub, baseline_pairs(sub, baseline))
+    starred = set(tests.loc[tests["significant"], "a"])
     long = per_run_values(sub, ["label"])
     datasets = ref.dataset_order(sub["dataset"].unique())
     average, average_seeds = dataset_average(long, ["label"], datasets)
@@ -203,10 +249,14 @@ def base2novel_tables(frame: pd.DataFrame) -> list[Table]:
     columns = [*datasets, "Average"]
     headers = [_display_dataset(d) for d in columns]
     values = [[_mean(lookup.get((d, label, "hm"))) for d in columns] for label in labels]
+    texts = [[fmt_number(v) for v in row[:-1]] + [fmt_number(row[-1]) + ("*" if label in starred else "")]
+             for label, row in zip(labels, values)]
+    against = ref.method_display(tests["b"].iloc[0]) if len(tests) else ""
     main = _method_grid("base2novel", "Base-to-novel generalisation: HM per dataset", labels, headers, values,
                         f"Base-to-novel generalisation ({context}): harmonic mean (HM, %) of base- and novel-class "
-                        f"accuracy on each of the {_count(len(datasets), 'dataset')} and on average.", numbers,
-                        per_seed, notes, rotate=True)
+                        f"accuracy on each of the {_count(len(datasets), 'dataset')} and on average"
+                        + (f"; * differs from {against} significantly (paired over datasets and seeds, Holm)."
+                           if against else "."), numbers, per_seed, notes, texts=texts, rotate=True)
     tables = [main]
     n_max = int(tidy["n"].max())
     for dataset in ["Average", *datasets]:
@@ -699,5 +749,5 @@ def _params_text(series: pd.Series) -> str:
 
 
 __all__ = ["labelled", "base2novel_table", "ablation_table", "ablation_tables", "kshot_table", "transfer_table",
-           "cost_table", "main_variants", "main_only", "run_labels", "base2novel_tables", "kshot_tables", "study_table",
+           "cost_table", "main_variants", "main_only", "baseline_pairs", "paired_tests", "BASELINE", "TEST_COLUMNS", "run_labels", "base2novel_tables", "kshot_tables", "study_table",
            "study_datasets_table", "METRIC_NAMES", "PROTOCOL_NAMES", "STD_NOTE", "HM_NOTE"]

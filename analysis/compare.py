@@ -2,23 +2,25 @@
 
 - :func:`gap_table`: our mean ± std next to the published number, its source and trust tag, the difference, and
   whether the published value lies within the range of our per-seed values.
-- :func:`significance_table`: for pairs of methods, the mean paired difference over runs that share dataset, seed
-  and shots, with a bootstrap CI and a sign-flip p-value.
+- :func:`significance_tables`: each method's default configuration against the baseline (zero-shot CLIP unless
+  named) and each ablation level against the method's default configuration, the mean paired difference over runs
+  that share dataset, seed and shots, with a bootstrap CI and a sign-flip p-value, Holm-corrected within one table's
+  family of comparisons.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
 from analysis import ablation
 from analysis import reference as ref
 from analysis.aggregate import MAIN_METRIC, dataset_average, per_run_values, seed_cells
-from analysis.build import METRIC_NAMES, PROTOCOL_NAMES, STD_NOTE, _caption, labelled, main_variants
+from analysis.build import (BASELINE, METRIC_NAMES, PROTOCOL_NAMES, STD_NOTE, _caption, baseline_pairs, labelled,
+                            main_variants, paired_tests)
 from analysis.latex import Table, fmt_mean_std, fmt_number, signed as _signed
 from analysis.methods import json_key
-from analysis.stats import holm, paired_comparison
 
 
 # -------------------------------------------------------------------------------------------- reproduction gap
@@ -114,10 +116,6 @@ def gap_table(frame: pd.DataFrame, reference: pd.DataFrame) -> Table | None:
 
 # ------------------------------------------------------------------------------------------------ significance
 
-BASELINE = "zeroshot"
-"""The method every other is compared with in the method significance table, unless the user names another."""
-
-
 def significance_tables(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] | None = None,
                         baseline: str = BASELINE, n_boot: int = 10_000, seed: int = 0) -> list[Table]:
     """The method table (:func:`significance_table`) and, per method with an ablation, the ablation's table
@@ -140,24 +138,13 @@ def significance_table(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] | N
         sub = labelled(frame, protocol)
         if sub.empty:
             continue
-        metric = MAIN_METRIC[protocol]
-        long = per_run_values(sub, ["label", "shots"])
-        long = long[long["metric"] == metric]
-        values = long.pivot_table(index=["dataset", "shots", "seed"], columns="label", values="value")
-        main = main_variants(sub)
-        for a, b in _pairs(sub, main, pairs, baseline):
-            if a not in values or b not in values:
-                continue
-            both = values[[a, b]].dropna()
-            if both.empty:
-                continue
-            result = paired_comparison(both[a], both[b], n_boot=n_boot, seed=seed)
-            found.append(({"protocol": protocol, "a": a, "b": b, "metric": metric,
-                           "datasets": ",".join(sorted(both.index.unique("dataset")))}, result))
-    if not found:
+        chosen = _pairs(sub, pairs) if pairs is not None else baseline_pairs(sub, baseline)
+        found.append(paired_tests(sub, chosen, n_boot, seed).assign(protocol=protocol))
+    tests = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    if tests.empty:
         return None
     cells, numbers = _comparison_rows(
-        [(PROTOCOL_NAMES[n["protocol"]], f"{n['a']} − {n['b']}", n["metric"]) for n, _ in found], found)
+        [(PROTOCOL_NAMES[p], f"{a} − {b}") for p, a, b in zip(tests["protocol"], tests["a"], tests["b"])], tests)
     cells.columns = ["Protocol", "Comparison (A − B)", *cells.columns[2:]]
     bold = pd.DataFrame(False, index=cells.index, columns=cells.columns)
     bold["Δ"] = list(numbers["significant"])
@@ -165,7 +152,7 @@ def significance_table(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] | N
     caption = _caption(
         f"Each method's default configuration (A) against {against}: mean paired difference Δ = A − B of the "
         "headline metric (HM for base-to-novel; points) over datasets × seeds, with its 95% bootstrap CI and "
-        "Holm-corrected p-values across the table's comparisons; bold: significant (p < 0.05).")
+        "p-values Holm-corrected within each protocol; bold: significant (p < 0.05).")
     return Table("significance", "Paired significance tests", caption, cells, bold, numbers, None, n_label_cols=2,
                  group_col="Protocol", notes=[_TEST_NOTE.format(n_boot=n_boot, seed=seed)])
 
@@ -178,7 +165,7 @@ def ablation_significance_table(family: Sequence[ablation.Study], n_boot: int = 
     if tests.empty:
         return None
     by_slug = {s.slug: s for s in family}
-    labels, found = [], []
+    labels = []
     for _, row in tests.iterrows():
         study = by_slug[row["study"]]
         level = study.runs[study.runs[ablation.LEVEL] == row["level"]].iloc[0]
@@ -186,9 +173,8 @@ def ablation_significance_table(family: Sequence[ablation.Study], n_boot: int = 
                    if json_key(ablation.plain(level[o])) != json_key(study.defaults[o])]
         text = ", ".join(study.value_display(o, level[o]) if len(study.options) == 1 else
                          f"{study.option_display(o)} {study.value_display(o, level[o])}" for o in changed)
-        labels.append((study.title(), text, row["metric"]))
-        found.append((row.to_dict(), row))
-    cells, numbers = _comparison_rows(labels, found)
+        labels.append((study.title(), text))
+    cells, numbers = _comparison_rows(labels, tests.rename(columns={"p": "p_sign_flip"}))
     cells.columns = ["Factor", "Level", *cells.columns[2:]]
     bold = pd.DataFrame(False, index=cells.index, columns=cells.columns)
     bold["Δ"] = list(numbers["significant"])
@@ -209,45 +195,21 @@ _TEST_NOTE = ("Paired tests: 95% percentile bootstrap CI of the mean difference 
               "datasets and seeds are treated as exchangeable.")
 
 
-def _comparison_rows(labels: list[tuple[str, str, str]],
-                     found: list[tuple[dict, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cells and numbers of comparison rows: Pairs, Δ, 95% CI, p (Holm), W/T/L; Holm across all rows."""
-    adjusted = holm([_get(r, "p_value", "p") for _, r in found])
-    rows, numbers = [], []
-    for (first, second, metric), (entry, result), p_holm in zip(labels, found, adjusted):
-        n, diff = int(_get(result, "n", "n_pairs")), _get(result, "mean_diff")
-        low, high = _get(result, "ci_low"), _get(result, "ci_high")
-        wins, ties, losses = (int(_get(result, k)) for k in ("wins", "ties", "losses"))
-        rows.append([first, second, str(n), _signed(diff), f"[{_signed(low)}, {_signed(high)}]", f"{p_holm:.3f}",
-                     f"{wins}/{ties}/{losses}"])
-        numbers.append({**entry, "n_pairs": n, "mean_diff": diff, "ci_low": low, "ci_high": high,
-                        "p_sign_flip": _get(result, "p_value", "p"), "p_holm": p_holm, "significant": p_holm < 0.05,
-                        "wins": wins, "ties": ties, "losses": losses})
+def _comparison_rows(labels: list[tuple[str, str]], tests: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cells of comparison rows (two label cells, Pairs, Δ, 95% CI, p (Holm), W/T/L) from tests carrying
+    ``n_pairs, mean_diff, ci_low, ci_high, p_holm, wins, ties, losses``; the tests are the numbers."""
+    rows = [[first, second, str(int(t["n_pairs"])), _signed(t["mean_diff"]),
+             f"[{_signed(t['ci_low'])}, {_signed(t['ci_high'])}]", f"{t['p_holm']:.3f}",
+             f"{int(t['wins'])}/{int(t['ties'])}/{int(t['losses'])}"]
+            for (first, second), (_, t) in zip(labels, tests.iterrows())]
     cells = pd.DataFrame(rows, columns=["A", "B", "Pairs", "Δ", "95% CI", "p (Holm)", "W/T/L"])
-    return cells, pd.DataFrame(numbers)
+    return cells, tests.reset_index(drop=True)
 
 
-def _get(result: Any, *names: str) -> Any:
-    """A field of a :class:`analysis.stats.PairedComparison` or of a comparisons row, by its first present name."""
-    for name in names:
-        if isinstance(result, Mapping) or isinstance(result, pd.Series):
-            if name in result:
-                return result[name]
-        elif hasattr(result, name):
-            return getattr(result, name)
-    raise KeyError(names)
-
-
-def _pairs(sub: pd.DataFrame, main: Mapping[str, str], pairs: Iterable[tuple[str, str]] | None,
-           baseline: str) -> list[tuple[str, str]]:
-    def resolve(name: str) -> str:
-        return main.get(name, name)
-    if pairs is not None:
-        return [(resolve(a), resolve(b)) for a, b in pairs]
-    base = resolve(baseline)
-    if base not in set(sub["label"]):  # no baseline run in this protocol: the first method in table order
-        base = main[sorted(main, key=ref.method_rank)[0]]
-    return [(main[m], base) for m in sorted(main, key=ref.method_rank) if main[m] != base]
+def _pairs(sub: pd.DataFrame, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Named pairs as labels: a method name stands for its main configuration, anything else is a label."""
+    main = main_variants(sub)
+    return [(main.get(a, a), main.get(b, b)) for a, b in pairs]
 
 
 __all__ = ["our_reference_cells", "gap_table", "main_variants", "significance_tables", "significance_table",

@@ -58,7 +58,7 @@ def analyse(results_dirs: Sequence[Path | str], tables: Iterable[str] = TABLES,
     if unknown:
         raise ValueError(f"unknown table(s) {unknown}; choose from {list(TABLES)}")
     builders: dict[str, Callable[[], list[Table] | Table | None]] = {
-        "base2novel": lambda: build.base2novel_tables(frame),
+        "base2novel": lambda: build.base2novel_tables(frame, baseline),
         "ablations": lambda: build.ablation_tables(frame),
         "kshot": lambda: build.kshot_tables(frame),
         "cross_dataset": lambda: build.transfer_table(frame, "cross_dataset"),

@@ -206,10 +206,14 @@ def test_main_base2novel_table_is_full_width_with_hm_per_dataset(twelve, tmp_pat
     rows = _rows(tex)
     assert len(rows) == 12 and len(rows[0]) == 1 + 11 + 1  # method, 11 datasets, Average
     assert rows[0][0] == "Zero-shot CLIP" and "Tip-Adapter-F" in [r[0] for r in rows]
-    hm = [float(re.sub(r"\\\w+\{|\}", "", r[-1])) for r in rows]
+    hm = [float(re.sub(r"\\\w+\{|\}|\*", "", r[-1])) for r in rows]
     best = [r[-1] for r in rows if r[-1].startswith("\\textbf")]
     second = [r[-1] for r in rows if r[-1].startswith("\\underline")]
-    assert len(best) == 1 and len(second) == 1 and float(best[0][8:-1]) == max(hm)
+    assert len(best) == 1 and len(second) == 1 and float(best[0][8:-1].rstrip("*")) == max(hm)
+    tests = pd.read_csv(twelve / "significance.csv")  # the stars are the significance table's verdicts
+    starred = {r[0] for r in rows if r[-1].rstrip("}").endswith("*")}
+    assert starred == set(tests[tests["significant"] & (tests["protocol"] == "base2novel")]["a"]) and starred
+    assert "Zero-shot CLIP" not in starred and "significantly" in _caption(tex)
     for dataset in ("Average", "ImageNet", "OxfordPets", "FGVCAircraft", "UCF101"):
         sub = (twelve / f"base2novel_{dataset}.tex").read_text()
         assert sub.startswith("\\begin{table}") and len(_rows(sub)) == 12
