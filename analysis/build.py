@@ -377,7 +377,8 @@ def study_table(study: ablation.Study, tests: pd.DataFrame | None = None) -> Tab
         f"{_seeds(tidy['n'])}; all other options at their defaults.",
         f"{delta_name}: difference to the {study.default_mark()} row; * significant after Holm's correction "
         f"(p < {ablation.ALPHA}, paired over datasets and seeds).")
-    notes = [_default_note(study), HM_NOTE if study.protocol == "base2novel" else "", STD_NOTE,
+    notes = [_default_note(study), HM_NOTE if study.protocol == "base2novel" else "",
+             "Cells are means; their std over seeds is in the CSV.", STD_NOTE,
              *_notes(study.runs)]
     shown = {level: " / ".join(labels) for level, labels in _level_rows(study)}
     numbers = tidy.assign(**{_bare(o): tidy[ablation.LEVEL].map(_level_values(study, o)) for o in study.options},
@@ -385,7 +386,8 @@ def study_table(study: ablation.Study, tests: pd.DataFrame | None = None) -> Tab
     return Table(study_name(study), f"Ablation: {method}, {study.title()}", caption, cells, bold,
                  numbers.drop(columns=ablation.LEVEL), long.drop(columns=ablation.LEVEL).assign(
                      **{_bare(o): long[ablation.LEVEL].map(_level_values(study, o)) for o in study.options}),
-                 n_label_cols=len(headers), notes=[n for n in notes if n], second=second)
+                 n_label_cols=len(headers), notes=[n for n in notes if n], second=second,
+                 std="none")  # means, as ablation tables print them: the ± are in the CSV, Δ carries the test
 
 
 def study_datasets_table(study: ablation.Study) -> Table | None:

@@ -81,6 +81,8 @@ class Table:
     second: pd.DataFrame | None = None
     #: set the data columns' headers vertically (a wide table of many datasets, as the papers' main tables)
     rotate_headers: bool = False
+    #: how this table prints ``± std`` whatever the document's choice (:data:`STD_STYLES`); None: the document's
+    std: str | None = None
 
     def __post_init__(self) -> None:
         if self.bold.shape != self.cells.shape:
@@ -186,6 +188,7 @@ def to_latex(table: Table, std: str = "small") -> str:
     for that too is set in a smaller font with narrower column gaps (:func:`fit_width`)."""
     if std not in STD_STYLES:
         raise ValueError(f"std={std!r}: expected one of {STD_STYLES}")
+    std = table.std or std
     shown = _blank_repeats(table.cells, table.group_col)
     text = shown.map(lambda cell: _std_text(escape(cell), std))
     text.columns = [escape(c) if i < table.n_label_cols or not table.rotate_headers else
@@ -222,12 +225,12 @@ def _std_text(cell: str, std: str) -> str:
 
 def estimated_width(table: Table, std: str = "small", tabcolsep: float = 6.0, scale: float = 1.0) -> float:
     """A slight over-estimate of the tabular's natural width in points at 10 pt type (``scale`` for a smaller
-    font): per column its widest cell or header at 5.4 pt per character (the ``± std`` part in script size at
-    0.7 of that), plus the column gaps."""
+    font): per column its widest cell or header at 5.0 pt per character (the ``± std`` part in script size at
+    0.9 of that: its math-mode sign is wide), plus the column gaps."""
     def width(text: str) -> float:
         mean, _, spread = str(text).partition(" ± ")
-        spread_width = 0.0 if not spread or std == "none" else (len(spread) + 2) * (0.7 if std == "small" else 1.0)
-        return (len(mean) + spread_width) * 5.4 * scale
+        spread_width = 0.0 if not spread or std == "none" else (len(spread) + 2) * (0.9 if std == "small" else 1.0)
+        return (len(mean) + spread_width) * 5.0 * scale
     total = 0.0
     for i, column in enumerate(table.cells.columns):
         header = 1.0 if table.rotate_headers and i >= table.n_label_cols else width(str(column))
@@ -237,9 +240,10 @@ def estimated_width(table: Table, std: str = "small", tabcolsep: float = 6.0, sc
 
 
 FITS: tuple[tuple[str | None, float, float], ...] = (
-    (None, 6.0, 1.0), ("small", 4.0, 0.9), ("footnotesize", 3.0, 0.8), ("scriptsize", 2.0, 0.7))
-"""Settings tried in turn to fit a table: font size, column gap (pt) and the font's size relative to 10 pt."""
-FILL = 0.92
+    (None, 6.0, 1.0), ("small", 4.0, 0.93), ("footnotesize", 3.0, 0.86), ("scriptsize", 2.0, 0.75))
+"""Settings tried in turn to fit a table: font size, column gap (pt) and the width of its text relative to 10 pt
+(measured with pdflatex on the generated tables: a smaller font shrinks the figures less than its size)."""
+FILL = 0.95
 """The share of the available width an estimated table may fill: the estimate is per character, not per glyph."""
 
 
@@ -248,6 +252,7 @@ def fit_width(table: Table, std: str = "small") -> tuple[str, str | None, float 
     size, then ``\\small`` and ``\\footnotesize`` with narrower gaps; failing that (or for a ``table*``, the
     papers' wide main tables) a ``table*`` over the text width, trying the same and then ``\\scriptsize``. A
     ``longtable`` (it cannot float; set in one column) is fitted to the text width the same way."""
+    std = table.std or std
     if table.environment == "table":
         for font, gap, scale in FITS[:3]:
             if estimated_width(table, std, gap, scale) <= FILL * COLUMN_WIDTH_PT:

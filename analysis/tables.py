@@ -146,9 +146,14 @@ def notes_markdown(tables: Iterable[Table]) -> str:
     """``notes.md``: per table, the implementation notes and provenance its caption leaves out."""
     lines = ["# Notes on the tables", "",
              "Implementation notes and provenance of each table (the captions say only what is compared).", ""]
-    for table in tables:
+    groups: dict[tuple[str, ...], list[Table]] = {}
+    for table in tables:  # tables with the same notes (the sub-tables of one layout) share one entry
         if table.notes:
-            lines += [f"## {table.title} (`{table.name}.tex`)", ""] + [f"- {n}" for n in table.notes] + [""]
+            groups.setdefault(tuple(table.notes), []).append(table)
+    for notes, members in groups.items():
+        files = ", ".join(f"`{t.name}.tex`" for t in members)
+        lines += [f"## {members[0].title}" + (f" and {len(members) - 1} more" if len(members) > 1 else ""), "",
+                  f"Tables: {files}", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines) + "\n"
 
 
