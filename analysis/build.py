@@ -1,17 +1,21 @@
 """The tables researchers publish, built from the record frame (``records.load_records(...).done``).
 
-Each builder returns a :class:`analysis.latex.Table` (or ``None`` when the frame has no record of its protocol):
+Each builder returns :class:`analysis.latex.Table` objects (none when the frame has no record of its protocol):
 
-- :func:`base2novel_table`: per dataset base / novel / HM and the Average block (HM of the averaged base and novel).
-- :func:`ablation_table` / :func:`ablation_tables`: any config columns as rows (and optionally columns).
-- :func:`kshot_table`: accuracy per shots, per dataset and averaged.
+- :func:`base2novel_tables`: CoCoOp's / MaPLe's Table 1: the compact HM table (datasets + Average, ``table*``),
+  then the Average and per-dataset Base / Novel / HM sub-tables (HM of the averaged base and novel).
+- :func:`ablation_tables`: one table per factor of each method's ablation, inferred from the runs
+  (:mod:`analysis.ablation`), and its per-dataset variant; :func:`ablation_table`: any config columns as rows (and
+  optionally columns), saying in its caption what a cell pools.
+- :func:`kshot_tables`: accuracy per shots for each method, averaged and per dataset.
 - :func:`transfer_table`: cross-dataset or domain generalisation (source, targets, average over targets).
 - :func:`cost_table`: trainable parameters, train time, images/s, peak memory per method.
 
 The comparisons (reproduction gap against the papers, paired significance tests) are in :mod:`analysis.compare`.
 
-Methods are told apart by a label: the method's display name plus every config value that varies between its runs
-of the same dataset, protocol and shots (``HeBA (bottleneck_ratio=2, init=zero)``).
+Runs are named as ``jobs.config.run_label`` names them (:func:`run_labels`): the method's display name plus the
+options its runs vary that the run sets off the method's defaults (``HeBA [bottleneck ratio=2, init=zero up]``);
+the method tables keep each method's default configuration (:func:`main_variants`).
 """
 
 from __future__ import annotations
