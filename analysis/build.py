@@ -685,14 +685,15 @@ def transfer_table(frame: pd.DataFrame, protocol: str) -> Table | None:
         f"{kind} ({_context(sub)}, {_seeds(tidy['n'])}): accuracy (%) on the source dataset the methods are "
         f"trained on and on {_count(len(targets), 'target dataset')} without further training; Average over the "
         "targets.")
-    notes = ["Average: mean over the targets (source excluded) per seed, then over seeds.", STD_NOTE, paper_note,
+    notes = ["Average: mean over the targets (source excluded) per seed, then over seeds.",
+             "With more than 4 targets the cells are means; their std over seeds is in the CSV.", STD_NOTE, paper_note,
              *_notes(sub)]
     numbers = tidy.rename(columns={"label": "method", "dataset": "source_dataset"})
     per_seed = long.rename(columns={"label": "method", "dataset": "source_dataset"})
     name = "cross_dataset" if protocol == "cross_dataset" else "dg"
     return Table(name, kind, caption, cells, bold, numbers, per_seed, n_label_cols=len(labels),
                  group_col=None if single else "Source dataset", notes=[n for n in notes if n], second=second,
-                 rotate_headers=len(targets) > 4)
+                 rotate_headers=len(targets) > 4, std="none" if len(targets) > 4 else None)  # as the papers: means
 
 
 # ------------------------------------------------------------------------------------------------------- cost

@@ -29,22 +29,31 @@ def method_config(name: str, **options: Any) -> dict[str, Any]:
 
 
 def write_record(root: Path, method: Mapping[str, Any], dataset: str, seed: int, level: float,
-                 backbone: str = "ViT-B-16-quickgelu", grid: str = "synthetic") -> Path:
-    """One finished base-to-novel record under ``root/grid/<run_id>/record.json``; base ≈ ``level`` + 3,
-    novel ≈ ``level`` − 4, plus a dataset offset and noise (sd 0.5) seeded by the run id."""
+                 backbone: str = "ViT-B-16-quickgelu", grid: str = "synthetic", protocol: str = "base2novel",
+                 targets: Sequence[str] = ()) -> Path:
+    """One finished record under ``root/grid/<run_id>/record.json``. Base-to-novel: base ≈ ``level`` + 3, novel ≈
+    ``level`` − 4; a transfer protocol: the source ≈ ``level`` + 3 and each target ≈ ``level`` − 4; plus a per-dataset
+    offset and noise (sd 0.5) seeded by the run id."""
     config = {"method": dict(method), "dataset": dataset, "name": grid, "backbone": backbone, "pretrained": "openai",
-              "protocol": "base2novel", "targets": [], "shots": 16, "seed": seed,
+              "protocol": protocol, "targets": list(targets), "shots": 16, "seed": seed,
               "optim": {"name": "sgd", "lr": 0.002, "epochs": 5}}
     run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     rng = np.random.default_rng(int(run_id, 16) % 2**32)
-    offset = (sum(map(ord, dataset)) % 17) - 8.0
-    base = float(np.clip(level + 3 + offset + rng.normal(0, 0.5), 0, 100))
-    novel = float(np.clip(level - 4 + offset + rng.normal(0, 0.5), 0, 100))
+
+    def accuracy(name: str, shift: float) -> float:
+        offset = (sum(map(ord, name)) % 17) - 8.0
+        return float(np.clip(level + shift + offset + rng.normal(0, 0.5), 0, 100))
     split = {"n_images": 1000, "n_classes": 50}
+    if protocol == "base2novel":
+        values = {"base": accuracy(dataset, 3), "novel": accuracy(dataset, -4)}
+        summary = {**values, "hm": harmonic_mean(values["base"], values["novel"])}
+    else:
+        values = {"source": accuracy(dataset, 3), **{t: accuracy(t, -4) for t in targets}}
+        summary = {"source": values["source"], "average": float(np.mean([values[t] for t in targets]))}
     record = {"schema_version": 1, "run_id": run_id, "status": "done", "failure": None, "config": config,
               "method_card": method_card(method["name"]),
-              "metrics": {"base": {"accuracy": base, **split}, "novel": {"accuracy": novel, **split}},
-              "summary": {"base": base, "novel": novel, "hm": harmonic_mean(base, novel)}, "aux_losses": {},
+              "metrics": {name: {"accuracy": value, **split} for name, value in values.items()},
+              "summary": summary, "aux_losses": {},
               "history": [], "cost": {"trainable_params": 1000, "time_train_s": 60.0, "images_per_s": 500.0},
               "env": {"device": "cuda"}, "started_at": "2026-11-24T00:00:00+00:00",
               "finished_at": "2026-11-24T00:01:00+00:00"}

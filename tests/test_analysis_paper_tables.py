@@ -25,7 +25,7 @@ from analysis.latex import COLUMN_WIDTH_PT, TEXT_WIDTH_PT, estimated_width, fit_
 from analysis.stats import harmonic_mean, holm
 from analysis.tables import analyse, write_outputs
 from jobs.registry import METHODS, method_card
-from tests.synthetic_records import COOP_DATASETS, method_config, write_grid
+from tests.synthetic_records import COOP_DATASETS, method_config, write_grid, write_record
 
 WORLD = ("world_hues", "world_objects")
 IMPLEMENTATION_WORDS = ("ddof", "parse_test_res", "GUESS", "specs/", ".py", "§", "np.std", "Dassl")
@@ -238,3 +238,25 @@ def test_width_estimates_pick_the_float(twelve):
     assert fit_width(main)[0] == "table*" and estimated_width(main, "small", 3.0, 0.8) <= TEXT_WIDTH_PT
     assert fit_width(sub)[0] == "table" and estimated_width(sub, "small", 3.0, 0.8) <= COLUMN_WIDTH_PT
     assert estimated_width(main) > COLUMN_WIDTH_PT
+
+
+def test_transfer_tables_fit_with_ten_and_four_targets(tmp_path):
+    """Cross-dataset (ImageNet -> the 10 other datasets) and DG (-> the 4 ImageNet shifts) as CoCoOp / MaPLe print
+    them, for every method that scores unseen classes."""
+    unseen = [name for name in METHODS.in_order() if method_card(name)["capabilities"]["unseen_classes"]]
+    for protocol, targets in (("cross_dataset", COOP_DATASETS[1:]),
+                              ("domain_generalization", ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"))):
+        for i, name in enumerate(unseen):
+            for seed in (1, 2, 3):
+                write_record(tmp_path / "results", method_config(name), "imagenet", seed, 60.0 + i, grid=protocol,
+                             protocol=protocol, targets=targets)
+    out = tmp_path / "analysis"
+    write_outputs(analyse([tmp_path / "results"]), out, plots=False, log=lambda _: None)
+    for name, n_targets in (("cross_dataset", 10), ("dg", 4)):
+        tex = (out / f"{name}.tex").read_text()
+        rows = _rows(tex)
+        assert len(rows) == len(unseen) and len(rows[0]) == 1 + 1 + n_targets + 1  # method, source, targets, Average
+        assert "ImageNet (source)" in tex and "Average" in tex
+    log = _compile(out, tmp_path)
+    if log is not None:
+        assert "Overfull \\hbox" not in log, re.findall(r"Overfull.*", log)
