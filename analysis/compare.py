@@ -2,22 +2,25 @@
 
 - :func:`gap_table`: our mean ± std next to the published number, its source and trust tag, the difference, and
   whether the published value lies within the range of our per-seed values.
-- :func:`significance_table`: for pairs of methods, the mean paired difference over runs that share dataset, seed
-  and shots, with a bootstrap CI and a sign-flip p-value.
+- :func:`significance_tables`: each method's default configuration against the baseline (zero-shot CLIP unless
+  named) and each ablation level against the method's default configuration, the mean paired difference over runs
+  that share dataset, seed and shots, with a bootstrap CI and a sign-flip p-value, Holm-corrected within one table's
+  family of comparisons.
 """
 
 from __future__ import annotations
 
-import itertools
-from typing import Iterable, Mapping
+from typing import Iterable, Sequence
 
 import pandas as pd
 
+from analysis import ablation
 from analysis import reference as ref
 from analysis.aggregate import MAIN_METRIC, dataset_average, per_run_values, seed_cells
-from analysis.build import METRIC_NAMES, PROTOCOL_NAMES, STD_NOTE, _caption, labelled
-from analysis.latex import MISSING, Table, fmt_mean_std, fmt_number
-from analysis.stats import paired_comparison
+from analysis.build import (BASELINE, METRIC_NAMES, PROTOCOL_NAMES, STD_NOTE, _caption, baseline_pairs, labelled,
+                            main_variants, paired_tests)
+from analysis.latex import Table, fmt_mean_std, fmt_number, signed as _signed
+from analysis.methods import json_key
 
 
 # -------------------------------------------------------------------------------------------- reproduction gap
@@ -90,111 +93,124 @@ def gap_table(frame: pd.DataFrame, reference: pd.DataFrame) -> Table | None:
         metric = METRIC_NAMES.get(r["suite_metric"], r["suite_metric"])
         rows.append([PROTOCOL_NAMES[r["protocol"]], r["label"], dataset, metric, str(r["shots_paper"]),
                      fmt_mean_std(r["mean"], r["std"]), str(int(r["n"])), fmt_number(r["value"]),
-                     _signed(r["delta"]), "yes" if r["within_seed_range"] else "no", r["trust"],
-                     _short_source(r["source"])])
+                     _signed(r["delta"]), "yes" if r["within_seed_range"] else "no", r["trust"]])
     cells = pd.DataFrame(rows, columns=["Protocol", "Method", "Dataset", "Metric", "Shots", "Ours", "n", "Paper",
-                                        "Δ", "In seed range", "Trust", "Source"])
+                                        "Δ", "In range", "Trust"])
     bold = pd.DataFrame(False, index=cells.index, columns=cells.columns)
     caption = _caption(
         "Reproduction gap: our mean ± std over n seeds next to the number the papers report, Δ = ours − paper "
-        "(points), and whether the paper's value lies within the range (min–max) of our per-seed values (±0.005 "
-        "for the paper's rounding). Trust: the tag of the reference number (VERIFIED: read in a primary artefact; "
-        "RECALLED+CHECKED: from memory of a paper table, checked against verified averages; SECONDARY, APPROX, "
-        "COMPUTED: see specs/README.md); the full source is in the CSV. Average rows are compared only when our runs "
-        f"cover every dataset the paper averages. {STD_NOTE}.")
+        "(points), and whether the paper's value lies within the range of our per-seed values.")
+    notes = ["The seed range is min–max of our per-seed values, widened by ±0.005 for the paper's rounding.",
+             "Trust: the tag of the reference number (VERIFIED: read in a primary artefact; RECALLED+CHECKED: from "
+             "memory of a paper table, checked against verified averages; SECONDARY, APPROX, COMPUTED: see "
+             "specs/README.md); the source of each number is in the CSV.",
+             "Average rows are compared only when our runs cover every dataset the paper averages.", STD_NOTE]
     numbers = merged[["protocol", "label", "method.name", "backbone", "shots", "shots_paper", "dataset_paper",
                       "suite_dataset", "metric_paper", "mean", "std", "n", "min", "max", "value", "delta",
                       "within_seed_range", "trust", "source"]].rename(
         columns={"label": "method", "method.name": "suite_method", "value": "paper_value",
                  "dataset_paper": "paper_dataset", "metric_paper": "paper_metric", "backbone": "paper_backbone"})
     return Table("reproduction_gap", "Reproduction gap against the papers", caption, cells, bold, numbers, None,
-                 n_label_cols=4, group_col="Protocol", environment="longtable", font_size="footnotesize")
-
-
-def _signed(value: float) -> str:
-    """``+0.28``, ``−1.75`` (a true minus sign), ``0.00`` for what rounds to zero."""
-    if pd.isna(value):
-        return MISSING
-    if round(value, 2) == 0:
-        return "0.00"
-    return f"{value:+.2f}".replace("-", "−")
-
-
-def _short_source(source: str, limit: int = 34) -> str:
-    text = str(source).split(" ", 1)[1] if " " in str(source) else str(source)
-    if text.startswith("(from memory of the paper table) "):
-        text = text[len("(from memory of the paper table) "):]
-    text = text.split(";")[0].strip()
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+                 n_label_cols=4, group_col="Protocol", environment="longtable", notes=notes)
 
 
 # ------------------------------------------------------------------------------------------------ significance
 
-def main_variants(sub: pd.DataFrame) -> dict[str, str]:
-    """Per method name, the label with the most runs (its main configuration)."""
-    counts = sub.groupby(["method.name", "label"]).size().reset_index(name="runs")
-    counts = counts.sort_values(["method.name", "runs", "label"], ascending=[True, False, True])
-    return dict(counts.drop_duplicates("method.name")[["method.name", "label"]].values)
+def significance_tables(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] | None = None,
+                        baseline: str = BASELINE, n_boot: int = 10_000, seed: int = 0) -> list[Table]:
+    """The method table (:func:`significance_table`) and, per method with an ablation, the ablation's table
+    (:func:`ablation_significance_table`)."""
+    tables = [significance_table(frame, pairs, baseline, n_boot, seed)]
+    found = ablation.studies(frame)
+    for key in dict.fromkeys((s.protocol, s.method) for s in found):
+        tables.append(ablation_significance_table([s for s in found if (s.protocol, s.method) == key], n_boot, seed))
+    return [t for t in tables if t is not None]
 
 
 def significance_table(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] | None = None,
-                       n_boot: int = 10_000, seed: int = 0) -> Table | None:
-    """Paired comparisons A − B on each protocol's headline metric over runs sharing dataset, seed and shots.
-
-    ``pairs`` name methods (``("heba", "mma")``, their main configuration) or exact labels; by default every pair
-    of main configurations, the later method in the canonical order first.
-    """
-    rows, numbers, signif = [], [], []
+                       baseline: str = BASELINE, n_boot: int = 10_000, seed: int = 0) -> Table | None:
+    """Each method's main configuration against the baseline's (default zero-shot CLIP; ``baseline`` names a
+    method or a label), or the given ``pairs`` (A, B), on each protocol's headline metric, paired over the runs that
+    share dataset, seed and shots: mean difference A − B with a 95% bootstrap CI, the sign-flip p and its Holm
+    adjustment across every comparison of the table."""
+    found = []
     for protocol in PROTOCOL_NAMES:
         sub = labelled(frame, protocol)
         if sub.empty:
             continue
-        metric = MAIN_METRIC[protocol]
-        long = per_run_values(sub, ["label", "shots"])
-        long = long[long["metric"] == metric]
-        values = long.pivot_table(index=["dataset", "shots", "seed"], columns="label", values="value")
-        main = main_variants(sub)
-        for a, b in _pairs(sub, main, pairs):
-            if a not in values or b not in values:
-                continue
-            both = values[[a, b]].dropna()
-            if both.empty:
-                continue
-            result = paired_comparison(both[a], both[b], n_boot=n_boot, seed=seed)
-            significant = (result.ci_low > 0 or result.ci_high < 0) and result.p_value < 0.05
-            rows.append([PROTOCOL_NAMES[protocol], f"{a} − {b}", METRIC_NAMES[metric], str(result.n),
-                         _signed(result.mean_diff), f"[{_signed(result.ci_low)}, {_signed(result.ci_high)}]",
-                         f"{result.p_value:.3f}", f"{result.wins}/{result.ties}/{result.losses}"])
-            signif.append(significant)
-            numbers.append({"protocol": protocol, "a": a, "b": b, "metric": metric, "n_pairs": result.n,
-                            "mean_diff": result.mean_diff, "ci_low": result.ci_low, "ci_high": result.ci_high,
-                            "p_sign_flip": result.p_value, "wins": result.wins, "ties": result.ties,
-                            "losses": result.losses, "datasets": ",".join(sorted(both.index.unique("dataset")))})
-    if not rows:
+        chosen = _pairs(sub, pairs) if pairs is not None else baseline_pairs(sub, baseline)
+        found.append(paired_tests(sub, chosen, n_boot, seed).assign(protocol=protocol))
+    tests = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    if tests.empty:
         return None
-    cells = pd.DataFrame(rows, columns=["Protocol", "Comparison (A − B)", "Metric", "Pairs", "Mean Δ", "95% CI",
-                                        "p", "W/T/L"])
+    cells, numbers = _comparison_rows(
+        [(PROTOCOL_NAMES[p], f"{a} − {b}") for p, a, b in zip(tests["protocol"], tests["a"], tests["b"])], tests)
+    cells.columns = ["Protocol", "Comparison (A − B)", *cells.columns[2:]]
     bold = pd.DataFrame(False, index=cells.index, columns=cells.columns)
-    bold["Mean Δ"] = signif
+    bold["Δ"] = list(numbers["significant"])
+    against = "B as named" if pairs is not None else f"{ref.method_display(baseline)} (B)"
     caption = _caption(
-        "Paired comparison of two methods over runs with the same dataset, seed and shots: mean difference A − B "
-        "of the headline metric (points; HM per run for base-to-novel, accuracy for few-shot, average over targets "
-        f"for transfer), 95% percentile bootstrap CI ({n_boot:,} resamples of the pairs, seed {seed}), two-sided "
-        "sign-flip permutation p (exact up to 12 pairs), and wins/ties/losses of A. Pairs across datasets and "
-        "seeds are treated as exchangeable; with n pairs the smallest attainable p is 2/2^n. Bold: the CI excludes 0 "
-        "and p < 0.05.")
-    return Table("significance", "Paired significance tests", caption, cells, bold, pd.DataFrame(numbers), None,
-                 n_label_cols=2, group_col="Protocol", environment="longtable")
+        f"Each method's default configuration (A) against {against}: mean paired difference Δ = A − B of the "
+        "headline metric (HM for base-to-novel; points) over datasets × seeds, with its 95% bootstrap CI and "
+        "p-values Holm-corrected within each protocol; bold: significant (p < 0.05).")
+    return Table("significance", "Paired significance tests", caption, cells, bold, numbers, None, n_label_cols=2,
+                 group_col="Protocol", notes=[_TEST_NOTE.format(n_boot=n_boot, seed=seed)])
 
 
-def _pairs(sub: pd.DataFrame, main: Mapping[str, str],
-           pairs: Iterable[tuple[str, str]] | None) -> list[tuple[str, str]]:
-    def resolve(name: str) -> str:
-        return main.get(name, name)
-    if pairs is not None:
-        return [(resolve(a), resolve(b)) for a, b in pairs]
-    methods = sorted(main, key=ref.method_rank)
-    return [(main[a], main[b]) for b, a in itertools.combinations(methods, 2)]
+def ablation_significance_table(family: Sequence[ablation.Study], n_boot: int = 10_000,
+                                seed: int = 0) -> Table | None:
+    """Every level of a method's ablation against its default configuration (:func:`analysis.ablation.comparisons`),
+    Holm-corrected across all of them: the test behind the ``*`` of the ablation tables."""
+    tests = ablation.comparisons(family, n_boot, seed).drop_duplicates("config")  # a cross repeats factor levels
+    if tests.empty:
+        return None
+    by_slug = {s.slug: s for s in family}
+    labels = []
+    for _, row in tests.iterrows():
+        study = by_slug[row["study"]]
+        level = study.runs[study.runs[ablation.LEVEL] == row["level"]].iloc[0]
+        changed = [o for o in study.options
+                   if json_key(ablation.plain(level[o])) != json_key(study.defaults[o])]
+        text = ", ".join(study.value_display(o, level[o]) if len(study.options) == 1 else
+                         f"{study.option_display(o)} {study.value_display(o, level[o])}" for o in changed)
+        labels.append((study.title(), text))
+    cells, numbers = _comparison_rows(labels, tests.rename(columns={"p": "p_sign_flip"}))
+    cells.columns = ["Factor", "Level", *cells.columns[2:]]
+    bold = pd.DataFrame(False, index=cells.index, columns=cells.columns)
+    bold["Δ"] = list(numbers["significant"])
+    method = ref.method_display(family[0].method)
+    caption = _caption(
+        f"{method} ablation ({PROTOCOL_NAMES[family[0].protocol]}): each level against the default "
+        f"configuration, mean paired difference Δ of the per-run {METRIC_NAMES[MAIN_METRIC[family[0].protocol]]} "
+        f"over datasets × seeds with its 95% bootstrap CI; p Holm-corrected across the {len(cells)} "
+        "comparisons; bold: significant (p < 0.05).")
+    return Table(f"significance_ablation_{family[0].method}_{family[0].protocol}", f"Significance: {method} ablation",
+                 caption, cells, bold, numbers, None, n_label_cols=2, group_col="Factor",
+                 notes=[_TEST_NOTE.format(n_boot=n_boot, seed=seed)])
 
 
-__all__ = ["our_reference_cells", "gap_table", "main_variants", "significance_table"]
+_TEST_NOTE = ("Paired tests: 95% percentile bootstrap CI of the mean difference ({n_boot:,} resamples of the pairs, "
+              "seed {seed}); two-sided sign-flip permutation p (exact up to 12 pairs; the smallest attainable p with n "
+              "pairs is 2/2^n); Holm's step-down correction across the comparisons of one table; pairs across "
+              "datasets and seeds are treated as exchangeable.")
+
+
+def _comparison_rows(labels: list[tuple[str, str]], tests: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cells of comparison rows (two label cells, Pairs, Δ, 95% CI, p (Holm), W/T/L) from tests carrying
+    ``n_pairs, mean_diff, ci_low, ci_high, p_holm, wins, ties, losses``; the tests are the numbers."""
+    rows = [[first, second, str(int(t["n_pairs"])), _signed(t["mean_diff"]),
+             f"[{_signed(t['ci_low'])}, {_signed(t['ci_high'])}]", f"{t['p_holm']:.3f}",
+             f"{int(t['wins'])}/{int(t['ties'])}/{int(t['losses'])}"]
+            for (first, second), (_, t) in zip(labels, tests.iterrows())]
+    cells = pd.DataFrame(rows, columns=["A", "B", "Pairs", "Δ", "95% CI", "p (Holm)", "W/T/L"])
+    return cells, tests.reset_index(drop=True)
+
+
+def _pairs(sub: pd.DataFrame, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Named pairs as labels: a method name stands for its main configuration, anything else is a label."""
+    main = main_variants(sub)
+    return [(main.get(a, a), main.get(b, b)) for a, b in pairs]
+
+
+__all__ = ["our_reference_cells", "gap_table", "main_variants", "significance_tables", "significance_table",
+           "ablation_significance_table", "BASELINE"]

@@ -49,6 +49,73 @@ def method_rank(name: str) -> tuple[int, str]:
     return (order.index(name) if name in order else len(order), name)
 
 
+NO_DEFAULT = object()
+"""What :func:`option_default` returns for an option whose default no card states."""
+
+
+def _option_entry(method: str, option: str) -> dict[str, Any]:
+    return dict(((card_of(method) or {}).get("options") or {}).get(option) or {})
+
+
+def option_display(method: str, option: str) -> str:
+    """How tables name ``option`` of ``method`` (``bottleneck_ratio`` -> ``bottleneck ratio``)."""
+    return _option_entry(method, option).get("display") or option.replace("_", " ")
+
+
+def value_display(method: str, option: str, value: Any) -> str:
+    """How tables name ``value`` of an option (``kaiming_all`` -> ``Kaiming (all)``), from the card's value names;
+    unnamed values as written (lists as ``[2,3]``, whole floats without ``.0``, switches as on/off)."""
+    named = _option_entry(method, option).get("values") or {}
+    text = named.get(json_key(value))
+    if text is not None:
+        return text
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(value_display(method, option, v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "on" if value else "off"  # a switch: its table row reads "reconstruction off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def option_default(method: str, option: str) -> Any:
+    """The default of ``option`` as a record's config holds it (lists for tuples), from the card; a card written
+    before cards carried defaults is replaced by the class's own card when the class can be imported, else
+    :data:`NO_DEFAULT`."""
+    entry = _option_entry(method, option)
+    if "default" not in entry and entry and method in METHODS:
+        try:
+            _CARDS[method] = method_card(method)
+        except ImportError:
+            return NO_DEFAULT
+        entry = _option_entry(method, option)
+    return entry.get("default", NO_DEFAULT)
+
+
+def default_kind(method: str, option: str) -> str:
+    """Where the default of ``option`` comes from: ``official``, ``paper`` or ``suite`` ("" when unknown)."""
+    return str(_option_entry(method, option).get("kind") or "")
+
+
+def factor_groups(method: str) -> dict[str, tuple[str, ...]]:
+    """The method's named factor groups (``heterogeneity`` -> visual and text adapter kinds)."""
+    return {name: tuple(options) for name, options in ((card_of(method) or {}).get("factors") or {}).items()}
+
+
+def json_key(value: Any) -> str:
+    """A value as the card's value names key it (``True`` -> ``"true"``, ``4`` -> ``"4"``, tuples as lists); the
+    same text for a value read from a record and from a class (``frozen_clip.contract._json_key``)."""
+    import json
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
+        value = int(value)  # pandas reads an int column with missing values as floats
+    try:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    except TypeError:
+        return str(value)
+
+
 def is_exact_option(method: str, option: str) -> bool | None:
     """Whether ``option`` is an exact speed switch of ``method`` according to its card (None: no card, or no such
     option)."""
@@ -89,4 +156,6 @@ def run_display(row: Mapping[str, Any]) -> str:
     return method_display(name)
 
 
-__all__ = ["remember", "card_of", "all_cards", "method_display", "method_rank", "is_exact_option", "paper_names", "paper_method", "run_display"]
+__all__ = ["remember", "card_of", "all_cards", "method_display", "method_rank", "is_exact_option", "paper_names",
+           "paper_method", "run_display", "NO_DEFAULT", "option_display", "value_display", "option_default",
+           "default_kind", "factor_groups", "json_key"]

@@ -35,9 +35,18 @@ def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+MARKERS = "osD^vP<>Xhp*"
+"""One marker per method (with its colour), so that no two methods look alike in print or in grey."""
+
+
 def _palette(labels: Sequence[str]) -> dict[str, tuple]:
     colors = sns.color_palette("tab10" if len(labels) <= 10 else "tab20", n_colors=max(len(labels), 1))
     return dict(zip(labels, colors))
+
+
+def _markers(labels: Sequence[str]) -> dict[str, str]:
+    """A marker per label, distinct for up to 12 labels (then repeating with other colours)."""
+    return {label: MARKERS[i % len(MARKERS)] for i, label in enumerate(labels)}
 
 
 def _method_order(table: Table) -> list[str]:
@@ -59,7 +68,7 @@ def plot_kshot(table: Table, out_dir: Path) -> list[Path]:
     datasets = ["Average", *[d for d in dict.fromkeys(numbers["dataset"]) if d != "Average"]]
     datasets = [d for d in datasets if numbers.loc[numbers["dataset"] == d, "mean"].notna().any()]
     methods = _method_order(table)
-    colors = _palette(methods)
+    colors, markers = _palette(methods), _markers(methods)
     ncols = min(len(datasets), 3)
     nrows = int(np.ceil(len(datasets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
@@ -71,7 +80,7 @@ def plot_kshot(table: Table, out_dir: Path) -> list[Path]:
             rows = sub[sub["method"] == method].dropna(subset=["mean"]).sort_values("shots")
             trained = rows[rows["shots"] > 0]
             if len(trained):
-                line, = ax.plot(trained["shots"], trained["mean"], marker="o", ms=4, color=colors[method])
+                line, = ax.plot(trained["shots"], trained["mean"], marker=markers[method], ms=4, color=colors[method])
                 ax.fill_between(trained["shots"], trained["mean"] - trained["std"], trained["mean"] + trained["std"],
                                 color=colors[method], alpha=0.2, linewidth=0)
                 handles.setdefault(method, line)
@@ -100,42 +109,52 @@ def _display(dataset: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- ablation
 
-def plot_ablation(table: Table, out_dir: Path, metric: str | None = None) -> list[Path]:
-    """Bars of the metric per configuration (±std over seeds); plus a heatmap when there are two or more axes."""
+def plot_ablation(table: Table, out_dir: Path) -> list[Path]:
+    """One factor of an ablation (a ``study_table``): its levels against the headline metric averaged over the
+    datasets, with a 95% t-interval across seeds, the default level as a filled marker; one column wide (3.25 in)
+    so it is read at paper size. Tables without levels (per-dataset variants) draw nothing."""
     numbers = table.numbers
-    axes_cols = [c for c in numbers.columns if c not in ("dataset", "metric", "mean", "std", "n", "min", "max")]
-    metric = metric or ("hm" if "hm" in set(numbers["metric"]) else
-                        "average" if "average" in set(numbers["metric"]) else numbers["metric"].iloc[0])
-    sub = numbers[numbers["metric"] == metric].copy()
-    sub["config"] = sub[axes_cols].astype(str).apply(
-        lambda r: ", ".join(f"{c}={v}" for c, v in r.items()), axis=1)
-    sub = sub.sort_values(axes_cols, key=lambda s: s.map(_numeric_first))
-    paths = []
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(sub) + 2), 4.2))
-    ax.bar(range(len(sub)), sub["mean"], yerr=sub["std"], capsize=3, color=sns.color_palette("muted")[0])
-    ax.set_xticks(range(len(sub)))
-    ax.set_xticklabels(sub["config"], rotation=35, ha="right", fontsize=8)
-    finite = sub["mean"].dropna()
-    if len(finite):
-        low = float((finite - sub.loc[finite.index, "std"].fillna(0)).min())
-        ax.set_ylim(max(0.0, low - 2.0), min(100.0, float(finite.max() + sub["std"].fillna(0).max()) + 1.0))
-    ax.set_ylabel(f"{_metric_label(metric)} (%)")
-    ax.set_xlabel("Configuration")
-    ax.set_title(table.title)
+    if "level_display" not in numbers.columns:
+        return []
+    metric = "hm" if "hm" in set(numbers["metric"]) else ("average" if "average" in set(numbers["metric"])
+                                                          else numbers["metric"].iloc[0])
+    order = list(dict.fromkeys(table.cells.iloc[:, : table.n_label_cols].astype(str).agg(" / ".join, axis=1)))
+    sub = numbers[numbers["metric"] == metric].set_index("level_display").reindex(order)
+    half = [_t_half_width(std, n) for std, n in zip(sub["std"], sub["n"])]
+    fig, ax = plt.subplots(figsize=(3.25, 2.3))
+    x = np.arange(len(sub))
+    ax.errorbar(x, sub["mean"], yerr=half, fmt="-", color="0.55", ecolor="0.3", capsize=3, linewidth=1)
+    default = np.array(["(" in label and label.endswith(")") for label in sub.index])
+    ax.plot(x[~default], sub["mean"][~default], "o", color="C0", markerfacecolor="white", label="level")
+    ax.plot(x[default], sub["mean"][default], "o", color="C0", label="default")
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(sub.index), fontsize=7, rotation=20 if max(map(len, sub.index)) > 8 else 0,
+                       ha="right" if max(map(len, sub.index)) > 8 else "center")
+    ax.set_xlabel(" / ".join(table.cells.columns[: table.n_label_cols]), fontsize=8)
+    ax.set_ylabel(f"{_metric_label(metric)} (%)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
     ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    paths += save(fig, out_dir, f"{table.name}_bars")
-    if len(axes_cols) >= 2:
-        grid = sub.groupby([axes_cols[0], axes_cols[1]])["mean"].mean().unstack(axes_cols[1])
-        fig, ax = plt.subplots(figsize=(1.6 * grid.shape[1] + 2.5, 0.8 * grid.shape[0] + 1.8))
-        sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis", ax=ax,
-                    cbar_kws={"label": f"{_metric_label(metric)} (%)"})
-        ax.set_title(f"{table.title}" + (" (other axes averaged)" if len(axes_cols) > 2 else ""), fontsize=9)
-        ax.set_xlabel(axes_cols[1])
-        ax.set_ylabel(axes_cols[0])
-        fig.tight_layout()
-        paths += save(fig, out_dir, f"{table.name}_heatmap")
-    return paths
+    return save(fig, out_dir, table.name)
+
+
+def _t_half_width(std: float, n: float) -> float:
+    """Half width of the 95% t-interval of a mean over ``n`` seeds from their population std (0 for one seed)."""
+    if not n or n < 2 or not np.isfinite(std):
+        return 0.0
+    sample_std = std * np.sqrt(n / (n - 1))
+    return float(t_quantile_975(int(n) - 1) * sample_std / np.sqrt(n))
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: tabulated up to 10, beyond that the
+    Cornish-Fisher expansion around the normal quantile (within 0.005 there)."""
+    exact = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    if df in exact:
+        return exact[df]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
 def _numeric_first(value: object) -> tuple:
@@ -188,13 +207,14 @@ def plot_tradeoff(tables: dict[str, Table], out_dir: Path) -> list[Path]:
         return []
     order = {m: i for i, m in enumerate(cost["method"])}
     data = data.sort_values("method", key=lambda s: s.map(order))
-    colors = _palette(list(data["method"]))
+    colors, markers = _palette(list(data["method"])), _markers(list(data["method"]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, column, xlabel in ((axes[0], "cost.trainable_params.mean", "Trainable parameters (log scale)"),
                                (axes[1], "cost.time_train_s.mean", "Train time per run (s, log scale)")):
         for _, row in data.iterrows():
             x = max(float(row[column]), 1.0) if pd.notna(row[column]) else np.nan
-            ax.errorbar(x, row["mean"], yerr=row["std"], fmt="o", ms=7, capsize=3, color=colors[row["method"]],
+            ax.errorbar(x, row["mean"], yerr=row["std"], fmt=markers[row["method"]], ms=7, capsize=3,
+                        color=colors[row["method"]],
                         label=row["method"])
         ax.set_xscale("log")
         ax.set_xlabel(xlabel + "; 0 drawn at 1")

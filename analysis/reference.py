@@ -56,9 +56,19 @@ METRICS: dict[str, str] = {"base": "base", "novel": "novel", "hm": "hm", "acc": 
 """Reference metric -> suite metric (``accuracy`` = the fewshot ``test`` split or a transfer split)."""
 
 
+WORLD_PREFIX = "world_"
+"""Keys of the built-in world's datasets (``protocols.datasets.WORLD_PREFIX``)."""
+
+
 def dataset_display(key: str) -> str:
-    """Display name of a suite dataset key (the key itself when unknown, e.g. the built-in ``world_*`` data)."""
-    return DATASETS.get(key, (key, key))[0]
+    """Paper name of a suite dataset key: the CoOp datasets as the papers print them (``oxford_pets`` ->
+    ``OxfordPets``), the built-in world's as their Dassl names (``world_hues_outline`` -> ``WorldHuesOutline``), any
+    other key as it is."""
+    if key in DATASETS:
+        return DATASETS[key][0]
+    if str(key).startswith(WORLD_PREFIX):
+        return "World" + "".join(part.capitalize() for part in str(key)[len(WORLD_PREFIX):].split("_"))
+    return str(key)
 
 
 def dataset_order(keys) -> list[str]:

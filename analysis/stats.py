@@ -100,5 +100,19 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], n_boot: int = 10_0
                             losses=int((diffs < -tie_tolerance).sum()))
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1): reject where adjusted p < alpha keeps
+    the family-wise error rate of the whole family of comparisons at alpha. NaN p-values stay NaN and do not count
+    as comparisons."""
+    values = np.asarray(p_values, dtype=float)
+    finite = np.flatnonzero(np.isfinite(values))
+    adjusted = np.full(values.shape, np.nan)
+    running = 0.0
+    for rank, index in enumerate(finite[np.argsort(values[finite], kind="stable")]):
+        running = max(running, min(1.0, (finite.size - rank) * values[index]))
+        adjusted[index] = running
+    return [float(v) for v in adjusted]
+
+
 __all__ = ["STD_DDOF", "harmonic_mean", "SeedStats", "seed_stats", "PairedComparison", "bootstrap_ci",
-           "sign_flip_pvalue", "paired_comparison"]
+           "sign_flip_pvalue", "paired_comparison", "holm"]

@@ -2,11 +2,12 @@
 
     python -m analysis.tables RESULTS_DIR [RESULTS_DIR ...] [--out DIR] [--tables NAME ...]
                               [--reference FILE] [--grid GRID.yaml] [--where KEY=VALUE ...] [--pairs A:B ...]
-                              [--no-plots]
+                              [--baseline METHOD] [--std {small,inline,none}] [--no-plots]
 
 Writes into ``--out`` (default ``RESULTS_DIR/analysis``): ``<table>.tex`` (a LaTeX float to ``\\input``),
 ``<table>.csv`` (the numbers), ``<table>_per_seed.csv`` (the per-run values behind them), ``figures/*.pdf|png``,
-``records.csv`` (the flattened records), ``tables_preview.tex`` (a document that inputs every table) and
+``records.csv`` (the flattened records), ``notes.md`` (implementation notes and provenance, kept out of the
+captions), ``tables_preview.tex`` (a two-column document with the CVPR page geometry that inputs every table) and
 ``index.md``. Prints every path it wrote; the last line is the path of ``index.md``. Failed, invalid and duplicate
 records are listed in ``index.md`` and printed, never silently dropped; with ``--grid`` the runs of the grid that
 have no finished record are listed too. ``analysis/tables.ipynb`` does the same interactively.
@@ -23,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 import pandas as pd
 
 from analysis import build, compare
-from analysis.latex import Table, standalone, to_latex, to_markdown
+from analysis.latex import STD_STYLES, Table, standalone, to_latex, to_markdown
 from analysis.records import Records, apply_where, load_records, missing_runs
 from analysis.reference import DEFAULT_REFERENCE, load_reference
 
@@ -45,8 +46,10 @@ class Analysis:
 
 def analyse(results_dirs: Sequence[Path | str], tables: Iterable[str] = TABLES,
             reference: Path | str | None = None, grid: Path | str | None = None,
-            where: dict | None = None, pairs: Sequence[tuple[str, str]] | None = None) -> Analysis:
-    """Load the records and build the requested tables (nothing is written)."""
+            where: dict | None = None, pairs: Sequence[tuple[str, str]] | None = None,
+            baseline: str = compare.BASELINE) -> Analysis:
+    """Load the records and build the requested tables (nothing is written); ``baseline`` is the method (or label)
+    the significance table compares every method with, ``pairs`` replace that by explicit pairs."""
     records = load_records(list(results_dirs))
     frame = apply_where(records.done, where) if where else records.done
     result = Analysis(records, frame)
@@ -55,14 +58,14 @@ def analyse(results_dirs: Sequence[Path | str], tables: Iterable[str] = TABLES,
     if unknown:
         raise ValueError(f"unknown table(s) {unknown}; choose from {list(TABLES)}")
     builders: dict[str, Callable[[], list[Table] | Table | None]] = {
-        "base2novel": lambda: build.base2novel_table(frame),
+        "base2novel": lambda: build.base2novel_tables(frame, baseline),
         "ablations": lambda: build.ablation_tables(frame),
-        "kshot": lambda: build.kshot_table(frame),
+        "kshot": lambda: build.kshot_tables(frame),
         "cross_dataset": lambda: build.transfer_table(frame, "cross_dataset"),
         "dg": lambda: build.transfer_table(frame, "domain_generalization"),
         "cost": lambda: build.cost_table(frame),
         "gap": lambda: compare.gap_table(frame, load_reference(reference)),
-        "significance": lambda: compare.significance_table(frame, pairs),
+        "significance": lambda: compare.significance_tables(frame, pairs, baseline),
     }
     for name in wanted:
         built = builders[name]() if not frame.empty else None
@@ -80,8 +83,10 @@ def analyse(results_dirs: Sequence[Path | str], tables: Iterable[str] = TABLES,
 
 
 def write_outputs(result: Analysis, out: Path, plots: bool = True,
-                  log: Callable[[str], None] = print) -> Path:
-    """Write every table (``.tex``, ``.csv``, ``_per_seed.csv``), figures, ``records.csv`` and ``index.md``."""
+                  log: Callable[[str], None] = print, std: str = "small") -> Path:
+    """Write every table (``.tex``, ``.csv``, ``_per_seed.csv``), ``notes.md`` (each table's implementation notes
+    and provenance, kept out of the captions), ``tables_preview.tex``, figures, ``records.csv`` and ``index.md``;
+    ``std`` sets how ``± std`` is printed (``analysis.latex.STD_STYLES``)."""
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -90,7 +95,7 @@ def write_outputs(result: Analysis, out: Path, plots: bool = True,
         log(str(path))
 
     for table in result.tables.values():
-        (out / f"{table.name}.tex").write_text(to_latex(table) + "\n")
+        (out / f"{table.name}.tex").write_text(to_latex(table, std) + "\n")
         note(out / f"{table.name}.tex")
         table.numbers.to_csv(out / f"{table.name}.csv", index=False)
         note(out / f"{table.name}.csv")
@@ -98,7 +103,11 @@ def write_outputs(result: Analysis, out: Path, plots: bool = True,
             table.per_seed.to_csv(out / f"{table.name}_per_seed.csv", index=False)
             note(out / f"{table.name}_per_seed.csv")
     if result.tables:
-        (out / "tables_preview.tex").write_text(standalone([f"{name}.tex" for name in result.tables]))
+        (out / "notes.md").write_text(notes_markdown(result.tables.values()))
+        note(out / "notes.md")
+        floats = [f"{t.name}.tex" for t in result.tables.values() if t.environment != "longtable"]
+        long = [f"{t.name}.tex" for t in result.tables.values() if t.environment == "longtable"]
+        (out / "tables_preview.tex").write_text(standalone(floats, long))
         note(out / "tables_preview.tex")
     result.frame.to_csv(out / "records.csv", index=False)
     note(out / "records.csv")
@@ -131,6 +140,21 @@ def make_figures(tables: dict[str, Table], folder: Path) -> list[Path]:
     if "base2novel" in tables:
         paths += plots.plot_base_novel(tables["base2novel"], folder)
     return paths
+
+
+def notes_markdown(tables: Iterable[Table]) -> str:
+    """``notes.md``: per table, the implementation notes and provenance its caption leaves out."""
+    lines = ["# Notes on the tables", "",
+             "Implementation notes and provenance of each table (the captions say only what is compared).", ""]
+    groups: dict[tuple[str, ...], list[Table]] = {}
+    for table in tables:  # tables with the same notes (the sub-tables of one layout) share one entry
+        if table.notes:
+            groups.setdefault(tuple(table.notes), []).append(table)
+    for notes, members in groups.items():
+        files = ", ".join(f"`{t.name}.tex`" for t in members)
+        lines += [f"## {members[0].title}" + (f" and {len(members) - 1} more" if len(members) > 1 else ""), "",
+                  f"Tables: {files}", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines) + "\n"
 
 
 def index_markdown(result: Analysis, out: Path, figures: Sequence[Path]) -> str:
@@ -207,7 +231,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
                    help="keep runs with these config values (runs without the key, e.g. other methods, stay)")
     p.add_argument("--pairs", nargs="+", default=None, metavar="A:B",
-                   help="method pairs for the significance table (default: every pair of main configurations)")
+                   help="method pairs for the significance table (default: every method against --baseline)")
+    p.add_argument("--baseline", default=compare.BASELINE, metavar="METHOD",
+                   help=f"the method (or label) the significance table compares with (default: {compare.BASELINE})")
+    p.add_argument("--std", choices=STD_STYLES, default="small",
+                   help="how ± std is printed: small (smaller font after the mean), inline, none (CSV only)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     return p
 
@@ -224,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.results[0] / "analysis"
     try:
         result = analyse(args.results, args.tables, args.reference, args.grid, parse_where(args.where),
-                         parse_pairs(args.pairs) if args.pairs else None)
+                         parse_pairs(args.pairs) if args.pairs else None, args.baseline)
     except Exception as err:  # noqa: BLE001 - user errors exit 2 with their message, anything else is a bug
         if not _user_error(err):
             raise
@@ -238,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if result.missing_error:
         print(result.missing_error, file=sys.stderr)
-    write_outputs(result, out, plots=not args.no_plots)
+    write_outputs(result, out, plots=not args.no_plots, std=args.std)
     return 0
 
 

@@ -276,14 +276,17 @@ def undocumented_options(config_cls: type) -> list[str]:
 
 def card(method_cls: type) -> dict[str, Any]:
     """A JSON-ready description of a method, stored in every record: display names of the method, its options and
-    their values, its factor groups, paper and code, and the recipe version its runs were made under."""
+    their values, each option's default and its source, its factor groups, paper and code, and the recipe version its
+    runs were made under (the analysis reads the defaults to tell an ablation's default row from its levels)."""
     info: MethodInfo = method_cls.info
     config_cls = method_cls.Config
     options = {}
     exact = getattr(config_cls, "UNHASHED_FIELDS", ())
+    default_values = defaults(config_cls)
     for f in dataclasses.fields(config_cls):
         meta = f.metadata
         options[f.name] = {"display": option_display(config_cls, f.name), "exact": f.name in exact,
+                           "default": _json_value(default_values.get(f.name)),
                            "values": {_json_key(v): d for v, d in (meta.get("values") or {}).items()},
                            "value_notes": {_json_key(v): d for v, d in (meta.get("value_notes") or {}).items()},
                            "source": meta.get("source", ""), "kind": meta.get("kind", "")}
@@ -294,6 +297,13 @@ def card(method_cls: type) -> dict[str, Any]:
             "paper": dataclasses.asdict(info.paper) if info.paper else None,
             "code": dataclasses.asdict(info.code) if info.code else None,
             "factors": {k: list(v) for k, v in info.factors.items()}, "options": options}
+
+
+def _json_value(value: Any) -> Any:
+    """A default as JSON holds it (tuples as lists, nested too), so a card compares equal to a record's config."""
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def _json_key(value: Any) -> str:

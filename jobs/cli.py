@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from frozen_clip.errors import SuiteError
 from jobs.grid import Grid, GridPlan, RunSpec, expand_grid, resolve_plan
@@ -146,16 +146,44 @@ def preflight(specs: list[RunSpec], where: str) -> None:
         raise type(err)(f"{where}: {err}") from None
 
 
+def grid_summary(specs: Sequence[RunSpec]) -> list[str]:
+    """One line per method: ``HeBA: 26 configurations x 11 datasets x 3 seeds = 858 runs`` (the product when the
+    grid is complete in them, else the counts and the number of runs)."""
+    from jobs.config import variant_label
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for spec in specs:
+        label = variant_label(spec.config)
+        by_method.setdefault(label.split(" [")[0], []).append(
+            {"variant": label, "dataset": spec.config["dataset"], "seed": spec.config["seed"],
+             "shots": spec.config["shots"], "protocol": spec.config["protocol"]})
+    lines = []
+    for method, runs in by_method.items():
+        counts = [(len({r[key] for r in runs}), noun) for key, noun in
+                  (("variant", "configuration"), ("protocol", "protocol"), ("dataset", "dataset"),
+                   ("shots", "shot setting"), ("seed", "seed"))]
+        shown = [(n, noun) for n, noun in counts if n > 1 or noun in ("configuration", "dataset", "seed")]
+        parts = [f"{n} {noun}{'s' if n != 1 else ''}" for n, noun in shown]
+        product = 1
+        for n, _ in counts:
+            product *= n
+        total = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+        lines.append(f"{method}: {' x '.join(parts)} = {total}" if product == len(runs)
+                     else f"{method}: {', '.join(parts)}; {total}")
+    return lines
+
+
 def results_table(grid: Grid) -> str:
-    """Mean over seeds of each run's summary numbers, per method and dataset."""
+    """Mean over seeds of each run's summary numbers, per variant (the method's display name and the options it sets
+    off their defaults, ``HeBA [bottleneck ratio=8]``) and dataset: variants are never averaged together."""
     import pandas as pd
+    from jobs.config import variant_label
     rows = []
     for spec in grid.runs:
         record = read_record(run_dir(spec.resolved))
         if not record or record.get("status") != "done":
             continue
         cfg = record["config"]
-        rows.append({"method": cfg["method"]["name"], "dataset": cfg["dataset"], "protocol": cfg["protocol"],
+        rows.append({"method": variant_label(spec.config), "dataset": cfg["dataset"], "protocol": cfg["protocol"],
                      "shots": cfg["shots"], "seed": cfg["seed"], **record.get("summary", {})})
     if not rows:
         return "(no finished runs)"
@@ -300,6 +328,7 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
         to_run = {spec.run_id for spec in pending}
         print("\n".join(f"  {'run ' if spec.run_id in to_run else f'{state.status:4s}'} {spec.run_id} {describe(spec)}"
                         for spec, state in states))
+        print("\n".join(grid_summary(grid.runs)))
         return 0
     if not pending:
         print("Nothing to run: every run is already done." if counts["done"] == len(grid.runs)

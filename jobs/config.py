@@ -158,6 +158,13 @@ def run_label(config: Mapping[str, Any]) -> str:
     display name with its options set off their defaults (display names of options and values; exact speed switches
     left out), then dataset, protocol, shots and seed, e.g.
     ``HeBA [bottleneck ratio=2, init=Kaiming (all)] imagenet base2novel shots=16 seed=1``."""
+    return (f"{variant_label(config)} {config['dataset']} {config['protocol']} shots={config['shots']} "
+            f"seed={config['seed']}")
+
+
+def variant_label(config: Mapping[str, Any]) -> str:
+    """The method part of :func:`run_label`: its display name with the options set off their defaults
+    (``HeBA [bottleneck ratio=8]``), what tells the variants of one grid apart."""
     method = config["method"]
     name = method["name"]
     cls = METHODS.get(name)
@@ -166,8 +173,7 @@ def run_label(config: Mapping[str, Any]) -> str:
     parts = [f"{option_display(cls.Config, k)}={value_display(cls.Config, k, v)}" for k, v in changed.items()]
     if method.get("checkpoint"):
         parts.append(f"checkpoint={Path(method['checkpoint']).name}")
-    head = cls.info.display + (f" [{', '.join(parts)}]" if parts else "")
-    return f"{head} {config['dataset']} {config['protocol']} shots={config['shots']} seed={config['seed']}"
+    return cls.info.display + (f" [{', '.join(parts)}]" if parts else "")
 
 
 def _digest(hashed: Mapping[str, Any]) -> str:
@@ -324,4 +330,4 @@ def _resolve_targets(run: RunConfig, where: str) -> RunConfig:
 
 
 __all__ = ["RunConfig", "ResolvedRun", "resolve", "run_id_of", "parse_overrides", "set_dotted", "merge",
-           "check_value", "suggest", "canonical_config", "legacy_run_id", "run_label"]
+           "check_value", "suggest", "canonical_config", "legacy_run_id", "run_label", "variant_label"]

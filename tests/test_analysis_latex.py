@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.latex import Table, best_mask, bold_cells, check_latex, escape, fmt_mean_std, to_latex, to_markdown
+from analysis.latex import (COLUMN_WIDTH_PT, TEXT_WIDTH_PT, Table, best_mask, bold_cells, check_latex, escape,
+                            estimated_width, fit_width, fmt_mean_std, second_mask, to_latex, to_markdown)
 
 
 def _table(environment: str = "table") -> Table:
@@ -37,9 +38,28 @@ def test_to_latex_has_booktabs_bold_and_group_rules():
     text = to_latex(_table())
     assert check_latex(text) == []
     assert text.count("\\midrule") == 2  # header rule + one between the two dataset blocks
-    assert bold_cells(text) == [r"79.87 $\pm$ 0.10", r"79.87 $\pm$ 0.20", r"83.00 $\pm$ 1.00 $^\dagger$"]
+    assert bold_cells(text) == [r"79.87{\scriptsize$\pm$0.10}", r"79.87{\scriptsize$\pm$0.20}",
+                                r"83.00{\scriptsize$\pm$1.00} $^\dagger$"]
+    inline, none = to_latex(_table(), std="inline"), to_latex(_table(), std="none")
+    assert bold_cells(inline)[0] == r"79.87 $\pm$ 0.10" and bold_cells(none)[0] == "79.87"
     assert "HeBA (init=zero\\_up)" in text and "50\\%" in text
     assert "\nEuroSAT & HeBA" in text and "\n & MMA" in text  # repeated group label shown once
+
+
+def test_second_best_is_underlined_and_wide_tables_leave_the_column():
+    cells = pd.DataFrame({"Method": ["A", "B", "C"], "HM": ["70.00", "71.00", "69.00"]})
+    values = pd.DataFrame({"HM": [70.0, 71.0, 69.0]})
+    label = pd.DataFrame(False, index=cells.index, columns=["Method"])
+    table = Table("t", "T", "Caption.", cells, pd.concat([label, best_mask(values)], axis=1), values,
+                  second=pd.concat([label, second_mask(values)], axis=1))
+    text = to_latex(table)
+    assert "\\underline{70.00}" in text and "\\textbf{71.00}" in text and "69.00 \\\\" in text
+    assert text.startswith("\\begin{table}") and fit_width(table) == ("table", None, None)
+    wide = Table("w", "W", "Caption.", pd.DataFrame({f"Dataset number {i}": ["88.88 ± 0.11"] for i in range(12)}),
+                 pd.DataFrame(False, index=[0], columns=[f"Dataset number {i}" for i in range(12)]), values)
+    environment, font, _ = fit_width(wide)
+    assert environment == "table*" and font is not None  # too wide for a column, set smaller on the full width
+    assert estimated_width(wide) > TEXT_WIDTH_PT > COLUMN_WIDTH_PT
 
 
 def test_longtable_variant_is_structurally_sound():

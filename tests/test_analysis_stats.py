@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.stats import bootstrap_ci, harmonic_mean, paired_comparison, seed_stats, sign_flip_pvalue
+from analysis.stats import bootstrap_ci, harmonic_mean, holm, paired_comparison, seed_stats, sign_flip_pvalue
 
 
 @pytest.mark.parametrize("base, novel, hm", [(83.20, 76.80, 79.87),   # MMA README average row
@@ -45,3 +45,11 @@ def test_paired_comparison_counts_wins_ties_losses():
     assert (result.wins, result.ties, result.losses, result.n) == (2, 1, 1, 4)
     assert result.mean_diff == pytest.approx(0.75)
     assert result.ci_low <= result.mean_diff <= result.ci_high
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    """Holm on (0.01, 0.04, 0.03, 0.20): sorted 0.01·4, 0.03·3, 0.04·2, 0.20·1, made monotone."""
+    assert holm([0.01, 0.04, 0.03, 0.20]) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adjusted = holm([0.02, float("nan")])
+    assert adjusted[0] == pytest.approx(0.02) and np.isnan(adjusted[1])  # a NaN is not a comparison

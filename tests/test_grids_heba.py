@@ -3,11 +3,14 @@ reduced HeBA ablation grid runs end to end on the tiny CLIP and fake data."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from analysis.tables import analyse, write_outputs
 from jobs.cli import launch_main
 from jobs.config import parse_overrides
 from jobs.runfolder import read_record, run_dir
@@ -79,3 +82,17 @@ def test_reduced_heba_ablation_grid_runs_end_to_end(data_root, tmp_path):
                for r in records)
     params = {r["config"]["method"]["bottleneck_ratio"]: r["cost"]["trainable_params"] for r in records}
     assert params[2] > params[4] > 0
+
+    # the analysis of these real runs: one table per factor around the defaults, the cross as a cross, and a
+    # preview that fits the two-column page
+    out = tmp_path / "analysis"
+    write_outputs(analyse([tmp_path / "results"]), out, plots=False, log=lambda _: None)
+    names = {p.stem for p in out.glob("ablation_*.tex")}
+    assert names == {"ablation_heba_base2novel_bottleneck-ratio", "ablation_heba_base2novel_init",
+                     "ablation_heba_base2novel_cross-bottleneck-ratio-init"}
+    assert str(tmp_path) not in (out / "ablation_heba_base2novel_init.tex").read_text()  # a local backbone by name
+    engine = shutil.which("pdflatex")
+    if engine is not None:
+        proc = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", "tables_preview.tex"], cwd=out,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "Overfull \\hbox" not in proc.stdout, proc.stdout[-3000:]
