@@ -211,6 +211,22 @@ def _notes(sub: pd.DataFrame) -> list[str]:
             for value, text in (entry.get("value_notes") or {}).items():
                 if column in rows and (rows[column].astype(str) == value).any():
                     notes.append(text)
+        notes += _provenance_notes(rows, found.get("display") or method)
+    return notes
+
+
+def _provenance_notes(rows: pd.DataFrame, name: str) -> list[str]:
+    """Which choices behind ``rows`` (one method's runs) differ from the official code's: the precision they
+    computed in (``env.precision_note``, e.g. fp32 on a CPU where the official code runs fp16) and released
+    checkpoints they evaluated (``method.checkpoint``)."""
+    notes = []
+    if "env.precision_note" in rows:
+        for text in sorted({t for t in rows["env.precision_note"].dropna() if t}):
+            notes.append(f"{name}: {text}.")
+    if "method.checkpoint" in rows:
+        files = sorted({Path(str(p)).name for p in rows["method.checkpoint"].dropna() if p})
+        if files:
+            notes.append(f"{name}: evaluated from the released checkpoint(s) {', '.join(files)}.")
     return notes
 
 

@@ -260,3 +260,24 @@ def test_transfer_tables_fit_with_ten_and_four_targets(tmp_path):
     log = _compile(out, tmp_path)
     if log is not None:
         assert "Overfull \\hbox" not in log, re.findall(r"Overfull.*", log)
+
+
+def test_notes_say_which_precision_and_checkpoint_made_the_numbers(tmp_path):
+    """notes.md names the choices behind a method's numbers that are not the official code's: the precision they
+    computed in (here fp32 on a CPU for CoOp, officially fp16) and a released checkpoint they evaluated."""
+    import json
+    results = tmp_path / "results"
+    write_grid(results, [(method_config("zeroshot"), 60.0), (method_config("coop"), 64.0)], WORLD, [1, 2])
+    note = "computed in fp32 on a CPU; the official code runs in fp16 on a GPU"
+    for path in results.rglob("record.json"):
+        record = json.loads(path.read_text())
+        if record["config"]["method"]["name"] == "coop":
+            record["env"]["precision_note"] = note
+            record["config"]["method"]["checkpoint"] = "/ckpt/coop/model.pth.tar-50"
+            path.write_text(json.dumps(record))
+    out = tmp_path / "analysis"
+    write_outputs(analyse([results]), out, plots=False, log=lambda _: None)
+    notes = (out / "notes.md").read_text()
+    assert f"CoOp: {note}." in notes
+    assert "CoOp: evaluated from the released checkpoint(s) model.pth.tar-50." in notes
+    assert "/ckpt/coop" not in notes and "Zero-shot CLIP: computed" not in notes
