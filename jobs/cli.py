@@ -213,7 +213,7 @@ def launch_main(argv: list[str] | None = None) -> int:
             return _launch(plan, grid, args)
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # 2: bad input; a SchedulerError says 1 when Slurm is unreachable
     except Interrupted as err:
         command = " ".join(["python", "jobs/launch.py", *(argv if argv is not None else sys.argv[1:])])
         print(f"\ninterrupted by {err.signal_name}: running runs were stopped and keep their last checkpoint; "

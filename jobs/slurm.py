@@ -1,4 +1,4 @@
-"""The ``slurm`` executor: a whole grid as one submitit job array, submit-and-exit, preemption-safe.
+"""The ``slurm`` executor: a grid as submitit job arrays the cluster accepts, submit-and-exit, preemption-safe.
 
 What happens on ``python jobs/launch.py --grid FILE --executor slurm``:
 
@@ -6,11 +6,18 @@ What happens on ``python jobs/launch.py --grid FILE --executor slurm``:
    ``<results_dir>/.snapshots/<content hash>``), so jobs that wait in the queue run the code as submitted, not
    whatever the checkout holds when they start;
 2. each pending run's resolved config is written to ``<run folder>/config.yaml``;
-3. one ``sbatch`` submits every pending run as one job array (``executor.batch()``), at most
-   ``array_parallelism`` tasks at a time; each task runs :class:`SlurmRun`, which executes the run through the same
-   :func:`jobs.executors.execute_run` as every other executor (run lock, done re-check, atomic record);
-4. ``submitted.json`` (job id, array index, time) is written in each run folder, so ``--status`` shows ``queued``;
-5. the launcher prints the job ids and exits (``--wait`` blocks until every job has ended).
+3. the cluster's limits are read (:func:`read_cluster_limits`: ``MaxArraySize``, ``MaxJobCount``, the user's
+   ``MaxSubmitJobs``; an unreachable controller is one :class:`SchedulerError` line), the pending runs are packed
+   ``runs_per_task`` to an array task, and the tasks split into arrays of at most ``MaxArraySize`` (:func:`plan_arrays`:
+   arrays in lanes chained by ``afterany`` dependencies, so that ``array_parallelism`` bounds the tasks running at
+   once over all of them);
+4. one ``sbatch`` per array (``executor.batch()``); each task runs :class:`SlurmRun`, which executes its runs one
+   after the other through the same :func:`jobs.executors.execute_run` as every other executor (run lock, done
+   re-check, atomic record). A refusal is one :class:`SchedulerError` line with what sbatch said and what to check,
+   and submitit's files for the refused array are removed;
+5. ``submitted.json`` (job id, array index, time) is written in each run folder as its array is accepted, so
+   ``--status`` shows ``queued``;
+6. the launcher prints the job ids and exits (``--wait`` blocks until every job has ended).
 
 Timeouts and preemption: Slurm signals the job (``USR2``, ``signal_delay_s`` before the time limit, or on
 preemption); submitit then calls :meth:`SlurmRun.checkpoint`, which returns a *fresh* :class:`SlurmRun` holding only
@@ -26,8 +33,11 @@ a job cancelled or killed before it could write a record is reported as failed, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import getpass
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -43,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 import submitit
 
 from frozen_clip import atomic
-from frozen_clip.errors import ConfigError
+from frozen_clip.errors import ConfigError, SchedulerError
 
 from jobs.runfolder import REPO_ROOT, read_record, run_dir, write_config, write_record
 
@@ -76,7 +86,8 @@ class SlurmConfig:
     cpus_per_task: int = 4  # --cpus-per-task (suite default: loader workers of one run); also torch's thread count
     mem_gb: float | None = None  # --mem in GB (default: the cluster's DefMemPerCPU x cpus)
     constraint: str | None = None  # --constraint, e.g. "a100|h100"
-    array_parallelism: int = 256  # at most this many array tasks run at once (--array=0-N%K)
+    array_parallelism: int = 256  # at most this many tasks of the grid run at once, over all its arrays (%K)
+    runs_per_task: int = 1  # runs executed one after the other by one array task (pack short runs; fewer tasks)
     setup: tuple[str, ...] = ()  # shell lines run before the job starts, e.g. "module load cuda", "source venv/..."
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # raw #SBATCH flags (submitit passes them)
     submitit: dict[str, Any] = field(default_factory=dict)  # other AutoExecutor parameters, e.g. slurm_exclude
@@ -86,7 +97,7 @@ class SlurmConfig:
     python: str | None = None  # the job's interpreter (default: the launcher's sys.executable)
 
     def validate(self) -> None:
-        for name in ("timeout_min", "cpus_per_task", "array_parallelism"):
+        for name in ("timeout_min", "cpus_per_task", "array_parallelism", "runs_per_task"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
@@ -130,14 +141,16 @@ def make_executor(cfg: SlurmConfig, folder: Path, name: str, setup: Iterable[str
 
 # -- the job ---------------------------------------------------------------------------------------------------------
 class SlurmRun(submitit.helpers.Checkpointable):
-    """One run as a Slurm job: holds only the run's config path, the launch directory and the requeue bound.
+    """One array task: one run, or several short ones executed one after the other (``runs_per_task``). Holds only
+    the runs' config paths, the launch directory and the requeue bound.
 
-    Calling it executes the run through :func:`jobs.executors.execute_run` (resuming from the run folder's last
-    checkpoint when there is one). :meth:`checkpoint` returns a fresh instance, never pickled training state.
+    Calling it executes each run through :func:`jobs.executors.execute_run` (resuming from the run folder's last
+    checkpoint when there is one; a run already done is skipped, so a requeued task picks up where it stopped).
+    :meth:`checkpoint` returns a fresh instance, never pickled training state.
     """
 
-    def __init__(self, config_path: str, workdir: str, max_requeues: int) -> None:
-        self.config_path = config_path
+    def __init__(self, config_paths: tuple[str, ...], workdir: str, max_requeues: int) -> None:
+        self.config_paths = tuple(config_paths)
         self.workdir = workdir
         self.max_requeues = max_requeues
 
@@ -147,31 +160,44 @@ class SlurmRun(submitit.helpers.Checkpointable):
         if threads:
             import torch
             torch.set_num_threads(int(threads))
+        results = [self.execute(config_path) for config_path in self.config_paths]
+        failed = [line for line, raised in results if raised]
+        if failed:  # every run of the task was tried; the records hold the reasons, sacct says FAILED too
+            raise RuntimeError("; ".join(failed))
+        return "\n".join(line for line, _ in results)
+
+    def execute(self, config_path: str) -> tuple[str, bool]:
+        """Execute one run of the task: a one-line result (``done: <run id>``, ...) and whether the run failed while
+        executing (a run refused for too many requeues is recorded failed without making the job fail)."""
         from jobs.executors import execute_run
-        spec = self.spec()
+        from jobs.runfolder import read_status
+        spec = run_spec(config_path)
+        if read_status(Path(config_path).parent) == "done":  # finished before this task was requeued
+            return f"skipped: {spec.run_id} already done", False
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        append_requeue_event(Path(self.config_path).parent, "start", restart_count=restarts, code=str(REPO_ROOT))
+        append_requeue_event(Path(config_path).parent, "start", restart_count=restarts, code=str(REPO_ROOT))
         print(f"fcs job {job_id_from_env()}: run {spec.run_id}, restart {restarts}, code from {REPO_ROOT}", flush=True)
         if restarts > self.max_requeues:
-            return fail_run(spec, f"requeued {restarts} times, more than executor.max_requeues={self.max_requeues}")
+            reason = f"requeued {restarts} times, more than executor.max_requeues={self.max_requeues}"
+            return fail_run(spec, reason), False
         outcome = execute_run(spec, log=lambda line: print(line, flush=True))
-        if outcome.status == "failed":  # the record holds the reason; a failed job makes sacct say so too
-            raise RuntimeError(f"run {spec.run_id} failed: {outcome.detail}")
-        return f"{outcome.status}: {spec.run_id} {outcome.detail}".strip()
-
-    def spec(self) -> "RunSpec":
-        """The run, resolved again from its config file (resolving a resolved config is idempotent)."""
-        from jobs.config import resolve
-        from jobs.grid import RunSpec
-        from jobs.runfolder import read_run_config
-        resolved = resolve(read_run_config(self.config_path), self.config_path)
-        return RunSpec(resolved.run_id, resolved.config, resolved)
+        return f"{outcome.status}: {spec.run_id} {outcome.detail}".strip(), outcome.status == "failed"
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on timeout/preemption: requeue a fresh instance (it resumes from the run folder)."""
-        append_requeue_event(Path(self.config_path).parent, "checkpoint")
-        fresh = SlurmRun(self.config_path, self.workdir, self.max_requeues)
+        """Called by submitit on timeout/preemption: requeue a fresh instance (it resumes from the run folders)."""
+        for config_path in self.config_paths:
+            append_requeue_event(Path(config_path).parent, "checkpoint")
+        fresh = SlurmRun(self.config_paths, self.workdir, self.max_requeues)
         return submitit.helpers.DelayedSubmission(fresh)
+
+
+def run_spec(config_path: str) -> "RunSpec":
+    """The run of a config file, resolved again (resolving a resolved config is idempotent)."""
+    from jobs.config import resolve
+    from jobs.grid import RunSpec
+    from jobs.runfolder import read_run_config
+    resolved = resolve(read_run_config(config_path), config_path)
+    return RunSpec(resolved.run_id, resolved.config, resolved)
 
 
 def job_id_from_env() -> str:
@@ -208,7 +234,7 @@ def fail_run(spec: "RunSpec", reason: str) -> str:
     try:
         record = read_record(folder)
         if record is not None and record.get("status") == "done":
-            return f"skipped: {spec.run_id} already done"
+            return f"skipped: {spec.run_id} already done", False
         write_record(folder, {
             "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "config": spec.config, "status": "failed",
             "failure": {"reason": reason, "traceback": "", "user_error": False}, "finished_at": now_iso()})
@@ -270,7 +296,7 @@ def job_setup(code_dir: Path) -> list[str]:
 
 # -- submission ------------------------------------------------------------------------------------------------------
 class SlurmExecutor:
-    """The grid's pending runs as one job array; returns at once, or when they have ended with ``--wait``."""
+    """The grid's pending runs as job arrays; returns at once, or when they have ended with ``--wait``."""
 
     name = "slurm"
     Options = SlurmConfig
@@ -290,36 +316,252 @@ class SlurmExecutor:
 
 
 def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> None:
-    """Submit ``pending`` as one job array, write ``submitted.json`` per run, print the ids."""
+    """Submit ``pending`` as job arrays the cluster accepts (:func:`plan_arrays`), ``runs_per_task`` runs per array
+    task; write ``submitted.json`` per run as each array is accepted; print the ids.
+
+    A refusal raises :class:`SchedulerError` with what Slurm said and leaves nothing of the refused array behind; the
+    arrays accepted before it stay submitted (a relaunch submits only the runs that are not queued).
+    """
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise ConfigError("executor slurm: sbatch/srun not found on PATH; run on a Slurm login node, or use "
                           "--executor local")
+    limits = read_cluster_limits()
+    tasks = [pending[i:i + cfg.runs_per_task] for i in range(0, len(pending), cfg.runs_per_task)]
+    if limits.max_tasks is not None and len(tasks) > limits.max_tasks:
+        raise SchedulerError(
+            f"executor slurm: {len(tasks)} array tasks ({len(pending)} runs, runs_per_task={cfg.runs_per_task}) exceed "
+            f"the {limits.max_tasks} jobs this user may still submit ({limits.max_tasks_source}); set "
+            f"runs_per_task: {-(-len(pending) // max(limits.max_tasks, 1))} or more (nothing was submitted)")
+    parts = plan_arrays(len(tasks), limits.max_array_size, cfg.array_parallelism)
     results_root = grid.results_dir.resolve().parent
     code_dir = snapshot_code(results_root / ".snapshots") if cfg.snapshot else REPO_ROOT
-    folder = Path(cfg.folder) if cfg.folder else grid.results_dir.resolve() / ".submitit" / "%j"
-    executor = make_executor(cfg, folder.resolve(), f"fcs-{grid.name}", job_setup(code_dir))
+    folder = (Path(cfg.folder) if cfg.folder else grid.results_dir.resolve() / ".submitit" / "%j").resolve()
     workdir = os.getcwd()
-    runs = []
-    for spec in pending:
-        config_path = str(write_config(run_dir(spec.resolved), spec.config).resolve())
-        runs.append(SlurmRun(config_path, workdir, cfg.max_requeues))
-    with executor.batch():
-        jobs = [executor.submit(run) for run in runs]
-    submitted_at = now_iso()
-    for spec, job in zip(pending, jobs):
-        array_id, _, index = job.job_id.partition("_")
-        atomic.write_json(run_dir(spec.resolved) / "submitted.json", {
-            "executor": "slurm", "job_id": job.job_id, "array_job_id": array_id,
-            "array_index": int(index) if index else None, "submitted_at": submitted_at,
-            "log_folder": str(job.paths.folder), "code": str(code_dir)})
-    first, last = jobs[0].job_id, jobs[-1].job_id
-    if len(jobs) == 1:
-        print(f"submitted 1 run as Slurm job {first}")
-    else:
-        print(f"submitted {len(jobs)} runs as Slurm job array {first.partition('_')[0]} ({first} .. {last}, at most "
-              f"{min(cfg.array_parallelism, len(jobs))} at a time)")
-    print(f"  code: {code_dir}\n  logs: {jobs[0].paths.folder.parent}")
+    runs = [SlurmRun(tuple(str(write_config(run_dir(spec.resolved), spec.config).resolve()) for spec in task),
+                     workdir, cfg.max_requeues) for task in tasks]
+    array_ids: list[str] = []
+    for number, part in enumerate(parts):
+        dependency = f"afterany:{array_ids[part.after]}" if part.after is not None else None
+        try:
+            jobs = submit_array(cfg, folder, f"fcs-{grid.name}", job_setup(code_dir), [runs[i] for i in part.tasks],
+                                part.parallelism, dependency)
+        except SchedulerError as err:
+            done = sum(len(tasks[i]) for p in parts[:number] for i in p.tasks)
+            if number:
+                err.args = (f"{err} ({done} runs in the arrays accepted before it, {' '.join(array_ids)}, stay "
+                            f"submitted; a relaunch submits the other {len(pending) - done})",)
+            raise
+        array_ids.append(jobs[0].job_id.partition("_")[0])
+        record_submissions([tasks[i] for i in part.tasks], jobs, code_dir)
+        print(describe_array(jobs, part, len(parts), sum(len(tasks[i]) for i in part.tasks), dependency))
+    if len(parts) > 1 or cfg.runs_per_task > 1:
+        print(f"submitted {len(pending)} runs as {len(tasks)} array tasks ({cfg.runs_per_task} runs per task) in "
+              f"{len(parts)} Slurm job arrays (the cluster's MaxArraySize is {limits.max_array_size}), at most "
+              f"{min(cfg.array_parallelism, len(tasks))} tasks at a time")
+    print(f"  code: {code_dir}\n  logs: {folder.parent}")
     print(f"  follow: python jobs/launch.py --grid {grid.path} --status")
+
+
+def submit_array(cfg: SlurmConfig, folder: Path, name: str, setup: list[str], runs: list[SlurmRun],
+                 parallelism: int, dependency: str | None) -> list[Any]:
+    """One ``sbatch`` of ``runs`` as a job array (one run alone: a plain job); its submitit jobs.
+
+    What sbatch says on refusal becomes one :class:`SchedulerError` line, and the files submitit wrote for the refused
+    array (pickles, the sbatch script) are removed: ``.submitit/`` holds only jobs that exist.
+    """
+    executor = make_executor(cfg, folder, name, setup)
+    extra: dict[str, Any] = {"slurm_array_parallelism": parallelism}
+    if dependency:  # combined with one the user set through `submitit:` (Slurm's comma means: all of them)
+        extra["slurm_dependency"] = ",".join(filter(None, [cfg.submitit.get("slurm_dependency"), dependency]))
+    executor.update_parameters(**extra)
+    staging = submitit.core.utils.JobPaths.get_first_id_independent_folder(folder)
+    before = set(staging.iterdir()) if staging.is_dir() else None
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), executor.batch():  # submitit echoes sbatch's stderr: kept for the error
+            jobs = [executor.submit(run) for run in runs]
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as err:
+        remove_new_files(staging, before)
+        raise scheduler_refusal(str(err) or said.getvalue(), len(runs)) from None
+    return jobs
+
+
+def remove_new_files(folder: Path, before: set[Path] | None) -> None:
+    """Remove what appeared in ``folder`` since ``before`` was listed (the folder itself if it did not exist)."""
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in set(folder.iterdir()) - before if folder.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# What to check for each refusal sbatch gives (matched in its message, lower case); the first match wins.
+REFUSAL_HINTS = (
+    ("unable to contact", "check that slurmctld runs (`scontrol ping`) and that this is a login node of the cluster"),
+    ("array", "the array is larger than the cluster allows (`scontrol show config | grep MaxArraySize`): lower "
+              "array_parallelism, or raise runs_per_task"),
+    ("partition", "check executor.partition (`sinfo -s` lists the partitions)"),
+    ("account", "check executor.account (`sacctmgr show assoc user=$USER` lists your accounts)"),
+    ("qos", "check executor.qos (`sacctmgr show assoc user=$USER format=account,qos`)"),
+    ("gres", "check gpus_per_node: the partition's nodes have no such GPUs (`sinfo -o '%P %G'`)"),
+    ("memory", "check mem_gb against the nodes' memory (`sinfo -o '%P %m'`)"),
+    ("time limit", "check timeout_min against the partition's limit (`sinfo -o '%P %l'`)"),
+    ("node configuration", "no node of the partition has the GPUs, CPUs or memory asked for (`sinfo -o '%P %c %m %G'`)"),
+    ("qosmaxsubmit", "too many jobs queued for your QOS/association: raise runs_per_task or wait"),
+)
+
+
+def scheduler_refusal(said: str, tasks: int) -> SchedulerError:
+    """The :class:`SchedulerError` for sbatch's refusal message ``said`` (its last line carries the reason)."""
+    lines = [line.strip() for line in said.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else "no message"
+    reason = reason.removeprefix("sbatch: error: ").removeprefix("allocation failure: ")
+    hint = next((h for key, h in REFUSAL_HINTS if key in reason.lower()), "check the executor settings")
+    unreachable = "unable to contact" in reason.lower()
+    return SchedulerError(f"executor slurm: sbatch refused the job array of {tasks} tasks: {reason!r}; {hint} "
+                          "(nothing of it was submitted)", exit_code=1 if unreachable else 2)
+
+
+def record_submissions(tasks: list[list["RunSpec"]], jobs: list[Any], code_dir: Path) -> None:
+    """``submitted.json`` in each run folder: the array task that runs it (shared by the runs packed in it)."""
+    submitted_at = now_iso()
+    for task, job in zip(tasks, jobs):
+        array_id, _, index = job.job_id.partition("_")
+        for position, spec in enumerate(task):
+            atomic.write_json(run_dir(spec.resolved) / "submitted.json", {
+                "executor": "slurm", "job_id": job.job_id, "array_job_id": array_id,
+                "array_index": int(index) if index else None, "position_in_task": position,
+                "submitted_at": submitted_at, "log_folder": str(job.paths.folder), "code": str(code_dir)})
+
+
+def describe_array(jobs: list[Any], part: "ArrayPart", arrays: int, runs: int, dependency: str | None) -> str:
+    """One line for a submitted array (the wording ``--status`` users and the tests read)."""
+    first, last = jobs[0].job_id, jobs[-1].job_id
+    after = f", after {dependency.partition(':')[2]} has ended" if dependency else ""
+    if len(jobs) == 1:
+        return f"submitted {runs} run{'s' if runs > 1 else ''} as Slurm job {first}{after}"
+    return (f"submitted {runs} runs as Slurm job array {first.partition('_')[0]} ({first} .. {last}, at most "
+            f"{part.parallelism} at a time{after})")
+
+
+# -- what the cluster allows -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusterLimits:
+    """What one user may submit to the cluster, read before submitting (:func:`read_cluster_limits`)."""
+
+    max_array_size: int = 1001  # MaxArraySize: an array's task indices must be below it (Slurm's default)
+    max_tasks: int | None = None  # jobs (array tasks) this user may still submit; None: no limit found
+    max_tasks_source: str = ""  # which limit gives max_tasks, for messages
+
+
+def read_cluster_limits() -> ClusterLimits:
+    """MaxArraySize and MaxJobCount (``scontrol show config``), the user's association's MaxSubmitJobs
+    (``sacctmgr``, where accounting is on), less the jobs already queued. :class:`SchedulerError` (exit code 1) when
+    the controller does not answer."""
+    check_reachable()
+    config = slurm_config()
+    queue = slurm_output(["squeue", "-h", "-r", "-o", "%u"]).split()
+    user = getpass.getuser()
+    candidates = []
+    if config.get("MaxJobCount", "").isdigit():
+        count = int(config["MaxJobCount"])
+        candidates.append((count - len(queue), f"MaxJobCount={count}, {len(queue)} jobs in the queue"))
+    submit = association_max_submit(user)
+    if submit is not None:
+        mine = sum(owner == user for owner in queue)
+        candidates.append((submit - mine, f"MaxSubmitJobs={submit} of your association, {mine} of your jobs queued"))
+    size = config.get("MaxArraySize", "")
+    max_tasks, source = min(candidates) if candidates else (None, "")
+    return ClusterLimits(int(size) if size.isdigit() else 1001, max_tasks, source)
+
+
+def check_reachable() -> None:
+    """Raise :class:`SchedulerError` (exit code 1) unless ``scontrol ping`` finds the controller up (it answers at
+    once; ``sbatch`` and ``scontrol show config`` retry for many seconds first)."""
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        said = str(err)
+    else:
+        said = " ".join((out.stdout + " " + out.stderr).split("*")[0].split())
+        if out.returncode == 0 and " is UP" in out.stdout:
+            return
+    raise SchedulerError(f"executor slurm: the Slurm controller is not reachable (`scontrol ping`: {said!r}); check "
+                         "that slurmctld runs and that this is a login node of the cluster (nothing was submitted)",
+                         exit_code=1)
+
+
+def slurm_output(command: list[str]) -> str:
+    """stdout of a Slurm query ('' if it fails: the limits it would give are then not applied)."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+def slurm_config() -> dict[str, str]:
+    """``scontrol show config`` as ``{key: value}``."""
+    entries = {}
+    for line in slurm_output(["scontrol", "show", "config"]).splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            entries[key.strip()] = value.strip()
+    return entries
+
+
+def association_max_submit(user: str) -> int | None:
+    """The smallest MaxSubmitJobs (or GrpSubmitJobs) of the user's associations; None when unset or unknown."""
+    if shutil.which("sacctmgr") is None:
+        return None
+    text = slurm_output(["sacctmgr", "-n", "-P", "show", "assoc", f"where user={user}", "format=MaxSubmit,GrpSubmit"])
+    values = [int(v) for line in text.splitlines() for v in line.split("|") if v.strip().isdigit()]
+    return min(values) if values else None
+
+
+@dataclass(frozen=True)
+class ArrayPart:
+    """One job array of a submission: which tasks, how many may run at once, which array it waits for."""
+
+    tasks: range  # indices into the submission's tasks
+    parallelism: int  # the array's %K
+    after: int | None = None  # index of the array that must have ended first (afterany), None: none
+
+
+def plan_arrays(n_tasks: int, max_array_size: int, parallelism: int) -> list[ArrayPart]:
+    """Split ``n_tasks`` into arrays of at most ``max_array_size`` tasks (as equal as can be) such that at most
+    ``parallelism`` tasks run at once over all of them.
+
+    Slurm's ``%K`` holds within one array only. So the arrays are dealt into ``min(parallelism, arrays)`` lanes, the
+    arrays of a lane run one after the other (each waits for the one before it: ``--dependency=afterany``), and
+    ``parallelism`` is shared between the lanes in proportion to their tasks, so that the lanes end together.
+    """
+    count = -(-n_tasks // max_array_size)
+    base, extra = divmod(n_tasks, count)
+    sizes = [base + (i < extra) for i in range(count)]
+    lanes = min(parallelism, count)
+    shares = share(parallelism, [sum(sizes[i::lanes]) for i in range(lanes)])
+    parts, start = [], 0
+    for i, size in enumerate(sizes):
+        parts.append(ArrayPart(range(start, start + size), min(shares[i % lanes], size),
+                               i - lanes if i >= lanes else None))
+        start += size
+    return parts
+
+
+def share(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights``, at least 1 each (``total >= len(weights)``), summing to
+    ``total`` (largest remainders get the units left over)."""
+    spare = total - len(weights)
+    exact = [spare * w / sum(weights) for w in weights]
+    shares = [1 + int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: int(exact[i]) - exact[i])
+    for i in by_remainder[:total - sum(shares)]:
+        shares[i] += 1
+    return shares
 
 
 def wait_for_runs(specs: list["RunSpec"], poll_s: float = 2.0) -> list[Any]:
