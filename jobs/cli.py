@@ -300,6 +300,8 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
         to_run = {spec.run_id for spec in pending}
         print("\n".join(f"  {'run ' if spec.run_id in to_run else f'{state.status:4s}'} {spec.run_id} {describe(spec)}"
                         for spec, state in states))
+        for line in get_executor(options.kind).describe(grid, pending, options):
+            print(line)
         return 0
     if not pending:
         print("Nothing to run: every run is already done." if counts["done"] == len(grid.runs)

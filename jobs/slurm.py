@@ -33,6 +33,7 @@ a job cancelled or killed before it could write a record is reported as failed, 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import getpass
@@ -65,6 +66,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 SNAPSHOT_PACKAGES = ("frozen_clip", "adapters", "baselines", "protocols", "world", "jobs", "analysis")
 REQUEUES_NAME = "requeues.json"
 SNAPSHOT_INFO = "SNAPSHOT.json"
+# Seconds a job takes, at most, from its start to submitit's USR2 handler (Python and the suite imported): a job
+# signalled earlier is killed instead of requeued, so a time limit must leave at least this before the signal.
+JOB_START_S = 30
 
 
 
@@ -106,6 +110,17 @@ class SlurmConfig:
             raise ValueError(f"max_requeues must be >= 0, got {self.max_requeues}")
         if self.mem_gb is not None and self.mem_gb <= 0:
             raise ValueError(f"mem_gb must be > 0, got {self.mem_gb}")
+        lead = self.signal_delay_s
+        if self.timeout_min * 60 <= lead + JOB_START_S:
+            raise ValueError(
+                f"timeout_min={self.timeout_min} leaves no time to run: Slurm signals the job to requeue {lead} s before "
+                f"its time limit (submitit.slurm_signal_delay_s), and a job needs about {JOB_START_S} s to start and "
+                f"install its signal handler; set timeout_min >= {(lead + JOB_START_S) // 60 + 1}")
+
+    @property
+    def signal_delay_s(self) -> int:
+        """Seconds before the time limit at which Slurm sends USR2 (submitit's default 90)."""
+        return int(self.submitit.get("slurm_signal_delay_s", 90))
 
 
 def executor_parameters(cfg: SlurmConfig, name: str, setup: Iterable[str] = ()) -> dict[str, Any]:
@@ -300,6 +315,9 @@ class SlurmExecutor:
 
     name = "slurm"
     Options = SlurmConfig
+
+    def describe(self, grid: "Grid", specs: list["RunSpec"], options: SlurmConfig) -> list[str]:
+        return describe_submission(grid, specs, options)
 
     def submit(self, grid: "Grid", specs: list["RunSpec"], options: SlurmConfig,
                report: Callable[["RunSpec", "Outcome"], None], wait: bool = False) -> list["Outcome"] | None:
@@ -562,6 +580,79 @@ def share(total: int, weights: list[int]) -> list[int]:
     for i in by_remainder[:total - sum(shares)]:
         shares[i] += 1
     return shares
+
+
+def describe_submission(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> list[str]:
+    """What ``--dry-run`` says a Slurm submission of ``pending`` would be: the arrays, what each task requests, the
+    expected time per run from earlier records, and warnings about settings that cannot work."""
+    if not pending:
+        return []
+    try:
+        limits, origin = read_cluster_limits(), "this cluster's"
+    except SchedulerError:
+        limits, origin = ClusterLimits(), "Slurm's default (no cluster answered here)"
+    n_tasks = -(-len(pending) // cfg.runs_per_task)
+    parts = plan_arrays(n_tasks, limits.max_array_size, cfg.array_parallelism)
+    shapes = collections.Counter((len(p.tasks), p.parallelism, p.after is not None) for p in parts)
+    sizes = ", ".join(f"{count} x {size} tasks (%{parallelism}{', waiting for an earlier array' if waits else ''})"
+                      for (size, parallelism, waits), count in shapes.items())
+    lines = [f"slurm: {len(pending)} runs as {n_tasks} array tasks ({cfg.runs_per_task} run(s) per task) in "
+             f"{len(parts)} job array(s): {sizes}; MaxArraySize {limits.max_array_size} ({origin}); at most "
+             f"{min(cfg.array_parallelism, n_tasks)} tasks at a time over all arrays",
+             f"slurm: each task requests partition {cfg.partition or '(the default)'}, {cfg.gpus_per_node} GPU(s), "
+             f"{cfg.cpus_per_task} CPU(s), memory {f'{cfg.mem_gb:g} GB' if cfg.mem_gb else '(the default per CPU)'}, "
+             f"time limit {cfg.timeout_min} min (USR2 {cfg.signal_delay_s} s before it: requeue and resume, at most "
+             f"{cfg.max_requeues} times)" + (f", account {cfg.account}" if cfg.account else "")
+             + (f", qos {cfg.qos}" if cfg.qos else "")]
+    if limits.max_tasks is not None and n_tasks > limits.max_tasks:
+        lines.append(f"warning: {n_tasks} tasks exceed the {limits.max_tasks} jobs you may still submit "
+                     f"({limits.max_tasks_source}): raise runs_per_task")
+    lines += expected_times(grid, pending, cfg)
+    lines += gpu_warning(pending, cfg)
+    return lines
+
+
+def expected_times(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> list[str]:
+    """Expected wall time per run, per method and dataset, from the finished records under the results folder."""
+    from jobs.runfolder import read_status
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for path in grid.results_dir.resolve().parent.glob("*/*/record.json"):
+        if read_status(path.parent) != "done":
+            continue
+        record = read_record(path.parent) or {}
+        cost, config = record.get("cost") or {}, record.get("config") or {}
+        method = config.get("method")
+        key = (method.get("name") if isinstance(method, dict) else method, config.get("dataset"))
+        seconds.setdefault(key, []).append(sum(cost.get(k) or 0.0 for k in ("time_setup_s", "time_train_s",
+                                                                             "time_eval_s")))
+    wanted = collections.Counter((spec.config["method"]["name"], spec.config["dataset"]) for spec in pending)
+    known = {key: sum(v) / len(v) for key, v in seconds.items() if key in wanted}
+    lines = [f"slurm: expected time per run, from {len(seconds[key])} earlier record(s): {key[0]} on {key[1]} "
+             f"{mean / 60:.1f} min ({wanted[key]} pending)" for key, mean in sorted(known.items())]
+    unknown = sum(n for key, n in wanted.items() if key not in known)
+    if unknown:
+        lines.append(f"slurm: no earlier record of the same method and dataset for {unknown} pending runs")
+    longest = max(known.values(), default=0.0) * cfg.runs_per_task
+    if longest > cfg.timeout_min * 60 * (cfg.max_requeues + 1):
+        lines.append(f"warning: a task may need {longest / 60:.0f} min, more than timeout_min={cfg.timeout_min} with "
+                     f"max_requeues={cfg.max_requeues} requeues allow: raise timeout_min or lower runs_per_task")
+    return lines
+
+
+def gpu_warning(pending: list["RunSpec"], cfg: SlurmConfig) -> list[str]:
+    """A warning when no GPU is requested for runs of published open_clip architectures (the suite's built-in tiny
+    models run on CPU)."""
+    gpu_keys = ("gpus_per_node", "gpus_per_task", "slurm_gres", "slurm_gpus_per_node", "slurm_gpus_per_task")
+    if cfg.gpus_per_node or any(k in cfg.submitit for k in gpu_keys) or \
+            any(k in cfg.additional_parameters for k in ("gres", "gpus", "gpus-per-node", "gpus-per-task")):
+        return []
+    from frozen_clip.openclip_catalog import known_models
+    published = set(known_models())
+    large = sorted({spec.config["backbone"] for spec in pending if spec.config["backbone"] in published})
+    if not large:
+        return []
+    return [f"warning: no GPU requested (gpus_per_node: 0) for runs of {', '.join(large)}: they would run on CPU "
+            "for hours or days; set gpus_per_node: 1 (--executor-opt gpus_per_node=1)"]
 
 
 def wait_for_runs(specs: list["RunSpec"], poll_s: float = 2.0) -> list[Any]:

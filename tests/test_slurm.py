@@ -132,6 +132,33 @@ def test_arrays_fit_the_cluster_and_share_array_parallelism():
         assert at_once == min(parallelism, n), (n, size, parallelism, parts)
 
 
+def test_dry_run_shows_the_arrays_the_resources_and_what_cannot_work(tmp_path):
+    """``--dry-run --executor slurm`` of the README's grid: how many arrays of which sizes (MaxArraySize from the
+    cluster where one answers), what each task requests, and the warning that its ViT-B/16 runs get no GPU; on a small
+    grid, the expected time per run from an earlier record of the same method and dataset; a time limit inside the
+    signal's lead time is refused."""
+    code, out = launch("--grid", REPO / "grids/ablations.yaml", "--executor", "slurm", "--dry-run",
+                       "--executor-opt", "runs_per_task=2", "--executor-opt", "partition=gpu")
+    assert code == 0, out
+    arrays = re.search(r"^slurm: 1254 runs as 627 array tasks \(2 run\(s\) per task\) in (\d+) job array\(s\): .*"
+                       r"MaxArraySize (\d+)", out, re.M)
+    assert arrays and int(arrays.group(1)) == -(-627 // int(arrays.group(2))), out
+    assert "each task requests partition gpu, 0 GPU(s), 4 CPU(s), memory (the default per CPU), time limit 120 min" in out
+    assert re.search(r"^warning: no GPU requested .* ViT-B-16-quickgelu", out, re.M), out
+    code, out = launch("--grid", REPO / "grids/ablations.yaml", "--executor", "slurm", "--dry-run",
+                       "--executor-opt", "gpus_per_node=1")
+    assert code == 0 and "no GPU requested" not in out
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    grid = write_grid(tmp_path / "t.yaml", base_run(data, tmp_path / "r", method="zeroshot"), {"seed": [1, 2]})
+    code, out = launch("--grid", grid, "--executor", "inline", "--no-analysis", "seed=1")
+    assert code == 0, out
+    code, out = launch("--grid", grid, "--dry-run")
+    assert "slurm: expected time per run, from 1 earlier record(s): zeroshot on oxford_pets" in out, out
+    assert "(1 pending)" in out and "no earlier record" not in out
+    code, out = launch("--grid", grid, "--dry-run", "--executor-opt", "timeout_min=2")
+    assert code == 2 and "timeout_min=2 leaves no time to run" in out and "set timeout_min >= 3" in out, out
+
+
 def resolved_spec(data: Path, results: Path, **overrides) -> RunSpec:
     resolved = resolve(base_run(data, results, **overrides), "test")
     RunExecution(resolved).write_config()
