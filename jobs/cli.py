@@ -98,6 +98,8 @@ def print_status(plan: GridPlan) -> int:
     for entry, state in zip(entries, states):
         counts[state.status] = counts.get(state.status, 0) + 1
         reason = state.reason or changed.get(entry.folder, "")
+        if state.status in ("running", "failed"):
+            reason = " ".join(filter(None, [reason, scheduler_note(entry.folder, state.status, reason)]))
         lines.append(f"{state.status:8s} {entry.run_id} {entry.label}" + (f"  {reason}" if reason else ""))
     print("\n".join(lines))
     summary = ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "queued", "failed", "missing") if k in counts)
@@ -107,6 +109,20 @@ def print_status(plan: GridPlan) -> int:
               "weights replaced; see above): their records are kept; `--rerun-changed` runs them again")
     print_older_runs(plan, entries)
     return 0
+
+
+def scheduler_note(folder: Any, status: str, reason: str) -> str:
+    """For a run submitted to Slurm: ``[slurm job 12_3]`` (unless ``reason`` names the job), and for a failed one
+    where the job's log is."""
+    from jobs.state import read_submission
+    submission = read_submission(folder)
+    if not submission or submission.get("executor") != "slurm" or not submission.get("job_id"):
+        return ""
+    job_id = str(submission["job_id"])
+    note = "" if job_id in reason.split() or f"job {job_id}:" in reason else f"[slurm job {job_id}]"
+    if status == "failed" and submission.get("log_folder"):
+        note += f" log: {submission['log_folder']}/{job_id}_0_log.err (.out)"
+    return note.strip()
 
 
 def print_older_runs(plan: GridPlan, entries: list[Any]) -> None:
@@ -314,6 +330,8 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     start = time.perf_counter()
     outcomes = get_executor(options.kind).submit(grid, pending, options, _progress_printer(len(pending)), args.wait)
     if outcomes is None:  # handed to a scheduler: --status follows the runs
+        print(f"  records: {grid.results_dir}/<run id>/record.json")
+        print(f"  follow: {status_command(args)}")
         return 0
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
@@ -326,6 +344,13 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     if failed:
         return 2 if all(o.user_error for o in failed) else 1
     return 0
+
+
+def status_command(args: argparse.Namespace) -> str:
+    """The ``--status`` command of this launch: the same grid file and command-line overrides (they decide which
+    runs the grid holds)."""
+    import shlex
+    return shlex.join(["python", "jobs/launch.py", "--grid", args.grid, "--status", *args.overrides])
 
 
 def print_grid_configs(plan: GridPlan, grid: Grid, overrides: dict[str, Any]) -> int:

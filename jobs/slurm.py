@@ -191,7 +191,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
             return f"skipped: {spec.run_id} already done", False
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         append_requeue_event(Path(config_path).parent, "start", restart_count=restarts, code=str(REPO_ROOT))
-        print(f"fcs job {job_id_from_env()}: run {spec.run_id}, restart {restarts}, code from {REPO_ROOT}", flush=True)
+        from jobs.config import run_label
+        print(f"fcs job {job_id_from_env()}: run {spec.run_id} {run_label(spec.config)}, restart {restarts}, code from "
+              f"{REPO_ROOT}", flush=True)
         if restarts > self.max_requeues:
             reason = f"requeued {restarts} times, more than executor.max_requeues={self.max_requeues}"
             return fail_run(spec, reason), False
@@ -361,8 +363,8 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
     for number, part in enumerate(parts):
         dependency = f"afterany:{array_ids[part.after]}" if part.after is not None else None
         try:
-            jobs = submit_array(cfg, folder, f"fcs-{grid.name}", job_setup(code_dir), [runs[i] for i in part.tasks],
-                                part.parallelism, dependency)
+            jobs = submit_array(cfg, folder, job_name(grid.name, [s for i in part.tasks for s in tasks[i]]),
+                                job_setup(code_dir), [runs[i] for i in part.tasks], part.parallelism, dependency)
         except SchedulerError as err:
             done = sum(len(tasks[i]) for p in parts[:number] for i in p.tasks)
             if number:
@@ -372,12 +374,28 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
         array_ids.append(jobs[0].job_id.partition("_")[0])
         record_submissions([tasks[i] for i in part.tasks], jobs, code_dir)
         print(describe_array(jobs, part, len(parts), sum(len(tasks[i]) for i in part.tasks), dependency))
-    if len(parts) > 1 or cfg.runs_per_task > 1:
+    if len(parts) > 1 or len(tasks) < len(pending):
         print(f"submitted {len(pending)} runs as {len(tasks)} array tasks ({cfg.runs_per_task} runs per task) in "
               f"{len(parts)} Slurm job arrays (the cluster's MaxArraySize is {limits.max_array_size}), at most "
               f"{min(cfg.array_parallelism, len(tasks))} tasks at a time")
-    print(f"  code: {code_dir}\n  logs: {folder.parent}")
-    print(f"  follow: python jobs/launch.py --grid {grid.path} --status")
+    print(f"  code: {code_dir}\n  job logs: {folder.parent}/<job id>/<job id>_0_log.out (.err)")
+    print(f"  squeue: squeue -u $USER -o '%.16i %.{SQUEUE_NAME_WIDTH}j %.9T %.10M %R'   (job names in full)")
+
+
+# squeue shows 8 characters of a job name unless told otherwise; names are at most this long
+SQUEUE_NAME_WIDTH = 60
+
+
+def job_name(grid_name: str, specs: list["RunSpec"]) -> str:
+    """``fcs-<grid>``, then the method and the dataset where every run of the array shares them, e.g.
+    ``fcs-ablations-heba-eurosat`` (Slurm has one name per array; each run's log line names its variant in full)."""
+    parts = [f"fcs-{grid_name}"]
+    for key in ("method", "dataset"):
+        values = {spec.config[key]["name"] if key == "method" else spec.config[key] for spec in specs}
+        if len(values) != 1:
+            break
+        parts.append(str(values.pop()))
+    return "-".join(parts)[:SQUEUE_NAME_WIDTH]
 
 
 def submit_array(cfg: SlurmConfig, folder: Path, name: str, setup: list[str], runs: list[SlurmRun],

@@ -216,6 +216,19 @@ def test_status_of_submitted_runs(tmp_path):
     assert state_of(folder).status == "failed" and "cancelled" in state_of(folder).reason
 
 
+def test_status_names_the_slurm_job_and_the_log_of_a_failed_run(tmp_path):
+    from jobs.cli import scheduler_note, status_command
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert scheduler_note(folder, "running", "") == ""  # never submitted to Slurm
+    (folder / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "7_2", "log_folder": "/l/7_2"}))
+    assert scheduler_note(folder, "running", "") == "[slurm job 7_2]"
+    assert scheduler_note(folder, "running", "7_2 starting") == ""  # the reason names it already
+    assert scheduler_note(folder, "failed", "boom") == "[slurm job 7_2] log: /l/7_2/7_2_0_log.err (.out)"
+    args = type("Args", (), {"grid": "g y.yaml", "overrides": ["seed=1", "method.init=zero"]})()
+    assert status_command(args) == "python jobs/launch.py --grid 'g y.yaml' --status seed=1 method.init=zero"
+
+
 # -- against a real cluster ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slurm() -> None:
@@ -419,7 +432,7 @@ def test_grid_larger_than_max_array_size_goes_in_several_arrays_and_finishes(slu
     scripts = [(results / "big" / ".submitit" / a / f"{a}_submission.sh").read_text() for a in arrays]
     sizes = [sum(s["array_job_id"] == a for s in submissions) for a in arrays]
     for script, size in zip(scripts, sizes):
-        assert f"#SBATCH --array=0-{size - 1}%1\n" in script and "#SBATCH --job-name=fcs-big\n" in script
+        assert f"#SBATCH --array=0-{size - 1}%1\n" in script and "#SBATCH --job-name=fcs-big-zeroshot-oxford_pets\n" in script
     waiting = [re.search(r"#SBATCH --dependency=afterany:(\d+)", script) for script in scripts]
     assert [w.group(1) if w else None for w in waiting] == [None, None, *arrays[:len(arrays) - 2]], scripts
     records = [read_record(f) for f in runs]
@@ -429,15 +442,24 @@ def test_grid_larger_than_max_array_size_goes_in_several_arrays_and_finishes(slu
 
 @pytest.mark.slurm
 def test_runs_packed_into_array_tasks(slurm, tmp_path, cleanup_jobs):
-    """``runs_per_task: 2``: three runs in two array tasks; the first task runs its two runs one after the other."""
+    """``runs_per_task: 2``: three runs in two array tasks; the first task runs its two runs one after the other, its
+    log naming each run's variant. The launch prints where records go and the ``--status`` command with the
+    command line's overrides, which then follows the runs to the end."""
     data = write_dataset(tmp_path / "data", "oxford_pets", 6)
     results = tmp_path / "results"
     grid = write_grid(tmp_path / "packed.yaml", base_run(data, results, method="zeroshot"), {"seed": [1, 2, 3]},
                       runs_per_task=2)
-    proc = launch_process("--grid", grid, "--wait", "--no-analysis")
+    proc = launch_process("--grid", grid, "shots=4")  # an override (here equal to the grid's value)
     runs = folders(results, "packed")
     cleanup_jobs.extend(submitted_job(f) for f in runs if (f / "submitted.json").exists())
     assert proc.returncode == 0 and "3 runs as 2 array tasks (2 runs per task)" in proc.stdout, proc.stdout
+    assert f"records: {results / 'packed'}/<run id>/record.json" in proc.stdout
+    follow = re.search(r"follow: (.*)", proc.stdout).group(1).split()
+    assert follow == ["python", "jobs/launch.py", "--grid", str(grid), "--status", "shots=4"], proc.stdout
+    deadline = time.time() + 150
+    while "3 runs: 3 done" not in (status := launch(*follow[2:])[1]):
+        assert time.time() < deadline and "failed" not in status, status
+        time.sleep(0.5)
     submissions = [json.loads((f / "submitted.json").read_text()) for f in runs]
     tasks: dict[str, list[int]] = {}
     for submission in submissions:
@@ -445,8 +467,9 @@ def test_runs_packed_into_array_tasks(slurm, tmp_path, cleanup_jobs):
     assert sorted(sorted(p) for p in tasks.values()) == [[0], [0, 1]] and all(record_status(f) == "done" for f in runs)
     pair = next(job for job, positions in tasks.items() if len(positions) == 2)
     log = next((results / "packed" / ".submitit").glob(f"*/{pair}_0_log.out")).read_text()
-    ran = re.findall(r"fcs job \S+: run ([0-9a-f]{16})", log)
+    ran = dict(re.findall(r"fcs job \S+: run ([0-9a-f]{16}) (.+), restart 0", log))  # run id -> its label
     assert sorted(ran) == sorted(f.name for f, s in zip(runs, submissions) if s["job_id"] == pair), log
+    assert all(re.fullmatch(r".* oxford_pets base2novel shots=4 seed=[123]", label) for label in ran.values()), ran
 
 
 @pytest.mark.slurm
