@@ -55,6 +55,7 @@ import submitit
 
 from frozen_clip import atomic
 from frozen_clip.errors import ConfigError, SchedulerError
+from frozen_clip.weights import WEIGHTS_CACHE_ENV
 
 from jobs.runfolder import REPO_ROOT, read_record, run_dir, write_config, write_record
 
@@ -98,7 +99,11 @@ class SlurmConfig:
     max_requeues: int = 3  # requeues per run after timeout/preemption (submitit's max_num_timeout default)
     folder: str | None = None  # submitit's logs and pickles (default: <results_dir>/<grid name>/.submitit/%j)
     snapshot: bool = True  # run the code as submitted from <results_dir>/.snapshots/<hash> (False: the checkout)
-    python: str | None = None  # the job's interpreter (default: the launcher's sys.executable)
+    python: str | None = None  # the job's interpreter (default: the launcher's sys.executable; setup lines do not
+    # change it: give the venv's python here)
+    weights_cache: str | None = None  # staged pretrained weights (python -m jobs.stage_weights; default:
+    # $FCS_WEIGHTS_CACHE, else <results_dir>/.weights); jobs load from it with the Hugging Face hub offline
+    check_weights: bool = True  # refuse to submit runs whose weights are not staged (false: nodes can download)
 
     def validate(self) -> None:
         for name in ("timeout_min", "cpus_per_task", "array_parallelism", "runs_per_task"):
@@ -304,11 +309,34 @@ def snapshot_code(dest_root: Path, source: Path = REPO_ROOT,
     return target
 
 
-def job_setup(code_dir: Path) -> list[str]:
-    """Shell lines that make the job import the suite from ``code_dir`` (before any user setup line)."""
+def job_setup(code_dir: Path, weights: Path | None = None, offline: bool = False) -> list[str]:
+    """Shell lines that make the job import the suite from ``code_dir`` and load pretrained weights from the staged
+    cache ``weights`` (with the hub offline: a node without internet fails at once instead of timing out), before
+    any user setup line."""
     quoted = shlex.quote(str(code_dir))
     # `python -m submitit.core._submit` puts the working directory first on sys.path: it must be the code folder
-    return [f"cd {quoted}", f"export PYTHONPATH={quoted}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    lines = [f"cd {quoted}", f"export PYTHONPATH={quoted}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    if weights is not None:
+        lines.append(f"export {WEIGHTS_CACHE_ENV}={shlex.quote(str(weights))}")
+    if offline:
+        lines.append("export HF_HUB_OFFLINE=1")
+    return lines
+
+
+def check_staged_weights(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Path:
+    """The weights cache the jobs read; :class:`ConfigError` naming the command that stages what is missing."""
+    from frozen_clip.weights import missing_offline
+    from jobs.stage_weights import grid_downloads, weights_cache
+    cache = weights_cache(grid.results_dir, cfg.weights_cache)
+    missing = missing_offline(grid_downloads(pending), cache) if cfg.check_weights else []
+    if missing:
+        raise ConfigError(
+            f"executor slurm: the weights of {', '.join(d.label for d in missing)} are not staged in {cache}, and "
+            f"compute nodes usually have no internet: run `python -m jobs.stage_weights --grid {grid.path}"
+            + (f" --cache {cfg.weights_cache}" if cfg.weights_cache else "") + "` on this node first (with the "
+            "launch's overrides), or set executor.check_weights: false where the nodes can download (nothing was "
+            "submitted)")
+    return cache
 
 
 # -- submission ------------------------------------------------------------------------------------------------------
@@ -345,6 +373,7 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise ConfigError("executor slurm: sbatch/srun not found on PATH; run on a Slurm login node, or use "
                           "--executor local")
+    weights = check_staged_weights(grid, pending, cfg)
     limits = read_cluster_limits()
     tasks = [pending[i:i + cfg.runs_per_task] for i in range(0, len(pending), cfg.runs_per_task)]
     if limits.max_tasks is not None and len(tasks) > limits.max_tasks:
@@ -364,7 +393,8 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
         dependency = f"afterany:{array_ids[part.after]}" if part.after is not None else None
         try:
             jobs = submit_array(cfg, folder, job_name(grid.name, [s for i in part.tasks for s in tasks[i]]),
-                                job_setup(code_dir), [runs[i] for i in part.tasks], part.parallelism, dependency)
+                                job_setup(code_dir, weights, cfg.check_weights), [runs[i] for i in part.tasks],
+                                part.parallelism, dependency)
         except SchedulerError as err:
             done = sum(len(tasks[i]) for p in parts[:number] for i in p.tasks)
             if number:
@@ -627,6 +657,10 @@ def describe_submission(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig
                      f"({limits.max_tasks_source}): raise runs_per_task")
     lines += expected_times(grid, pending, cfg)
     lines += gpu_warning(pending, cfg)
+    try:
+        check_staged_weights(grid, pending, cfg)
+    except ConfigError as err:
+        lines.append(f"warning: {str(err).removeprefix('executor slurm: ').removesuffix(' (nothing was submitted)')}")
     return lines
 
 

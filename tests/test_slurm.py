@@ -159,6 +159,36 @@ def test_dry_run_shows_the_arrays_the_resources_and_what_cannot_work(tmp_path):
     assert code == 2 and "timeout_min=2 leaves no time to run" in out and "set timeout_min >= 3" in out, out
 
 
+def test_staged_weights_are_found_offline_and_the_dry_run_says_what_to_stage(tmp_path, monkeypatch):
+    """A grid of ViT-B/16 runs: ``--dry-run`` names the command that stages its weights until the cache holds them
+    (here put where the Hugging Face hub's own cache layout keeps a download: no network in tests); a grid of the
+    suite's own backbones has nothing to stage."""
+    from frozen_clip.weights import download_of, missing_offline
+    from jobs.stage_weights import main as stage_main
+    monkeypatch.delenv("FCS_WEIGHTS_CACHE", raising=False)
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    results = tmp_path / "results"
+    grid = write_grid(tmp_path / "vit.yaml", base_run(data, results, method="zeroshot", backbone="ViT-B/16",
+                                                      pretrained="openai"), gpus_per_node=1)
+    code, out = launch("--grid", grid, "--dry-run")
+    assert code == 0 and f"the weights of ViT-B-16-quickgelu (openai) are not staged in {results / '.weights'}" \
+        in out and f"python -m jobs.stage_weights --grid {grid}" in out, out
+    download = download_of("ViT-B-16-quickgelu", "openai")
+    assert missing_offline([download], results / ".weights") == [download]
+    repo = results / ".weights" / f"models--{download.hf_repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / download.filename).write_bytes(b"weights")
+    assert missing_offline([download], results / ".weights") == []
+    code, out = launch("--grid", grid, "--dry-run")
+    assert code == 0 and "not staged" not in out, out
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert stage_main(["--grid", str(write_grid(tmp_path / "tiny.yaml", base_run(data, results)))]) == 0
+    assert "no backbone to download" in out.getvalue()
+
+
 def resolved_spec(data: Path, results: Path, **overrides) -> RunSpec:
     resolved = resolve(base_run(data, results, **overrides), "test")
     RunExecution(resolved).write_config()
@@ -433,6 +463,7 @@ def test_grid_larger_than_max_array_size_goes_in_several_arrays_and_finishes(slu
     sizes = [sum(s["array_job_id"] == a for s in submissions) for a in arrays]
     for script, size in zip(scripts, sizes):
         assert f"#SBATCH --array=0-{size - 1}%1\n" in script and "#SBATCH --job-name=fcs-big-zeroshot-oxford_pets\n" in script
+        assert f"export FCS_WEIGHTS_CACHE={results / '.weights'}\n" in script and "export HF_HUB_OFFLINE=1\n" in script
     waiting = [re.search(r"#SBATCH --dependency=afterany:(\d+)", script) for script in scripts]
     assert [w.group(1) if w else None for w in waiting] == [None, None, *arrays[:len(arrays) - 2]], scripts
     records = [read_record(f) for f in runs]
@@ -492,6 +523,14 @@ def test_scheduler_refusals_are_one_line_and_leave_nothing_behind(slurm, tmp_pat
     assert proc.stderr.count("\n") == 1 and "controller is not reachable" in proc.stderr, proc.stderr
     leftovers = [p for p in (results / "bad" / ".submitit").rglob("*")] if (results / "bad" / ".submitit").exists() else []
     assert leftovers == [] and not list(results.rglob("submitted.json"))
+    # weights a compute node would have to download: refused before anything is submitted, with the command to run
+    big = write_grid(tmp_path / "vit.yaml", base_run(data, results, method="zeroshot", backbone="ViT-B-16",
+                                                     pretrained="openai"))
+    proc = launch_process("--grid", big)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "ViT-B-16-quickgelu (openai) are not staged in" in proc.stderr
+    assert f"run `python -m jobs.stage_weights --grid {big}` on this node first" in proc.stderr
+    assert not list(results.rglob("submitted.json"))
 
 
 @pytest.mark.slurm
