@@ -40,7 +40,8 @@ class Download:
 def download_of(arch: str, tag: str | None) -> Download | None:
     """What ``arch`` with pretrained ``tag`` downloads; None when nothing is (a local file, a suite asset, no
     weights, a tag open_clip does not know)."""
-    if not tag:
+    from frozen_clip.openclip_catalog import known_models
+    if not tag or arch not in known_models():  # the suite's assets and files: no open_clip import (seconds) needed
         return None
     from open_clip.pretrained import get_pretrained_cfg, has_hf_hub
     cfg = get_pretrained_cfg(arch, tag)

@@ -144,12 +144,14 @@ def print_older_runs(plan: GridPlan, entries: list[Any]) -> None:
 def preflight(specs: list[RunSpec], where: str) -> None:
     """Check the results folders and the data of every run (split files, images) before anything runs; raises
     :class:`SuiteError` prefixed with ``where`` (the grid file)."""
-    from jobs.data import Manifests, resolve_data_root
+    from jobs.data import Manifests, check_image_paths, resolve_data_root
     from jobs.runfolder import check_writable_folder
     try:
         for folder in sorted({str(run_dir(spec.resolved).parent) for spec in specs}):
             check_writable_folder(folder, "results folder (results_dir/name)")
         checked: set[tuple[str, ...]] = set()
+        images: dict[Any, set[str]] = {}  # per image ledger (results folder): every image of every run, checked once
+        listed: set[str] = set()  # manifests whose images are in `images` already
         for spec in specs:
             run = spec.resolved.run
             key = (run.data_root, run.dataset, run.protocol, *run.targets, str(run.shots), str(run.seed),
@@ -157,7 +159,10 @@ def preflight(specs: list[RunSpec], where: str) -> None:
             if key in checked:
                 continue
             checked.add(key)
-            Manifests(spec.resolved, resolve_data_root(run.data_root)).preflight()
+            manifests = Manifests(spec.resolved, resolve_data_root(run.data_root))
+            images.setdefault(manifests.ledger, set()).update(manifests.image_paths(listed))
+        for ledger, paths in images.items():
+            check_image_paths(paths, ledger)
     except SuiteError as err:
         raise type(err)(f"{where}: {err}") from None
 

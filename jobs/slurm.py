@@ -386,8 +386,9 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
     code_dir = snapshot_code(results_root / ".snapshots") if cfg.snapshot else REPO_ROOT
     folder = (Path(cfg.folder) if cfg.folder else grid.results_dir.resolve() / ".submitit" / "%j").resolve()
     workdir = os.getcwd()
-    runs = [SlurmRun(tuple(str(write_config(run_dir(spec.resolved), spec.config).resolve()) for spec in task),
-                     workdir, cfg.max_requeues) for task in tasks]
+    with atomic.one_sync():  # durable before any job can read them
+        runs = [SlurmRun(tuple(str(write_config(run_dir(spec.resolved), spec.config).resolve()) for spec in task),
+                         workdir, cfg.max_requeues) for task in tasks]
     array_ids: list[str] = []
     for number, part in enumerate(parts):
         dependency = f"afterany:{array_ids[part.after]}" if part.after is not None else None
@@ -402,7 +403,8 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
                             f"submitted; a relaunch submits the other {len(pending) - done})",)
             raise
         array_ids.append(jobs[0].job_id.partition("_")[0])
-        record_submissions([tasks[i] for i in part.tasks], jobs, code_dir)
+        with atomic.one_sync():
+            record_submissions([tasks[i] for i in part.tasks], jobs, code_dir)
         print(describe_array(jobs, part, len(parts), sum(len(tasks[i]) for i in part.tasks), dependency))
     if len(parts) > 1 or len(tasks) < len(pending):
         print(f"submitted {len(pending)} runs as {len(tasks)} array tasks ({cfg.runs_per_task} runs per task) in "
