@@ -557,9 +557,9 @@ def check_reachable() -> None:
         said = " ".join((out.stdout + " " + out.stderr).split("*")[0].split())
         if out.returncode == 0 and " is UP" in out.stdout:
             return
-    raise SchedulerError(f"executor slurm: the Slurm controller is not reachable (`scontrol ping`: {said!r}); check "
-                         "that slurmctld runs and that this is a login node of the cluster (nothing was submitted)",
-                         exit_code=1)
+    raise SchedulerError(f"slurm: the Slurm controller is not reachable (`scontrol ping`: {said!r}); check that "
+                         "slurmctld runs and that this is a login node of the cluster (nothing was submitted or "
+                         "cancelled)", exit_code=1)
 
 
 def slurm_output(command: list[str]) -> str:
@@ -640,7 +640,7 @@ def describe_submission(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig
     try:
         limits, origin = read_cluster_limits(), "this cluster's"
     except SchedulerError:
-        limits, origin = ClusterLimits(), "Slurm's default (no cluster answered here)"
+        limits, origin = ClusterLimits(), "Slurm's default: no cluster answered here"
     n_tasks = -(-len(pending) // cfg.runs_per_task)
     parts = plan_arrays(n_tasks, limits.max_array_size, cfg.array_parallelism)
     shapes = collections.Counter((len(p.tasks), p.parallelism, p.after is not None) for p in parts)
@@ -755,6 +755,7 @@ def cancel_jobs(job_ids: list[str]) -> None:
         return
     if shutil.which("scancel") is None:
         raise ConfigError("--cancel: scancel not found on PATH")
+    check_reachable()  # else scancel fails after retrying, and the runs would be marked cancelled while they run
     out = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         print(f"scancel: {out.stderr.strip()}", file=sys.stderr)

@@ -521,6 +521,12 @@ def test_scheduler_refusals_are_one_line_and_leave_nothing_behind(slurm, tmp_pat
     proc = launch_process("--grid", grid, env={"SLURM_CONF": str(unreachable)}, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and "controller is not reachable" in proc.stderr, proc.stderr
+    queued = folders(results, "bad")[0]  # as if submitted: --cancel must not mark it cancelled when scancel cannot act
+    (queued / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "999999"}))
+    proc = launch_process("--grid", grid, "--cancel", env={"SLURM_CONF": str(unreachable)}, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "not reachable" in proc.stderr, proc.stderr
+    assert "cancelled_at" not in (queued / "submitted.json").read_text()
+    (queued / "submitted.json").unlink()
     leftovers = [p for p in (results / "bad" / ".submitit").rglob("*")] if (results / "bad" / ".submitit").exists() else []
     assert leftovers == [] and not list(results.rglob("submitted.json"))
     # weights a compute node would have to download: refused before anything is submitted, with the command to run
