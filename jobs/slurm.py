@@ -375,12 +375,7 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
                           "--executor local")
     weights = check_staged_weights(grid, pending, cfg)
     limits = read_cluster_limits()
-    tasks = [pending[i:i + cfg.runs_per_task] for i in range(0, len(pending), cfg.runs_per_task)]
-    if limits.max_tasks is not None and len(tasks) > limits.max_tasks:
-        raise SchedulerError(
-            f"executor slurm: {len(tasks)} array tasks ({len(pending)} runs, runs_per_task={cfg.runs_per_task}) exceed "
-            f"the {limits.max_tasks} jobs this user may still submit ({limits.max_tasks_source}); set "
-            f"runs_per_task: {-(-len(pending) // max(limits.max_tasks, 1))} or more (nothing was submitted)")
+    tasks = pack_tasks(pending, cfg.runs_per_task, limits)
     parts = plan_arrays(len(tasks), limits.max_array_size, cfg.array_parallelism)
     results_root = grid.results_dir.resolve().parent
     code_dir = snapshot_code(results_root / ".snapshots") if cfg.snapshot else REPO_ROOT
@@ -405,7 +400,7 @@ def submit_grid(grid: "Grid", pending: list["RunSpec"], cfg: SlurmConfig) -> Non
         array_ids.append(jobs[0].job_id.partition("_")[0])
         with atomic.one_sync():
             record_submissions([tasks[i] for i in part.tasks], jobs, code_dir)
-        print(describe_array(jobs, part, len(parts), sum(len(tasks[i]) for i in part.tasks), dependency))
+        print(describe_array(jobs, part, sum(len(tasks[i]) for i in part.tasks), dependency))
     if len(parts) > 1 or len(tasks) < len(pending):
         print(f"submitted {len(pending)} runs as {len(tasks)} array tasks ({cfg.runs_per_task} runs per task) in "
               f"{len(parts)} Slurm job arrays (the cluster's MaxArraySize is {limits.max_array_size}), at most "
@@ -428,6 +423,18 @@ def job_name(grid_name: str, specs: list["RunSpec"]) -> str:
             break
         parts.append(str(values.pop()))
     return "-".join(parts)[:SQUEUE_NAME_WIDTH]
+
+
+def pack_tasks(pending: list["RunSpec"], runs_per_task: int, limits: "ClusterLimits") -> list[list["RunSpec"]]:
+    """The runs of each array task, in order; :class:`SchedulerError` when there are more tasks than the user may
+    still submit."""
+    tasks = [pending[i:i + runs_per_task] for i in range(0, len(pending), runs_per_task)]
+    if limits.max_tasks is not None and len(tasks) > limits.max_tasks:
+        raise SchedulerError(
+            f"executor slurm: {len(tasks)} array tasks ({len(pending)} runs, runs_per_task={runs_per_task}) exceed "
+            f"the {limits.max_tasks} jobs this user may still submit ({limits.max_tasks_source}); set "
+            f"runs_per_task: {-(-len(pending) // max(limits.max_tasks, 1))} or more (nothing was submitted)")
+    return tasks
 
 
 def submit_array(cfg: SlurmConfig, folder: Path, name: str, setup: list[str], runs: list[SlurmRun],
@@ -505,7 +512,7 @@ def record_submissions(tasks: list[list["RunSpec"]], jobs: list[Any], code_dir: 
                 "submitted_at": submitted_at, "log_folder": str(job.paths.folder), "code": str(code_dir)})
 
 
-def describe_array(jobs: list[Any], part: "ArrayPart", arrays: int, runs: int, dependency: str | None) -> str:
+def describe_array(jobs: list[Any], part: "ArrayPart", runs: int, dependency: str | None) -> str:
     """One line for a submitted array (the wording ``--status`` users and the tests read)."""
     first, last = jobs[0].job_id, jobs[-1].job_id
     after = f", after {dependency.partition(':')[2]} has ended" if dependency else ""
