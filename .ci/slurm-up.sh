@@ -13,6 +13,9 @@ set -euo pipefail
 
 CLUSTER="${FCS_SLURM_CLUSTER:-fcs}"
 DBPASS="${FCS_SLURM_DBPASS:-fcs-slurm-ci}"
+# far below Slurm's default (1001), so that the suite's splitting of a grid into several arrays runs on real Slurm
+# (tests/test_slurm.py reads the value from the cluster: any value >= 4 keeps its tests meaningful)
+MAX_ARRAY_SIZE="${FCS_SLURM_MAX_ARRAY_SIZE:-4}"
 HOST="$(hostname -s)"
 INSTALLED_LIST=/var/lib/fcs-slurm-ci/installed-packages
 T0=$(date +%s%N)
@@ -94,11 +97,14 @@ InactiveLimit=0
 MinJobAge=300
 KillWait=5
 Waittime=0
+MaxArraySize=$MAX_ARRAY_SIZE
 # preemption signals reach submitit's handler (needed on clusters with preemption; harmless here)
 SlurmctldParameters=preempt_send_user_signal
 $NODE_LINE State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
+conf_changed=0
+cmp -s /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf || conf_changed=1
 mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
 cat > /etc/slurm/slurmdbd.conf <<EOF
 AuthType=auth/munge
@@ -146,13 +152,15 @@ step "slurmdbd ready, cluster '$CLUSTER' registered"
 alive /run/slurmctld.pid || /usr/sbin/slurmctld
 alive /run/slurmd.pid || /usr/sbin/slurmd
 wait_for 30 "slurmctld" scontrol ping
+# daemons left running by an earlier run read a changed slurm.conf only when told to
+if [ "$conf_changed" = 1 ]; then scontrol reconfigure; fi
 # a node left down or drained by an earlier, interrupted run of this script is returned to service
 state="$(sinfo -h -N -n "$HOST" -o %t 2>/dev/null || true)"
 case "$state" in
   *drain*|*down*|*drng*|*fail*) scontrol update NodeName="$HOST" State=RESUME || true ;;
 esac
 wait_for 60 "node $HOST idle" sh -c "sinfo -h -o %t | grep -Eqx 'idle|mix|alloc'"
-step "slurmctld and slurmd ready: $(sinfo -h -o '%P %a %l %D %t %N')"
+step "slurmctld and slurmd ready: $(sinfo -h -o '%P %a %l %D %t %N'), $(scontrol show config | grep -o 'MaxArraySize *= *[0-9]*')"
 
 # -- 6. end-to-end check ----------------------------------------------------------------------------------------------
 out="$(srun -t 1 hostname)"

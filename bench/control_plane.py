@@ -129,12 +129,12 @@ def section(results: dict[str, Any]) -> str:
             "without it the launcher resolves the grid first.\n\n" + table(results) + "\n")
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's section of the results file."""
+def write_section(path: Path, text: str, section: str = SECTION) -> None:
+    """Replace (or append) a benchmark's section (headed ``section``) of the results file."""
     old = path.read_text() if path.exists() else ""
-    start = old.find(SECTION)
+    start = old.find(section)
     if start >= 0:
-        end = old.find("\n## ", start + len(SECTION))
+        end = old.find("\n## ", start + len(section))
         old = old[:start].rstrip() + "\n\n" + (old[end + 1:] if end >= 0 else "")
     path.write_text(old.rstrip() + "\n\n" + text)
 

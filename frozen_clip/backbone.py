@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from frozen_clip.errors import ConfigError
 from frozen_clip.stamps import file_stamp
 from frozen_clip.shared_prefix import common_prefix_length, shared_prefix_hidden, taps_are_per_token, tower_can_share
 from frozen_clip.taps import Taps
+from frozen_clip.weights import WEIGHTS_CACHE_ENV
 from frozen_clip.towers import TextTower, visual_forward
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -206,7 +208,9 @@ def _build_model(src: BackboneSource) -> tuple[nn.Module, dict[str, Any]]:
             with warnings.catch_warnings():
                 warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
                 try:
-                    model = open_clip.create_model(src.name, pretrained=src.pretrained)
+                    # staged weights (frozen_clip.weights) where the environment names their cache
+                    model = open_clip.create_model(src.name, pretrained=src.pretrained,
+                                                   cache_dir=os.environ.get(WEIGHTS_CACHE_ENV) or None)
                 except UserWarning as err:
                     raise ConfigError(f"backbone {src.name!r} with {src.pretrained!r}: {err}") from err
                 except RuntimeError as err:

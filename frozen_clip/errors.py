@@ -16,3 +16,13 @@ class ConfigError(SuiteError):
 
 class DataError(SuiteError):
     """A dataset root, split file or image is missing, unreadable or inconsistent."""
+
+
+class SchedulerError(SuiteError):
+    """The scheduler (Slurm) refused a submission or could not be asked. ``exit_code`` is what the command line
+    exits with: 2 when the settings are at fault (a partition that does not exist, an array too large), 1 when the
+    scheduler is unreachable (nothing the grid can fix; the same command works once it is back)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

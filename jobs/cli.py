@@ -98,6 +98,8 @@ def print_status(plan: GridPlan) -> int:
     for entry, state in zip(entries, states):
         counts[state.status] = counts.get(state.status, 0) + 1
         reason = state.reason or changed.get(entry.folder, "")
+        if state.status in ("running", "failed"):
+            reason = " ".join(filter(None, [reason, scheduler_note(entry.folder, state.status, reason)]))
         lines.append(f"{state.status:8s} {entry.run_id} {entry.label}" + (f"  {reason}" if reason else ""))
     print("\n".join(lines))
     summary = ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "queued", "failed", "missing") if k in counts)
@@ -107,6 +109,20 @@ def print_status(plan: GridPlan) -> int:
               "weights replaced; see above): their records are kept; `--rerun-changed` runs them again")
     print_older_runs(plan, entries)
     return 0
+
+
+def scheduler_note(folder: Any, status: str, reason: str) -> str:
+    """For a run submitted to Slurm: ``[slurm job 12_3]`` (unless ``reason`` names the job), and for a failed one
+    where the job's log is."""
+    from jobs.state import read_submission
+    submission = read_submission(folder)
+    if not submission or submission.get("executor") != "slurm" or not submission.get("job_id"):
+        return ""
+    job_id = str(submission["job_id"])
+    note = "" if job_id in reason.split() or f"job {job_id}:" in reason else f"[slurm job {job_id}]"
+    if status == "failed" and submission.get("log_folder"):
+        note += f" log: {submission['log_folder']}/{job_id}_0_log.err (.out)"
+    return note.strip()
 
 
 def print_older_runs(plan: GridPlan, entries: list[Any]) -> None:
@@ -128,12 +144,14 @@ def print_older_runs(plan: GridPlan, entries: list[Any]) -> None:
 def preflight(specs: list[RunSpec], where: str) -> None:
     """Check the results folders and the data of every run (split files, images) before anything runs; raises
     :class:`SuiteError` prefixed with ``where`` (the grid file)."""
-    from jobs.data import Manifests, resolve_data_root
+    from jobs.data import Manifests, check_image_paths, resolve_data_root
     from jobs.runfolder import check_writable_folder
     try:
         for folder in sorted({str(run_dir(spec.resolved).parent) for spec in specs}):
             check_writable_folder(folder, "results folder (results_dir/name)")
         checked: set[tuple[str, ...]] = set()
+        images: dict[Any, set[str]] = {}  # per image ledger (results folder): every image of every run, checked once
+        listed: set[str] = set()  # manifests whose images are in `images` already
         for spec in specs:
             run = spec.resolved.run
             key = (run.data_root, run.dataset, run.protocol, *run.targets, str(run.shots), str(run.seed),
@@ -141,7 +159,10 @@ def preflight(specs: list[RunSpec], where: str) -> None:
             if key in checked:
                 continue
             checked.add(key)
-            Manifests(spec.resolved, resolve_data_root(run.data_root)).preflight()
+            manifests = Manifests(spec.resolved, resolve_data_root(run.data_root))
+            images.setdefault(manifests.ledger, set()).update(manifests.image_paths(listed))
+        for ledger, paths in images.items():
+            check_image_paths(paths, ledger)
     except SuiteError as err:
         raise type(err)(f"{where}: {err}") from None
 
@@ -241,7 +262,7 @@ def launch_main(argv: list[str] | None = None) -> int:
             return _launch(plan, grid, args)
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # 2: bad input; a SchedulerError says 1 when Slurm is unreachable
     except Interrupted as err:
         command = " ".join(["python", "jobs/launch.py", *(argv if argv is not None else sys.argv[1:])])
         print(f"\ninterrupted by {err.signal_name}: running runs were stopped and keep their last checkpoint; "
@@ -329,6 +350,8 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
         print("\n".join(f"  {'run ' if spec.run_id in to_run else f'{state.status:4s}'} {spec.run_id} {describe(spec)}"
                         for spec, state in states))
         print("\n".join(grid_summary(grid.runs)))
+        for line in get_executor(options.kind).describe(grid, pending, options):
+            print(line)
         return 0
     if not pending:
         print("Nothing to run: every run is already done." if counts["done"] == len(grid.runs)
@@ -341,6 +364,8 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     start = time.perf_counter()
     outcomes = get_executor(options.kind).submit(grid, pending, options, _progress_printer(len(pending)), args.wait)
     if outcomes is None:  # handed to a scheduler: --status follows the runs
+        print(f"  records: {grid.results_dir}/<run id>/record.json")
+        print(f"  follow: {status_command(args)}")
         return 0
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
@@ -353,6 +378,13 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     if failed:
         return 2 if all(o.user_error for o in failed) else 1
     return 0
+
+
+def status_command(args: argparse.Namespace) -> str:
+    """The ``--status`` command of this launch: the same grid file and command-line overrides (they decide which
+    runs the grid holds)."""
+    import shlex
+    return shlex.join(["python", "jobs/launch.py", "--grid", args.grid, "--status", *args.overrides])
 
 
 def print_grid_configs(plan: GridPlan, grid: Grid, overrides: dict[str, Any]) -> int:

@@ -61,17 +61,32 @@ class Manifests:
     def all(self) -> list[SplitManifest]:
         return [self.fit, *self.evals.values(), *([self.full_val] if self.full_val is not None else [])]
 
-    def preflight(self) -> None:
-        """Every image referenced exists and decodes; raises one :class:`DataError` listing the problems.
-
-        Images the results folder's ledger saw decode, unchanged since, are not decoded again
-        (:func:`~protocols.imagefolder.check_images_with_ledger`)."""
-        paths = []
+    def image_paths(self, seen: set[str] | None = None) -> set[str]:
+        """The path of every image the run's splits reference; with ``seen`` (content hashes of manifests already
+        listed, updated here), only those of the other manifests (a grid's runs share their evaluation splits)."""
+        paths: set[str] = set()
+        seen = set() if seen is None else seen
         for manifest in self.all():
-            root = Path(manifest.image_root)
-            paths += [root / item.path for item in (*manifest.train, *manifest.val, *manifest.test)]
-        problems = check_images_with_ledger(sorted(set(paths)), self.ledger)
-        if problems:
-            listed = "\n".join(f"  {path}: {why}" for path, why in problems[:20])
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise DataError(f"{len(problems)} image(s) missing or unreadable:\n{listed}{more}")
+            if manifest.content_hash in seen:
+                continue
+            seen.add(manifest.content_hash)
+            root = manifest.image_root
+            paths.update(os.path.join(root, item.path) for item in (*manifest.train, *manifest.val, *manifest.test))
+        return paths
+
+    def preflight(self) -> None:
+        """Every image referenced exists and decodes; raises one :class:`DataError` listing the problems."""
+        check_image_paths(self.image_paths(), self.ledger)
+
+
+def check_image_paths(paths: set[str], ledger: Path) -> None:
+    """Every image of ``paths`` exists and decodes; raises one :class:`DataError` listing the problems.
+
+    Images the results folder's ledger saw decode, unchanged since, are not decoded again
+    (:func:`~protocols.imagefolder.check_images_with_ledger`); a grid checks the images of all its runs at once, so
+    the ledger is read and written once, not per run."""
+    problems = check_images_with_ledger(sorted(paths), ledger)
+    if problems:
+        listed = "\n".join(f"  {path}: {why}" for path, why in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataError(f"{len(problems)} image(s) missing or unreadable:\n{listed}{more}")

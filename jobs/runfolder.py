@@ -95,7 +95,9 @@ def write_config(folder: Path, config: dict[str, Any]) -> Path:
     with :func:`read_run_config`)."""
     import yaml
     path = Path(folder) / "config.yaml"
-    atomic.write_text(path, yaml.safe_dump(config, sort_keys=False))
+    # libyaml's dumper where PyYAML has it (the same YAML, ~10x faster: a large grid writes thousands of these)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    atomic.write_text(path, yaml.dump(config, Dumper=dumper, sort_keys=False))
     return path
 
 

@@ -310,12 +310,36 @@ def load_splits(key_or_spec: str | DatasetSpec, data_root: str | Path, file_orde
     root = image_root(spec, data_root)
     if file_order not in FILE_ORDERS:
         raise ConfigError(f"file_order must be one of {list(FILE_ORDERS)}, got {file_order!r}")
+    key = _splits_key(spec, folder, root)
+    if key is not None and key in _SPLITS_READ:
+        return _SPLITS_READ[key]
     readers = {"json": _read_json_layout, "fgvc_txt": _read_fgvc_layout,
                "imagenet": functools.partial(_read_imagenet_layout, file_order=file_order),
                "imagenet_variant": _read_variant_layout}
     train, val, test, classnames = readers[spec.layout](spec, folder, root)
-    return DatasetSplits(spec, root, tuple(train), tuple(val), tuple(test), tuple(classnames),
-                         _checksum(spec, folder))
+    splits = DatasetSplits(spec, root, tuple(train), tuple(val), tuple(test), tuple(classnames),
+                           _checksum(spec, folder))
+    if key is not None:
+        _SPLITS_READ[key] = splits
+    return splits
+
+
+# Split files read in this process, by :func:`_splits_key`: a grid's preflight builds a manifest per run and split,
+# and re-reading a split JSON for each (thousands of times for a large grid) was most of a submission's CPU time.
+_SPLITS_READ: dict[tuple, DatasetSplits] = {}
+
+
+def _splits_key(spec: DatasetSpec, folder: Path, root: Path) -> tuple | None:
+    """What a dataset's split lists depend on: the spec, the folders and each split file's size and modification
+    time (a rewritten file is read again); None for folder layouts, whose lists come from listing directories."""
+    sources = _sources(spec, folder)
+    if not sources:
+        return None
+    try:
+        stamps = tuple((st.st_size, st.st_mtime_ns) for st in (os.stat(path) for path in sources))
+    except OSError:
+        return None  # a missing file: the reader says which
+    return (spec, str(folder), str(root), stamps)
 
 
 _Lists = tuple[list[Item], list[Item], list[Item], list[str]]

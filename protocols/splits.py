@@ -102,7 +102,9 @@ def build_manifest(dataset: str | DatasetSpec, data_root: str | Path, shots: int
         classnames=base_new_classnames(splits.classnames, train, subsample),
         train=tuple(train_s), val=tuple(val_s), test=tuple(test_s), image_root=str(splits.image_root),
         split_file_sha256=splits.split_sha256)
-    write_manifest(manifest, manifest_path(manifest, cache_dir))
+    path = manifest_path(manifest, cache_dir)
+    if not path.is_file():  # named by its content's hash and written atomically: one there is this manifest
+        write_manifest(manifest, path)
     return manifest
 
 

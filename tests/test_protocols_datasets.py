@@ -303,3 +303,19 @@ def test_split_checksum(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=f"split file {split} has SHA-256 {digest}, expected 0+"):
         load_splits(spec, tmp_path)
     assert load_splits(dataclasses.replace(spec, split_sha256=digest), tmp_path).split_sha256 == digest
+
+
+def test_split_file_read_once_per_process_and_again_when_rewritten(tmp_path: Path) -> None:
+    """A grid's preflight asks for a dataset's splits once per run and split: the file is parsed once, and again
+    after it changes (size or modification time)."""
+    from tests.conftest import write_dataset
+    root = write_dataset(tmp_path / "data", "oxford_pets", 3)
+    first = load_splits("oxford_pets", root)
+    assert load_splits("oxford_pets", root) is first
+    split_file = next((root / "oxford_pets").glob("split_zhou_*.json"))
+    data = json.loads(split_file.read_text())
+    data["test"] = data["test"][:1]
+    split_file.write_text(json.dumps(data))
+    os.utime(split_file, ns=(1, 1))
+    again = load_splits("oxford_pets", root)
+    assert again is not first and len(again.test) == 1 and len(first.test) > 1

@@ -1,8 +1,9 @@
 """The ``slurm`` executor: configuration, code snapshot, checkpoint/requeue bookkeeping and status (no cluster
-needed), then end to end against a real Slurm cluster (``bash .ci/slurm-up.sh``): a grid as one job array with
-submit-and-exit and ``--status``, a job cancelled mid-training reported failed and completed by ``--retry-failed``,
-and jobs requeued by Slurm or by submitit's timeout/preemption path resuming to metrics identical to an
-uninterrupted run.
+needed), then end to end against a real Slurm cluster (``bash .ci/slurm-up.sh``, ``MaxArraySize=4``): a grid as one
+job array with submit-and-exit and ``--status``, a larger grid split into arrays that fit with ``--wait``, runs packed
+into array tasks, refusals and an unreachable controller as one line, a job cancelled mid-training reported failed
+and completed by ``--retry-failed``, and jobs requeued by Slurm or by submitit's timeout/preemption path resuming to
+metrics identical to an uninterrupted run.
 
 The cluster tests are skipped only when ``sinfo`` is not on PATH; with ``FCS_REQUIRE_SLURM=1`` (CI) they fail
 instead, and they fail whenever the cluster is not idle.
@@ -31,7 +32,7 @@ from jobs.execute import RunExecution
 from jobs.runfolder import read_record, run_dir
 from jobs.grid import RunSpec
 from jobs.slurm import (REQUEUES_NAME, SNAPSHOT_PACKAGES, SlurmConfig, SlurmRun, executor_parameters, make_executor,
-                        scheduler_states, snapshot_code)
+                        plan_arrays, read_cluster_limits, scheduler_states, snapshot_code)
 from jobs.state import from_scheduler, state_of
 from tests.conftest import base_run, write_dataset
 
@@ -114,6 +115,80 @@ def test_snapshot_is_keyed_by_content_and_importable(tmp_path):
     assert Path(out.stdout.strip()).resolve().is_relative_to(real.resolve())
 
 
+def test_arrays_fit_the_cluster_and_share_array_parallelism():
+    """Every task in exactly one array of at most MaxArraySize tasks; arrays that may run at the same time (those not
+    waiting for one another) together run at most array_parallelism tasks, and use all of it where there are tasks."""
+    for n, size, parallelism in [(1254, 1001, 256), (10, 4, 2), (10, 4, 1), (10, 4, 256), (9, 4, 5), (5, 4, 5),
+                                 (5000, 1001, 3), (1, 4, 8), (6, 4, 2)]:
+        parts = plan_arrays(n, size, parallelism)
+        assert [i for part in parts for i in part.tasks] == list(range(n))
+        assert len(parts) == -(-n // size) and all(1 <= len(part.tasks) <= size for part in parts)
+        chains: dict[int, list[int]] = {}  # first array of a chain -> its arrays, each waiting for the one before
+        for index, part in enumerate(parts):
+            assert part.after is None or part.after < index
+            first = index if part.after is None else next(f for f, chain in chains.items() if chain[-1] == part.after)
+            chains.setdefault(first, []).append(index)
+        at_once = sum(max(parts[i].parallelism for i in chain) for chain in chains.values())
+        assert at_once == min(parallelism, n), (n, size, parallelism, parts)
+
+
+def test_dry_run_shows_the_arrays_the_resources_and_what_cannot_work(tmp_path):
+    """``--dry-run --executor slurm`` of the README's grid: how many arrays of which sizes (MaxArraySize from the
+    cluster where one answers), what each task requests, and the warning that its ViT-B/16 runs get no GPU; on a small
+    grid, the expected time per run from an earlier record of the same method and dataset; a time limit inside the
+    signal's lead time is refused."""
+    code, out = launch("--grid", REPO / "grids/ablations.yaml", "--executor", "slurm", "--dry-run",
+                       "--executor-opt", "runs_per_task=2", "--executor-opt", "partition=gpu")
+    assert code == 0, out
+    arrays = re.search(r"^slurm: 1254 runs as 627 array tasks \(2 run\(s\) per task\) in (\d+) job array\(s\): .*"
+                       r"MaxArraySize (\d+)", out, re.M)
+    assert arrays and int(arrays.group(1)) == -(-627 // int(arrays.group(2))), out
+    assert "each task requests partition gpu, 0 GPU(s), 4 CPU(s), memory (the default per CPU), time limit 120 min" in out
+    assert re.search(r"^warning: no GPU requested .* ViT-B-16-quickgelu", out, re.M), out
+    code, out = launch("--grid", REPO / "grids/ablations.yaml", "--executor", "slurm", "--dry-run",
+                       "--executor-opt", "gpus_per_node=1")
+    assert code == 0 and "no GPU requested" not in out
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    grid = write_grid(tmp_path / "t.yaml", base_run(data, tmp_path / "r", method="zeroshot"), {"seed": [1, 2]})
+    code, out = launch("--grid", grid, "--executor", "inline", "--no-analysis", "seed=1")
+    assert code == 0, out
+    code, out = launch("--grid", grid, "--dry-run")
+    assert "slurm: expected time per run, from 1 earlier record(s): zeroshot on oxford_pets" in out, out
+    assert "(1 pending)" in out and "no earlier record" not in out
+    code, out = launch("--grid", grid, "--dry-run", "--executor-opt", "timeout_min=2")
+    assert code == 2 and "timeout_min=2 leaves no time to run" in out and "set timeout_min >= 3" in out, out
+
+
+def test_staged_weights_are_found_offline_and_the_dry_run_says_what_to_stage(tmp_path, monkeypatch):
+    """A grid of ViT-B/16 runs: ``--dry-run`` names the command that stages its weights until the cache holds them
+    (here put where the Hugging Face hub's own cache layout keeps a download: no network in tests); a grid of the
+    suite's own backbones has nothing to stage."""
+    from frozen_clip.weights import download_of, missing_offline
+    from jobs.stage_weights import main as stage_main
+    monkeypatch.delenv("FCS_WEIGHTS_CACHE", raising=False)
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    results = tmp_path / "results"
+    grid = write_grid(tmp_path / "vit.yaml", base_run(data, results, method="zeroshot", backbone="ViT-B/16",
+                                                      pretrained="openai"), gpus_per_node=1)
+    code, out = launch("--grid", grid, "--dry-run")
+    assert code == 0 and f"the weights of ViT-B-16-quickgelu (openai) are not staged in {results / '.weights'}" \
+        in out and f"python -m jobs.stage_weights --grid {grid}" in out, out
+    download = download_of("ViT-B-16-quickgelu", "openai")
+    assert missing_offline([download], results / ".weights") == [download]
+    repo = results / ".weights" / f"models--{download.hf_repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / download.filename).write_bytes(b"weights")
+    assert missing_offline([download], results / ".weights") == []
+    code, out = launch("--grid", grid, "--dry-run")
+    assert code == 0 and "not staged" not in out, out
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert stage_main(["--grid", str(write_grid(tmp_path / "tiny.yaml", base_run(data, results)))]) == 0
+    assert "no backbone to download" in out.getvalue()
+
+
 def resolved_spec(data: Path, results: Path, **overrides) -> RunSpec:
     resolved = resolve(base_run(data, results, **overrides), "test")
     RunExecution(resolved).write_config()
@@ -124,12 +199,12 @@ def test_checkpoint_requeues_a_fresh_instance_holding_only_the_config_path(tmp_p
     import cloudpickle
     spec = resolved_spec(tmp_path / "data", tmp_path / "r")
     config_path = str(run_dir(spec.resolved) / "config.yaml")
-    job = SlurmRun(config_path, str(tmp_path), 3)
+    job = SlurmRun((config_path,), str(tmp_path), 3)
     job.training_state = list(range(100_000))  # whatever a job holds in memory must not travel with the requeue
     delayed = job.checkpoint()
     fresh = delayed.function
     assert fresh is not job and isinstance(fresh, SlurmRun) and not delayed.args and not delayed.kwargs
-    assert vars(fresh) == {"config_path": config_path, "workdir": str(tmp_path), "max_requeues": 3}
+    assert vars(fresh) == {"config_paths": (config_path,), "workdir": str(tmp_path), "max_requeues": 3}
     assert len(cloudpickle.dumps(delayed)) < 2_000
     events = json.loads((run_dir(spec.resolved) / REQUEUES_NAME).read_text())["events"]
     assert [e["event"] for e in events] == ["checkpoint"]
@@ -141,7 +216,7 @@ def test_requeues_beyond_the_bound_fail_the_run_with_the_reason(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
-    result = SlurmRun(str(folder / "config.yaml"), str(tmp_path), 2)()
+    result = SlurmRun((str(folder / "config.yaml"),), str(tmp_path), 2)()
     assert result.startswith("failed")
     state = state_of(folder)
     assert state.status == "failed" and "requeued 3 times, more than executor.max_requeues=2" in state.reason
@@ -169,6 +244,19 @@ def test_status_of_submitted_runs(tmp_path):
     assert state_of(folder).status == "queued"
     (folder / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "8_0", "cancelled_at": "t"}))
     assert state_of(folder).status == "failed" and "cancelled" in state_of(folder).reason
+
+
+def test_status_names_the_slurm_job_and_the_log_of_a_failed_run(tmp_path):
+    from jobs.cli import scheduler_note, status_command
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert scheduler_note(folder, "running", "") == ""  # never submitted to Slurm
+    (folder / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "7_2", "log_folder": "/l/7_2"}))
+    assert scheduler_note(folder, "running", "") == "[slurm job 7_2]"
+    assert scheduler_note(folder, "running", "7_2 starting") == ""  # the reason names it already
+    assert scheduler_note(folder, "failed", "boom") == "[slurm job 7_2] log: /l/7_2/7_2_0_log.err (.out)"
+    args = type("Args", (), {"grid": "g y.yaml", "overrides": ["seed=1", "method.init=zero"]})()
+    assert status_command(args) == "python jobs/launch.py --grid 'g y.yaml' --status seed=1 method.init=zero"
 
 
 # -- against a real cluster ------------------------------------------------------------------------------------------
@@ -238,19 +326,19 @@ def test_grid_as_one_array_submit_and_exit_status_and_records(slurm, tmp_path, c
     data = write_dataset(tmp_path / "data", "oxford_pets", 6)
     results = tmp_path / "results"
     grid = write_grid(tmp_path / "arr.yaml", base_run(data, results), {"method": ["zeroshot", "coop"],
-                                                                        "seed": [1, 2, 3]}, array_parallelism=2)
+                                                                        "seed": [1, 2]}, array_parallelism=2)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO / "jobs/launch.py"), "--grid", str(grid),
                            "--executor-opt", "submitit.slurm_comment=fcs-test", "--executor-opt",
                            "additional_parameters.begin=now"], capture_output=True, text=True, timeout=120)
     launch_s = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    array_id = re.search(r"Slurm job array (\d+) \(\1_0 \.\. \1_5, at most 2 at a time\)", proc.stdout).group(1)
-    job_ids = [f"{array_id}_{i}" for i in range(6)]
+    array_id = re.search(r"Slurm job array (\d+) \(\1_0 \.\. \1_3, at most 2 at a time\)", proc.stdout).group(1)
+    job_ids = [f"{array_id}_{i}" for i in range(4)]
     cleanup_jobs.extend(job_ids)
     code, status = launch("--grid", grid, "--status")  # the launcher has exited; most of the array is still queued
     assert code == 0 and status.count("queued ") >= 2, (launch_s, status)
-    deadline = time.time() + 10  # sacct lists every task, pending ones collapsed as N_[2-5%2] and expanded
+    deadline = time.time() + 10  # sacct lists every task, pending ones collapsed as N_[2-3%2] and expanded
     while set(scheduler_states(job_ids)) != set(job_ids):
         assert time.time() < deadline, scheduler_states(job_ids)
         time.sleep(0.2)
@@ -259,18 +347,18 @@ def test_grid_as_one_array_submit_and_exit_status_and_records(slurm, tmp_path, c
     while True:
         code, status = launch("--grid", grid, "--status")
         seen |= set(re.findall(r"^(\w+) +[0-9a-f]{16}", status, re.M))
-        if "6 runs: 6 done" in status:
+        if "4 runs: 4 done" in status:
             break
         assert time.time() < deadline and "failed" not in status, status
         time.sleep(0.3)
     assert {"queued", "running", "done"} <= seen
     records = [json.loads((f / "record.json").read_text()) for f in folders(results, "arr")]
-    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    assert len(records) == 4 and all(r["status"] == "done" for r in records)
     submissions = sorted((json.loads((f / "submitted.json").read_text()) for f in folders(results, "arr")),
                          key=lambda s: s["array_index"])
-    assert [s["job_id"] for s in submissions] == job_ids and [s["array_index"] for s in submissions] == list(range(6))
+    assert [s["job_id"] for s in submissions] == job_ids and [s["array_index"] for s in submissions] == list(range(4))
     script = (results / "arr" / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
-    for flag in ("--array=0-5%2", "--cpus-per-task=1", "--comment=fcs-test", "--begin=now", "--job-name=fcs-arr"):
+    for flag in ("--array=0-3%2", "--cpus-per-task=1", "--comment=fcs-test", "--begin=now", "--job-name=fcs-arr"):
         assert f"#SBATCH {flag}\n" in script
     snapshot = Path(submissions[0]["code"])
     assert snapshot.parent.resolve() == (results / ".snapshots").resolve() and f"cd {snapshot}\n" in script
@@ -343,6 +431,112 @@ def test_cancel_retry_requeue_and_timeout_resume_to_identical_metrics(slurm, tmp
     code, out = launch("--grid", grids["E"], "--retry-failed", "--wait", "--no-analysis")  # blocks until done
     assert code == 0 and "1 to run" in out and "1 done" in out and "novel" in out, out  # then the results table
     assert json.loads((folder["E"] / "record.json").read_text())["status"] == "done"
+
+
+def launch_process(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python jobs/launch.py ARGS`` as a user runs it (a separate process)."""
+    return subprocess.run([sys.executable, str(REPO / "jobs/launch.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slurm
+def test_grid_larger_than_max_array_size_goes_in_several_arrays_and_finishes(slurm, tmp_path, cleanup_jobs):
+    """CI's Slurm sets MaxArraySize=4 (.ci/slurm-up.sh): a 10-run grid goes in as arrays the cluster accepts, the later
+    lane's array waiting for the earlier one so that at most array_parallelism=2 run at once over all of them, and
+    ``--wait`` sees every run finish."""
+    max_array = read_cluster_limits().max_array_size
+    assert max_array < 10, f"the test cluster's MaxArraySize is {max_array}: .ci/slurm-up.sh sets a small one"
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    results = tmp_path / "results"
+    grid = write_grid(tmp_path / "big.yaml", base_run(data, results, method="zeroshot"),
+                      {"seed": list(range(1, 11))}, array_parallelism=2)
+    proc = launch_process("--grid", grid, "--wait", "--no-analysis")
+    runs = folders(results, "big")
+    cleanup_jobs.extend(submitted_job(f) for f in runs if (f / "submitted.json").exists())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "10 runs, 0 already done, 10 to run" in proc.stdout and "10 done" in proc.stdout, proc.stdout
+    submissions = [json.loads((f / "submitted.json").read_text()) for f in runs]
+    arrays = sorted({s["array_job_id"] for s in submissions}, key=int)
+    assert len(runs) == 10 and len(arrays) == -(-10 // max_array), proc.stdout
+    assert all(record_status(f) == "done" for f in runs)
+    scripts = [(results / "big" / ".submitit" / a / f"{a}_submission.sh").read_text() for a in arrays]
+    sizes = [sum(s["array_job_id"] == a for s in submissions) for a in arrays]
+    for script, size in zip(scripts, sizes):
+        assert f"#SBATCH --array=0-{size - 1}%1\n" in script and "#SBATCH --job-name=fcs-big-zeroshot-oxford_pets\n" in script
+        assert f"export FCS_WEIGHTS_CACHE={results / '.weights'}\n" in script and "export HF_HUB_OFFLINE=1\n" in script
+    waiting = [re.search(r"#SBATCH --dependency=afterany:(\d+)", script) for script in scripts]
+    assert [w.group(1) if w else None for w in waiting] == [None, None, *arrays[:len(arrays) - 2]], scripts
+    records = [read_record(f) for f in runs]
+    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 2
+
+
+@pytest.mark.slurm
+def test_runs_packed_into_array_tasks(slurm, tmp_path, cleanup_jobs):
+    """``runs_per_task: 2``: three runs in two array tasks; the first task runs its two runs one after the other, its
+    log naming each run's variant. The launch prints where records go and the ``--status`` command with the
+    command line's overrides, which then follows the runs to the end."""
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    results = tmp_path / "results"
+    grid = write_grid(tmp_path / "packed.yaml", base_run(data, results, method="zeroshot"), {"seed": [1, 2, 3]},
+                      runs_per_task=2)
+    proc = launch_process("--grid", grid, "shots=4")  # an override (here equal to the grid's value)
+    runs = folders(results, "packed")
+    cleanup_jobs.extend(submitted_job(f) for f in runs if (f / "submitted.json").exists())
+    assert proc.returncode == 0 and "3 runs as 2 array tasks (2 runs per task)" in proc.stdout, proc.stdout
+    assert f"records: {results / 'packed'}/<run id>/record.json" in proc.stdout
+    follow = re.search(r"follow: (.*)", proc.stdout).group(1).split()
+    assert follow == ["python", "jobs/launch.py", "--grid", str(grid), "--status", "shots=4"], proc.stdout
+    deadline = time.time() + 150
+    while "3 runs: 3 done" not in (status := launch(*follow[2:])[1]):
+        assert time.time() < deadline and "failed" not in status, status
+        time.sleep(0.5)
+    submissions = [json.loads((f / "submitted.json").read_text()) for f in runs]
+    tasks: dict[str, list[int]] = {}
+    for submission in submissions:
+        tasks.setdefault(submission["job_id"], []).append(submission["position_in_task"])
+    assert sorted(sorted(p) for p in tasks.values()) == [[0], [0, 1]] and all(record_status(f) == "done" for f in runs)
+    pair = next(job for job, positions in tasks.items() if len(positions) == 2)
+    log = next((results / "packed" / ".submitit").glob(f"*/{pair}_0_log.out")).read_text()
+    ran = dict(re.findall(r"fcs job \S+: run ([0-9a-f]{16}) (.+), restart 0", log))  # run id -> its label
+    assert sorted(ran) == sorted(f.name for f, s in zip(runs, submissions) if s["job_id"] == pair), log
+    assert all(re.fullmatch(r".* oxford_pets base2novel shots=4 seed=[123]", label) for label in ran.values()), ran
+
+
+@pytest.mark.slurm
+def test_scheduler_refusals_are_one_line_and_leave_nothing_behind(slurm, tmp_path):
+    """A partition the cluster does not have (sbatch refuses: exit code 2), and a controller that does not answer (the
+    client pointed at a port nothing listens on: exit code 1). Each is one line naming what Slurm said and what to
+    check, without a traceback; no job files remain in .submitit/ and no run is marked submitted."""
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6)
+    results = tmp_path / "results"
+    grid = write_grid(tmp_path / "bad.yaml", base_run(data, results, method="zeroshot"), {"seed": [1, 2]})
+    proc = launch_process("--grid", grid, "--executor-opt", "partition=nosuchpartition")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Invalid partition name specified" in proc.stderr, proc.stderr
+    assert "check executor.partition" in proc.stderr
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
+    unreachable = tmp_path / "unreachable.conf"  # the real cluster's settings, the controller's port closed
+    unreachable.write_text(re.sub(r"(?m)^SlurmctldPort=.*\n", "", conf) + "SlurmctldPort=9\n")
+    proc = launch_process("--grid", grid, env={"SLURM_CONF": str(unreachable)}, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "controller is not reachable" in proc.stderr, proc.stderr
+    queued = folders(results, "bad")[0]  # as if submitted: --cancel must not mark it cancelled when scancel cannot act
+    (queued / "submitted.json").write_text(json.dumps({"executor": "slurm", "job_id": "999999"}))
+    proc = launch_process("--grid", grid, "--cancel", env={"SLURM_CONF": str(unreachable)}, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "not reachable" in proc.stderr, proc.stderr
+    assert "cancelled_at" not in (queued / "submitted.json").read_text()
+    (queued / "submitted.json").unlink()
+    leftovers = [p for p in (results / "bad" / ".submitit").rglob("*")] if (results / "bad" / ".submitit").exists() else []
+    assert leftovers == [] and not list(results.rglob("submitted.json"))
+    # weights a compute node would have to download: refused before anything is submitted, with the command to run
+    big = write_grid(tmp_path / "vit.yaml", base_run(data, results, method="zeroshot", backbone="ViT-B-16",
+                                                     pretrained="openai"))
+    proc = launch_process("--grid", big)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "ViT-B-16-quickgelu (openai) are not staged in" in proc.stderr
+    assert f"run `python -m jobs.stage_weights --grid {big}` on this node first" in proc.stderr
+    assert not list(results.rglob("submitted.json"))
 
 
 @pytest.mark.slurm

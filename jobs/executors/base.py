@@ -31,6 +31,10 @@ class Executor(Protocol):
     name: str
     Options: type  # the frozen dataclass of the grid's ``executor:`` block for this kind
 
+    def describe(self, grid: "Grid", specs: list["RunSpec"], options: Any) -> list[str]:
+        """Lines ``--dry-run`` prints about how ``specs`` would be carried out (resources, warnings), [] for none."""
+        ...
+
     def submit(self, grid: "Grid", specs: list["RunSpec"], options: Any,
                report: Callable[["RunSpec", Outcome], None], wait: bool = True) -> list[Outcome] | None:
         """Carry out ``specs``; ``report`` is called once per run that ended while ``submit`` ran. ``wait``: block

@@ -252,6 +252,9 @@ class InlineExecutor:
     name = "inline"
     Options = LocalConfig
 
+    def describe(self, grid: "Grid", specs: list["RunSpec"], options: LocalConfig) -> list[str]:
+        return []
+
     def submit(self, grid: "Grid", specs: list["RunSpec"], options: LocalConfig,
                report: Callable[["RunSpec", Outcome], None], wait: bool = True) -> list[Outcome]:
         return run_inline(specs, report)
@@ -262,6 +265,9 @@ class LocalExecutor:
 
     name = "local"
     Options = LocalConfig
+
+    def describe(self, grid: "Grid", specs: list["RunSpec"], options: LocalConfig) -> list[str]:
+        return []
 
     def submit(self, grid: "Grid", specs: list["RunSpec"], options: LocalConfig,
                report: Callable[["RunSpec", Outcome], None], wait: bool = True) -> list[Outcome]:
