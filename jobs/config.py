@@ -266,7 +266,7 @@ def resolve(raw: Mapping[str, Any], where: str, compute_device: str | None = Non
         cls.check_run(run, method_config)
     except ValueError as err:
         raise ConfigError(f"{where}: impossible combination: {err}") from None
-    precision = _resolve_precision(cls, run, compute_device, where)
+    precision = _resolve_precision(cls, run, compute_device, where, raw.get("resolved_precision"))
     config = to_dict(run)
     config["backbone"], config["pretrained"] = source.name, source.pretrained
     config["resolved_precision"] = {"train": precision.train, "eval": precision.eval}
@@ -285,19 +285,33 @@ def _checkpoint(raw: Mapping[str, Any], where: str) -> dict[str, str]:
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{where}: method.checkpoint must be the path of a checkpoint file, got {path!r}")
     from frozen_clip.checkpoints import checkpoint_digest
-    try:
-        digest = checkpoint_digest(Path(path).expanduser())
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    stored = method.get("checkpoint_sha256")
+    if isinstance(stored, str) and stored.startswith("sha256:"):  # an already resolved config keeps its run id; the
+        digest = stored                                            # run checks the file against it when it loads it
+    else:
+        try:
+            digest = checkpoint_digest(Path(path).expanduser())
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
     return {"checkpoint": str(Path(path).expanduser().resolve()), "checkpoint_sha256": digest}
 
 
-def _resolve_precision(cls: type, run: RunConfig, compute_device: str | None, where: str) -> Any:
+def _resolve_precision(cls: type, run: RunConfig, compute_device: str | None, where: str,
+                       stored: Any = None) -> Any:
     """The run's :class:`~frozen_clip.precision.ResolvedPrecision`; pure fp16 only for a method whose official code
-    runs in it (the others create fp32 parameters that a half model cannot take)."""
-    from frozen_clip.precision import device_kind, resolve_precision
+    runs in it (the others create fp32 parameters that a half model cannot take). ``stored``: the
+    ``resolved_precision`` of an already resolved config (a run folder's ``config.yaml``, which a Slurm job resolves
+    again on its node): kept, so the run keeps its id wherever it is resolved; the run checks it against its device."""
+    from frozen_clip.contract import PRECISIONS
+    from frozen_clip.precision import ResolvedPrecision, device_kind, resolve_precision
     official = cls.info.precision
-    resolved = resolve_precision(run.precision, device_kind(run.device, compute_device), official)
+    if isinstance(stored, Mapping) and stored.get("train") in PRECISIONS and stored.get("eval") in PRECISIONS:
+        resolved = ResolvedPrecision(stored["train"], stored["eval"])
+    elif stored is not None:
+        raise ConfigError(f"{where}: resolved_precision must be {{train: P, eval: P}} with P among {PRECISIONS}, "
+                          f"got {stored!r}")
+    else:
+        resolved = resolve_precision(run.precision, device_kind(run.device, compute_device), official)
     if resolved.half_model and "fp16" not in (official.train, official.eval):
         raise ConfigError(f"{where}: precision: fp16 (pure fp16) is for methods whose official code runs in it "
                           f"(CoOp, CoCoOp, MaPLe, zero-shot, Tip-Adapter); {cls.info.name}'s runs in "

@@ -112,3 +112,18 @@ def test_a_checkpoint_that_does_not_fit_fails_the_run_with_a_clear_message(data_
     resolved = resolve(cfg, "test")
     outcome = execute_run(RunSpec(resolved.run_id, resolved.config, resolved))
     assert outcome.status == "failed" and "does not fit heba with these options and backbone" in outcome.detail
+
+
+def test_resolving_a_resolved_config_keeps_the_checkpoint_digest(data_root, tmp_path):
+    """A Slurm job resolves its config.yaml again: the digest stays (and so the run id); a file changed since then
+    fails the run when it loads it, naming the file."""
+    from jobs.runfolder import read_run_config, write_config
+    path = _dassl_checkpoint(tmp_path / "c.pth.tar", {"ctx": torch.zeros(4, 32)}, 1)
+    first = resolve(base_run(data_root, tmp_path / "r", method={"name": "coop", "n_ctx": 4, "checkpoint": str(path)},
+                             optim={"epochs": 0}), "t")
+    write_config(tmp_path, first.config)
+    _dassl_checkpoint(path, {"ctx": torch.ones(4, 32)}, 1)  # replaced after the grid was configured
+    again = resolve(read_run_config(tmp_path / "config.yaml"), "config.yaml")
+    assert again.run_id == first.run_id
+    outcome = execute_run(RunSpec(again.run_id, again.config, again))
+    assert outcome.status == "failed" and "changed since the run was configured" in outcome.detail

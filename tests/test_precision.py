@@ -117,3 +117,15 @@ def test_a_half_model_creates_coop_context_in_fp16(tiny_clip):
     images = torch.randn(2, 3, half.image_size, half.image_size)  # fp32 pixels, cast by encode_image
     assert method(images).dtype == torch.float16
     assert ResolvedPrecision("fp16", "fp16").half_model and not ResolvedPrecision("amp_fp16", "fp32").half_model
+
+
+def test_resolving_a_resolved_config_keeps_its_precision_and_id(data_root, tmp_path):
+    """A Slurm job resolves its run folder's config.yaml again on the compute node: the precision it was resolved
+    with (and so its id) stays, whatever that node has; the run then checks it against its device."""
+    from jobs.runfolder import read_run_config, write_config
+    on_cuda = resolve(base_run(data_root, tmp_path, method="heba"), "t", compute_device="cuda")
+    write_config(tmp_path, on_cuda.config)
+    again = resolve(read_run_config(tmp_path / "config.yaml"), "config.yaml", compute_device="cpu")
+    assert again.run_id == on_cuda.run_id and again.config["resolved_precision"] == on_cuda.config["resolved_precision"]
+    with pytest.raises(ConfigError, match="resolved_precision must be"):
+        resolve({**base_run(data_root, tmp_path, method="heba"), "resolved_precision": {"train": "fp8"}}, "t")
