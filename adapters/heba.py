@@ -142,7 +142,9 @@ class HeBAConfig:
         True, "exact fast path: the positions all prompts share run once (linear adapter)", kind="suite",
         fast_path_off=False)
     xd_preset: Literal["xd_intended", "xd_literal_rename", "none"] = option(
-        "xd_intended", "spec §4.2 (GUESS)", kind="suite")
+        "xd_intended", "configs/trainers/HeBA/x2d.yaml:36-39 as intended (blocks 9-12, scale 0.05, boost 10); the "
+                       "file's trainer block is TRAINER.LWEIB and cannot be loaded into HeBA's config",
+        kind="no_official")
 
     def validate(self) -> None:
         """Reject impossible values (divisibility of the widths is checked when the model is built)."""

@@ -84,46 +84,53 @@ class RMAdapterConfig(MMAConfig):
     consistency options with ``consistency: false``."""
 
     activation: Activation = option(
-        "gelu", "SECONDARY (#3): σ = GELU in the down-projection and the decoder", kind="paper")
+        "gelu", "paper (per third-party summaries): σ = GELU in the down-projection and the decoder",
+        kind="paper")
     # -- ablation switches (spec §8) --
     reconstruction: bool = option(True, "the reconstruction branch and its loss")
     share_down: bool = option(
-        True, "SECONDARY (#5 of §2): decoder reads the adapter's down; false = separate down_rec", kind="paper")
-    consistency: bool = option(True, "SECONDARY: L1 consistency towards frozen-CLIP features", kind="paper")
+        True, "paper (per third-party summaries): decoder reads the adapter's down; false = separate down_rec",
+        kind="paper")
+    consistency: bool = option(
+        True, "paper (per third-party summaries): L1 consistency towards frozen-CLIP features", kind="paper")
     decoder_depth: Literal[1, 2, 3] = option(
         2, "SECONDARY: number of Linear layers of the decoder (2 reported best)", kind="paper")
     rec_loss: Literal["l2", "l1", "cosine"] = option(
         "l2", "SECONDARY: L2 best; cosine = 1 − cos per token", kind="paper")
-    lambda_rec_visual: float = option(1.0, "GUESS (#16): λ1, no value known", kind="suite")
-    lambda_rec_text: float = option(1.0, "GUESS (#16): λ2", kind="suite")
-    lambda_con_image: float = option(10.0, "GUESS (#17): λ3, PromptSRC's image weight", kind="suite")
-    lambda_con_text: float = option(25.0, "GUESS (#17): λ4, PromptSRC's text weight", kind="suite")
+    lambda_rec_visual: float = option(1.0, "no official value: λ1, no value known", kind="no_official")
+    lambda_rec_text: float = option(1.0, "no official value: λ2", kind="no_official")
+    lambda_con_image: float = option(10.0, "no official value: λ3, PromptSRC's image weight", kind="no_official")
+    lambda_con_text: float = option(25.0, "no official value: λ4, PromptSRC's text weight", kind="no_official")
     # -- the remaining unknowns (spec §4) --
     decoder_hidden: int | None = option(
-        None, "GUESS (#5): hidden width of the decoder; null = bottleneck_dim", kind="suite")
+        None, "no official value: hidden width of the decoder; null = bottleneck_dim", kind="no_official")
     decoder_input: Literal["down", "shared"] = option(
-        "down", "GUESS (#6): x_down, or the shared layer's output", kind="suite")
+        "down", "no official value: x_down, or the shared layer's output", kind="no_official")
     decoder_init: Literal["kaiming", "torch_default"] = option(
-        "kaiming", "GUESS (#25): MMA's kaiming fan_out, bias 0", kind="suite")
+        "kaiming", "no official value: MMA's kaiming fan_out, bias 0", kind="no_official")
     rec_grad_scale: Literal["match", "none"] = option(
-        "match", "GUESS (#9): decoder/down get 1/α x grad like the branch", kind="suite")
+        "match", "no official value: decoder/down get 1/α x grad like the branch", kind="no_official")
     rec_target: Literal["adapter_input", "block_input", "block_output"] = option(
-        "adapter_input", "GUESS (#10): ln_1(h)", kind="suite")
-    rec_detach_target: bool = option(True, "GUESS (#11): the target carries no gradient", kind="suite")
+        "adapter_input", "no official value: ln_1(h)", kind="no_official")
+    rec_detach_target: bool = option(True, "no official value: the target carries no gradient", kind="no_official")
     rec_local: bool = option(
-        True, "GUESS (#12): the reconstruction path reads u.detach() (no cross-layer backprop)", kind="suite")
+        True, "no official value: the reconstruction path reads u.detach() (no cross-layer backprop)",
+        kind="no_official")
     rec_text_tokens: Literal["valid", "all"] = option(
-        "valid", "GUESS (#13): SOT..EOT per prompt; all = 77, no truncation", kind="suite")
-    rec_visual_tokens: Literal["all", "patches"] = option("all", "SECONDARY (#14): CLS + patches", kind="paper")
+        "valid", "no official value: SOT..EOT per prompt; all = 77, no truncation", kind="no_official")
+    rec_visual_tokens: Literal["all", "patches"] = option(
+        "all", "paper (per third-party summaries): CLS + patches", kind="paper")
     rec_reduction: Literal["mean", "sum"] = option(
-        "mean", "GUESS (#15): mean over tokens+features; sum = ‖·‖² per sample", kind="suite")
-    con_normalize: bool = option(True, "GUESS (#18): L1 between L2-normalised features (PromptSRC)", kind="suite")
+        "mean", "no official value: mean over tokens+features; sum = ‖·‖² per sample", kind="no_official")
+    con_normalize: bool = option(True, "no official value: L1 between L2-normalised features (PromptSRC)",
+                                 kind="no_official")
     con_reduction: Literal["mean", "sum"] = option(
-        "mean", "GUESS (#18): mean over elements; sum = L1 norm per sample", kind="suite")
-    con_text_target: Literal["same_template", "dataset_template"] = option("same_template", "GUESS (#19)", kind="suite")
+        "mean", "no official value: mean over elements; sum = L1 norm per sample", kind="no_official")
+    con_text_target: Literal["same_template", "dataset_template"] = option(
+        "same_template", "no official value: the consistency target uses the same prompts", kind="no_official")
     rec_at_inference: Literal[False] = option(
-        False, "GUESS (#21): the decoder is skipped at inference (the only value: the design defines no use of a "
-        "reconstruction at inference)", kind="suite")
+        False, "no official value: the decoder is skipped at inference (the only value: the design defines no use of a "
+        "reconstruction at inference)", kind="no_official")
 
     def validate(self) -> None:
         super().validate()

@@ -102,8 +102,9 @@ def gap_table(frame: pd.DataFrame, reference: pd.DataFrame) -> Table | None:
         "(points), and whether the paper's value lies within the range of our per-seed values.")
     notes = ["The seed range is min–max of our per-seed values, widened by ±0.005 for the paper's rounding.",
              "Trust: the tag of the reference number (VERIFIED: read in a primary artefact; RECALLED+CHECKED: from "
-             "memory of a paper table, checked against verified averages; SECONDARY, APPROX, COMPUTED: see "
-             "specs/README.md); the source of each number is in the CSV.",
+             "memory of a paper table, checked against verified averages; SECONDARY: from a later paper or a "
+             "summary; APPROX: read off a figure; COMPUTED: derived from other reported numbers); the source of each "
+             "number is in the CSV.",
              "Average rows are compared only when our runs cover every dataset the paper averages.", STD_NOTE]
     numbers = merged[["protocol", "label", "method.name", "backbone", "shots", "shots_paper", "dataset_paper",
                       "suite_dataset", "metric_paper", "mean", "std", "n", "min", "max", "value", "delta",

@@ -1,7 +1,7 @@
 """Dataset specs (as data), the dataset registry and the reader of the CoOp on-disk layout.
 
 The 11 CoOp datasets and the 4 ImageNet domain-generalisation targets are declared here exactly as CoOp's dataset
-classes read them (``docs: shared/specs/protocol.md`` §1). :func:`load_splits` reads a dataset root in the CoOp
+classes read them (``datasets/*.py`` of KaiyangZhou/CoOp, each entry's notes saying what it follows). :func:`load_splits` reads a dataset root in the CoOp
 layout **unchanged**: it never writes into the data root (Dassl writes ``split_fewshot/*.pkl`` and ImageNet's
 ``preprocessed.pkl`` there) and it never opens an image (see :mod:`protocols.imagefolder` for that).
 
