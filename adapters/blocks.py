@@ -3,7 +3,8 @@
 * :func:`grad_scale` -- the gradient-scale trick of the official code (``gsl.py``): identity forward, gradient
   multiplied by ``scale`` backward. HeBA and MMA write an adapter branch as
   ``gsl(f(gsl(x, s)) * s, 1 / s)``: the forward value is ``s * f(x)``, the gradient that flows back into the backbone
-  stream is exact, and every adapter parameter receives ``1 / s`` times its true gradient (measured, mma.md §2.4).
+  stream is exact, and every adapter parameter receives ``1 / s`` times its true gradient (measured on the official
+  module).
 * :func:`scaled_branch` -- that expression, with the trick switchable (``grad_scale_trick: false`` gives the naive
   ``s * f(x)``: identical forward, parameter gradients ``s`` times smaller).
 * :func:`init_linear_like` -- the init schemes the ablations compare.

@@ -1,6 +1,6 @@
 """HeBA's bottleneck block family: ``LN(x + up(GELU(mid(down(x)))))`` on per-token, grid or token-axis layouts.
 
-Source: ``Jahid12012021/VLM-HeBA@60ecf23:trainers/heba.py`` L64-112 (``RobustAdapterBlock``), spec heba.md §2.4.
+Source: ``Jahid12012021/VLM-HeBA@60ecf23:trainers/heba.py`` L64-112 (``RobustAdapterBlock``).
 The block carries its own residual and LayerNorm, so its output is *not* near zero at initialisation:
 with ``up = 0`` it returns ``LN(x)``.
 
@@ -11,7 +11,7 @@ Layouts (``kind``), all taking and returning batch-first tokens ``[B, N, D]``:
                    ``mid`` a depthwise 3x3 ``Conv2d`` with zero padding (official image side; a "depthwise-separable"
                    convolution with GELU after the depthwise step).
 ``conv1d``         the 1-D analogue along the token axis: 1x1 ``Conv1d`` -> depthwise ``Conv1d(k=3, padding=1)`` ->
-                   GELU -> 1x1 ``Conv1d`` [GUESS, spec §10]. It mixes each token with both neighbours, including the
+                   GELU -> 1x1 ``Conv1d`` [a guess]. It mixes each token with both neighbours, including the
                    *next* one, so it is not causal.
 ``conv1d_causal``  as ``conv1d`` with the depthwise kernel left-padded by 2: token t sees tokens t-2..t only, so a
                    causal text tower stays causal (truncating the text context stays exact).
@@ -22,7 +22,7 @@ Init schemes (:func:`init_bottleneck_`), usable by any block with ``down``/``mid
 
 ``official``       ``up``: ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``; ``down``/``mid``: PyTorch default
                    (``kaiming_uniform_(a=sqrt(5))``); LayerNorm (1, 0). (heba.py L86-87)
-``zero``           ``up`` = 0, the rest as ``official`` (spec §10 calls it ``zero_up``). With the internal LN the
+``zero``           ``up`` = 0, the rest as ``official`` (a draft called it ``zero_up``). With the internal LN the
                    block is not the identity: ``block(x) = LN(x)``.
 ``kaiming_all``    ``kaiming_normal_(fan_out, relu)`` on ``down``, ``mid`` and ``up``.
 ``xavier``         ``xavier_uniform_`` on ``down``, ``mid`` and ``up``.
@@ -133,7 +133,7 @@ def init_bottleneck_(block: nn.Module, scheme: InitScheme = "official") -> nn.Mo
 
 
 def bottleneck_params(dim: int, ratio: int, kind: BlockKind) -> int:
-    """Trainable scalars of one block: ``2·D·b + 2·D`` (+ ``9·b`` for conv2d, ``3·b`` for conv1d) (spec §2.7)."""
+    """Trainable scalars of one block: ``2·D·b + 2·D`` (+ ``9·b`` for conv2d, ``3·b`` for conv1d)."""
     hidden = dim // ratio
     mid = {"linear": 0, "conv2d": 9 * hidden}.get(kind, 3 * hidden)
     return 2 * dim * hidden + mid + 2 * dim

@@ -1,10 +1,10 @@
 """HeBA: heterogeneous bottleneck adapters in every block of both CLIP towers.
 
 Source: ``Jahid12012021/VLM-HeBA@60ecf23`` (MIT), ``trainers/heba.py`` + ``clip/model.py``; paper arXiv 2603.16653.
-Spec: ``specs/heba.md``. The defaults reproduce what the **official code** does (pinned by the golden fixtures
+The defaults reproduce what the **official code** does (pinned by the golden fixtures
 ``tests/fixtures/heba.*``), which is not always what the paper describes.
 
-Model (spec §2). In every block of both towers two adapters run serially, sharing that block's scale ``s``:
+Model. In every block of both towers two adapters run serially, sharing that block's scale ``s``:
 
 * on the attention input (tap ``attn_in``, the output of ``ln_1``; width D) and
 * on the MLP hidden state (tap ``mlp_hidden``, the output of ``c_fc`` before QuickGELU; width 4D),
@@ -13,19 +13,19 @@ each as ``A(x) = x + s · LN(x + up(GELU(mid(down(x)))))`` (:class:`~adapters.bo
 text adapter is per token (``linear``); the image adapter works on the patch grid (``conv``: 1x1 -> depthwise 3x3 ->
 GELU -> 1x1) while the CLS token passes through unchanged at both points. The branch is written with the
 gradient-scale trick, ``x + gsl(f(gsl(x, s)) · s, 1/s)``: identical forward, adapter gradients ``1/s`` times the
-true ones (spec §2.6).
+true ones.
 
 Scale and slow-fast boost: ``s = 0.025``; for every block index of each tower, in every forward, ``torch.rand(1)`` is
 drawn from the global CPU generator (text tower first, then image; also in eval mode and for blocks without an
 adapter) and the block is boosted to ``s · 2.25`` when the draw exceeds 0.8 **and** the method is training.
 
-Training step (spec §3.2): when there are more classes than images in the batch, the step uses the batch's classes
+Training step: when there are more classes than images in the batch, the step uses the batch's classes
 plus up to 5x as many negatives (``randperm`` over the ascending list of the other classes); one template per step
 class is drawn with ``randint`` (even with a single template); label-smoothed cross-entropy (0.1). RNG order per step:
 ``randperm`` (only when sampling), ``randint``, text ``rand(1)`` x L, image ``rand(1)`` x L -- exactly the official
 order, so a seeded step replays the official class set, template ids and boost pattern.
 
-Prompts (spec §3.1): the committed code never loads its CuPL descriptions (spec §8 defects 1-2), so the effective
+Prompts: the committed code never loads its CuPL descriptions (two defects of the loader), so the effective
 prompt is ``"a photo of a {c}, a photo of a {c}."`` (``prompts: fallback``, the default). ``prompts: cupl`` gives the
 intended ``"a photo of a {c}, <description>"`` for every description in ``cupl_file`` (JSON
 ``{class: [descriptions]}``), each class padded to the longest list by repeating its first prompt. Evaluation
@@ -34,7 +34,7 @@ averages over templates (normalise, mean, renormalise) and caches the result unt
 Deviations from the official code, all named options or harmless:
 
 * ``truncate_text`` (on): the text context is cut to the longest prompt in use. Exact for the per-token text
-  adapters (``linear``, ``conv1d_causal``) under the causal mask (protocol.md §9.5); **automatically off for
+  adapters (``linear``, ``conv1d_causal``) under the causal mask; **automatically off for
   ``text_adapter: conv1d``**, whose symmetric kernel lets every token see the next one (padding included), so the
   full 77-token context is encoded as the official LwEIB-style code would.
 * ``text_buckets`` (3): with truncation on, the step's prompts are grouped by length into at most that many
@@ -50,12 +50,12 @@ Deviations from the official code, all named options or harmless:
   novel scale at evaluation whenever the class set differs from the one the method was trained on.
 * The eval text cache is dropped on every mode switch, class change or load (official: never invalidated; only
   matters for evaluations in the middle of training). It is computed under ``no_grad``.
-* A step with exactly one negative class works (official: a 0-d index crashes, spec §8.6; unreachable on the 11
-  datasets). Token ids stay ``long`` (the official fp16 ``argmax`` defect, spec §2.8, is not reproduced).
+* A step with exactly one negative class works (official: a 0-d index crashes; unreachable on the 11
+  datasets). Token ids stay ``long`` (the official fp16 ``argmax`` defect is not reproduced).
 * Checkpoints load strictly (:meth:`HeBA.load_official_state_dict`); the official loader is non-strict.
 
-Ablation axes (spec §10) are fields of :class:`HeBAConfig`. Cross-dataset / domain-generalisation runs use an XD
-preset (spec §4.2, both presets are GUESSes because the official ``x2d.yaml`` cannot be loaded).
+Ablation axes are fields of :class:`HeBAConfig`. Cross-dataset / domain-generalisation runs use an XD
+preset (both presets are guesses, because the official ``x2d.yaml`` cannot be loaded).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class HeBAConfig:
 
 @dataclass(frozen=True)
 class XDPreset:
-    """Method-side values of a cross-dataset/DG preset (spec §4.2); the optimiser side is in :meth:`HeBA.recipe`."""
+    """Method-side values of a cross-dataset/DG preset; the optimiser side is in :meth:`HeBA.recipe`."""
 
     last_layers: int  # adapters on the last N blocks of both towers (9-12 of 12)
     scale: float
@@ -278,7 +278,7 @@ class HeBA(Method):
 
     @classmethod
     def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
-        """Official optimisation (spec §4): base-to-novel ``base2new.yaml`` (+ Dassl defaults): SGD lr 0.0075,
+        """Official optimisation: base-to-novel ``base2new.yaml`` (+ Dassl defaults): SGD lr 0.0075,
         momentum 0.9, wd 5e-4, 30 epochs cosine (per epoch), no warmup, batch 16, test batch 128. Few-shot: the same
         (GUESS, no official config). Cross-dataset / DG: ``x2d.yaml``'s lr 0.0065, 10 epochs, batch 64 (both XD
         presets); with ``xd_preset: none`` the base-to-novel recipe."""

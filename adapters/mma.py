@@ -2,10 +2,10 @@
 middle layer shared by the two towers at each depth.
 
 Source: ``ZjjConan/Multi-Modal-Adapter@547ee34`` (MIT), ``trainers/mmadapter.py`` + ``clip/model.py`` +
-``clip/gsl.py``; paper: MMA, CVPR 2024. Spec: ``specs/mma.md``. The defaults reproduce the **official code**
+``clip/gsl.py``; paper: MMA, CVPR 2024. The defaults reproduce the **official code**
 (``configs/trainers/MultiModalAdapter/vit_b16_ep5.yaml``), pinned by the golden fixtures ``tests/fixtures/mma.*``.
 
-Model (spec §2). In blocks 5-12 (1-based) of both towers, a branch reads the **block input** ``x`` through the
+Model. In blocks 5-12 (1-based) of both towers, a branch reads the **block input** ``x`` through the
 block's own frozen ``ln_1`` and is added to the block output (tap ``block_out``), for every token::
 
     y = gsl(x, s); y = ln_1(y); y = down(y)         # Linear(D, 32) + ReLU, per tower and layer
@@ -15,34 +15,34 @@ block's own frozen ``ln_1`` and is added to the block output (tap ``block_out``)
 
 ``gsl`` (the gradient-scale trick, :mod:`adapters.blocks`) leaves the forward value ``s · f(x)`` and the gradient
 into the backbone stream exact, and gives every adapter parameter ``1/s = 1000`` times its true gradient (measured,
-spec §2.4); SGD lr 0.0015 therefore acts like lr 1.5 on the adapters. Every Linear is initialised
+see the tests); SGD lr 0.0015 therefore acts like lr 1.5 on the adapters. Every Linear is initialised
 ``kaiming_normal_(fan_out, relu)`` with zero bias, in the official order (all text Linears are created, then
 initialised; then the image ones; then the shared ones), so a seeded build reproduces the official init bitwise.
 The prompt is ``"a photo of a {}."``; the loss is plain cross-entropy over all classes, with the text features of
-every class recomputed at each step. Trainable parameters on ViT-B/16: 674,560 (spec §2.6).
+every class recomputed at each step. Trainable parameters on ViT-B/16: 674,560.
 
 Layers and presets. ``layers`` (1-based, both towers) left at ``null`` means: 5-12 on base-to-novel and few-shot
 (the official configs); on cross-dataset / domain generalisation the ``xd_preset`` chooses them (``xd_start9``:
-9-12, the default; ``xd_start10``: 10-12; spec §4.2, both GUESSes) together with its recipe (1 epoch, batch 128,
+9-12, the default; ``xd_start10``: 10-12; both guesses) together with its recipe (1 epoch, batch 128,
 lr 0.0015). **An explicit ``layers`` always wins**; the preset's recipe still applies unless ``xd_preset: none``.
 
 Deviations from the official code, all named options or harmless:
 
 * ``truncate_text`` (on): the text context is cut to the longest prompt of the class set. The branch is per token,
-  so this is exact under the causal mask (protocol.md §9.5); ``false`` encodes all 77 positions as the official
+  so this is exact under the causal mask; ``false`` encodes all 77 positions as the official
   code does.
 * ``text_buckets`` (3) and ``share_text_prefix`` (on), with truncation on: the class prompts are grouped by length
   into at most that many batches, each cut to its own longest, and the positions all prompts share
   (``[SOS] a photo of a``) run once for all of them (:mod:`frozen_clip.shared_prefix`). Exact because the branch
   is per token; left out of the run id. Only the method's own taps take this path (see :meth:`MMA.encode_text`).
-* The eval text cache is dropped on every mode switch, class change or load (official: never invalidated, spec §7.4).
+* The eval text cache is dropped on every mode switch, class change or load (official: never invalidated).
 * Checkpoints load strictly (:meth:`MMA.load_official_state_dict`); the official loader is non-strict.
-* Not reproduced (unreachable in the official configs): the index-0 adapters (START=0, spec §7.3), and the
+* Not reproduced (unreachable in the official configs): the index-0 adapters (START=0), and the
   ``mid_dim == d_model`` quirk of ``_build_adapter``, which would turn a tower's adapter into a single
   ``Linear + ReLU`` if its width equalled ``ADAPTER_DIM``.
 
-Ablation axes (spec §8) are fields of :class:`MMAConfig`. ``activation`` switches the down-projection's
-nonlinearity only; the shared middle layer keeps its ReLU (as RMAdapter's design, specs/rmadapter.md §5.1).
+Ablation axes are fields of :class:`MMAConfig`. ``activation`` switches the down-projection's
+nonlinearity only; the shared middle layer keeps its ReLU (as in RMAdapter's design).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ from frozen_clip.taps import Taps, TapSite
 TOWERS = ("text", "visual")  # construction order of the official code: text, then image (then shared)
 XD_PROTOCOLS = ("cross_dataset", "domain_generalization")
 BASE_LAYERS = tuple(range(5, 13))  # ADAPTER_START=5, ADAPTER_END=12 (vit_b16_ep5*.yaml:34-35)
-XD_PRESETS = {"xd_start9": tuple(range(9, 13)), "xd_start10": tuple(range(10, 13))}  # spec §4.2 (GUESS)
+# guesses: the official repository has no cross-dataset config
+XD_PRESETS = {"xd_start9": tuple(range(9, 13)), "xd_start10": tuple(range(10, 13))}
 #: official ``AdapterLearner`` buffers (not parameters); dropped by name when loading a checkpoint
 OFFICIAL_BUFFERS = ("token_embedding", "tokenized_prompts")
 _OFFICIAL_NAME = re.compile(r"^(text|visual|shared)_adapter\.(\d+)\.(.+)$")
@@ -77,7 +78,7 @@ Activation = Literal["relu", "gelu"]
 
 @dataclass(frozen=True)
 class MMAConfig:
-    """MMA options. Defaults reproduce ``vit_b16_ep5.yaml`` + ``trainers/mmadapter.py`` @547ee34 (spec §2-§3)."""
+    """MMA options. Defaults reproduce ``vit_b16_ep5.yaml`` + ``trainers/mmadapter.py`` @547ee34."""
 
     #: exact speed switches left out of the run id (a run with other settings computes the same result)
     UNHASHED_FIELDS: ClassVar[tuple[str, ...]] = ("text_buckets", "share_text_prefix")
@@ -209,7 +210,7 @@ class MMA(Method):
 
     @classmethod
     def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
-        """Official optimisation (spec §4.1, Dassl defaults + ``vit_b16_ep5*.yaml``): SGD lr 0.0015, momentum 0.9,
+        """Official optimisation (Dassl defaults + ``vit_b16_ep5*.yaml``): SGD lr 0.0015, momentum 0.9,
         wd 5e-4, cosine per epoch, no warmup, 5 epochs, batch 16 (ImageNet 128, ``vit_b16_ep5_imnet.yaml``), test
         batch 100. Few-shot: the same (GUESS). Cross-dataset / DG with an XD preset: 1 epoch, batch 128 (GUESS, from
         the paper's sentence quoted in VLM-MultiModalAdapter#3)."""
@@ -279,7 +280,7 @@ class MMA(Method):
         return self.adapters(tower)[key].up(self.bottleneck(tower, key, self.adapter_input(tower, key, x)))
 
     def adaptation(self, tower: str, key: str, x: torch.Tensor) -> torch.Tensor:
-        """``s · up(shared(down(ln_1(x))))``, written ``gsl(up(...(ln_1(gsl(x, s)))) · s, 1/s)`` (spec §2.3)."""
+        """``s · up(shared(down(ln_1(x))))``, written ``gsl(up(...(ln_1(gsl(x, s)))) · s, 1/s)``."""
         return scaled_branch(partial(self._branch, tower, key), x, self.config.scale, self.config.grad_scale_trick)
 
     def _add_branch(self, tower: str, key: str, y: torch.Tensor, site: TapSite, x: torch.Tensor) -> torch.Tensor:

@@ -2,19 +2,19 @@
 loss and a consistency loss towards the frozen CLIP features.
 
 Paper: "RMAdapter: Reconstruction-based Multi-Modal Adapter for Vision-Language Models", AAAI 2026 (arXiv
-2512.06811). Spec: ``specs/rmadapter.md``. **No official code and no full paper text were available**: the method
+2512.06811). **No official code and no full paper text were available**: the method
 is known from third-party summaries only (SECONDARY), and every choice they leave open is a config option whose
-default is the spec's GUESS (§4). Tables built from these runs must say so.
+default is the suite's guess (a ``no_official`` option). Tables built from these runs must say so.
 
 Built on :class:`~adapters.mma.MMA` (subclassed: the adaptation branch, its modules, their official construction
 order, the gradient-scale trick, the prompts, the eval cache and the recipe are MMA's code). Per adapted block
-(spec §5.1), with ``h`` the block input and ``u = ln_1(h)`` the tensor the down-projection consumes::
+with ``h`` the block input and ``u = ln_1(h)`` the tensor the down-projection consumes::
 
     out = blk(h) + gsl(up(shared(σ(down(ln_1(gsl(h, α)))))) · α, 1/α)      # MMA's branch, σ = GELU by default
     rec = gsl(decoder(σ(down(gsl(src, α)))), 1/α)    src = u.detach()     # training only; decoder: depth 1-3
     L_rec[l] = mean over tokens and features of (rec − u.detach())²        # text: SOT..EOT of each prompt
 
-and the step's loss is (spec §5.2; the λ's and every term's form are GUESSes)::
+and the step's loss is (the λ's and every term's form are GUESSes)::
 
     L = CE + λ1 Σ_l L_rec^V[l] + λ2 Σ_l L_rec^T[l] + λ3 mean|x̂ᵃ − x̂| + λ4 mean|ŵᵃ − ŵ|
 
@@ -23,15 +23,15 @@ and class text features of the same prompts (computed once per class set). ``Ste
 **unweighted** (``loss_ce``, ``loss_rec_visual``, ``loss_rec_text``, ``loss_con_image``, ``loss_con_text``); the
 run record's ``aux_losses`` carries them. At inference only the adaptation branch runs (the decoders are unused).
 
-Gradient scaling (spec §5.3). ``rec_grad_scale: match`` gives the reconstruction path's parameters the same
+Gradient scaling. ``rec_grad_scale: match`` gives the reconstruction path's parameters the same
 ``1/α`` factor as the adaptation branch's (through :func:`~adapters.blocks.grad_scaled`), so the λ's keep their
-written weight relative to CE. The spec's pseudo-code writes only the outer ``gsl(rec, 1/α)``; the inner
+written weight relative to CE. The published pseudo-code writes only the outer ``gsl(rec, 1/α)``; the inner
 ``gsl(src, α)`` added here changes nothing with the default ``rec_local: true`` (``src`` is detached) and keeps the
 gradient that flows into the backbone stream exact with ``rec_local: false`` (the outer gsl alone would amplify it
 1000x). With ``grad_scale_trick: false`` the factor is 1.
 
-Inherited MMA fields and what they mean here (all GUESSes for RMAdapter, spec §4): ``layers`` (#1, 5-12),
-``bottleneck_dim`` (#2, 32), ``shared_layer`` (#4, the spec's ``cross_modal_shared``: MMA's cross-modal middle
+Inherited MMA fields and what they mean here (all GUESSes for RMAdapter): ``layers`` (#1, 5-12),
+``bottleneck_dim`` (#2, 32), ``shared_layer`` (#4, MMA's cross-modal middle
 layer, kept), ``scale`` (#7, 0.001), ``grad_scale_trick`` (#8), ``template`` (#20), ``xd_preset`` (#23); the
 optimiser recipe is MMA's (#22). ``activation`` defaults to GELU (#3, SECONDARY) and applies to the down-projection
 and the decoder's hidden layers; the shared middle layer keeps MMA's ReLU.
@@ -40,10 +40,10 @@ with ``reconstruction: false``: the reconstruction taps average over the tokens 
 each prompt), so during training with reconstruction the class prompts run as one batch.
 
 Trainable parameters on ViT-B/16 (blocks 5-12, r = 32): **1,029,376** with the defaults (674,560 of MMA + 354,816
-of the depth-2 decoders; spec §7 COMPUTED, equal here); 674,560 are used at inference. Pinned by the tests for every
-row of the spec's §7 table.
+of the depth-2 decoders); 674,560 are used at inference. Pinned by the tests for every
+row of the parameter table computed from the layer shapes.
 
-The paper's design ladder (spec §8) is expressed by :data:`PRESETS` (option overrides, used by
+The paper's design ladder is expressed by :data:`PRESETS` (option overrides, used by
 ``grids/ablations.yaml`` and :func:`preset_config`): ``rm_as_mma`` equals the ``mma`` method bit for bit.
 """
 
@@ -64,7 +64,7 @@ from frozen_clip.contract import Capabilities, MethodInfo, OfficialPrecision, Pa
 from frozen_clip.method import MethodContext, StepOutput, normalize
 from frozen_clip.taps import Taps, TapSite
 
-#: the paper's design ladder as option overrides of the defaults (spec §8; activation fixed across the rungs
+#: the paper's design ladder as option overrides of the defaults (activation fixed across the rungs
 #: except for ``rm_as_mma``, which reproduces MMA exactly)
 PRESETS: dict[str, dict[str, Any]] = {
     "rm_as_mma": {"reconstruction": False, "consistency": False, "activation": "relu"},
@@ -79,14 +79,14 @@ RecLosses = dict[tuple[str, int], torch.Tensor]  # (tower, 0-based block) -> L_r
 
 @dataclass(frozen=True)
 class RMAdapterConfig(MMAConfig):
-    """RMAdapter options. Fields tagged GUESS are **not given by the paper** (spec §4, the row number follows);
+    """RMAdapter options. Fields whose source says "no official value" are **not given by the paper**;
     SECONDARY ones come from third-party summaries. Reconstruction options are inert with ``reconstruction: false``,
     consistency options with ``consistency: false``."""
 
     activation: Activation = option(
         "gelu", "paper (per third-party summaries): σ = GELU in the down-projection and the decoder",
         kind="paper")
-    # -- ablation switches (spec §8) --
+    # -- ablation switches --
     reconstruction: bool = option(True, "the reconstruction branch and its loss")
     share_down: bool = option(
         True, "paper (per third-party summaries): decoder reads the adapter's down; false = separate down_rec",
@@ -101,7 +101,7 @@ class RMAdapterConfig(MMAConfig):
     lambda_rec_text: float = option(1.0, "no official value: λ2", kind="no_official")
     lambda_con_image: float = option(10.0, "no official value: λ3, PromptSRC's image weight", kind="no_official")
     lambda_con_text: float = option(25.0, "no official value: λ4, PromptSRC's text weight", kind="no_official")
-    # -- the remaining unknowns (spec §4) --
+    # -- the remaining unknowns --
     decoder_hidden: int | None = option(
         None, "no official value: hidden width of the decoder; null = bottleneck_dim", kind="no_official")
     decoder_input: Literal["down", "shared"] = option(
@@ -210,7 +210,7 @@ class RMAdapter(MMA):
 
     @classmethod
     def recipe_settings(cls, protocol: str, dataset: str, shots: int, config: Any) -> dict[str, Sourced]:
-        """MMA's recipe (spec GUESS #22): RMAdapter has no official code, so no value is official."""
+        """MMA's recipe: RMAdapter has no official code, so no value is official."""
         return {k: no_official(v.value, f"no official RMAdapter code; MMA's: {v.source}")
                 for k, v in super().recipe_settings(protocol, dataset, shots, config).items()}
 
@@ -228,7 +228,7 @@ class RMAdapter(MMA):
         branches = nn.ModuleDict({key: RecBranch(self.width(tower), self.config) for key in self.adapters(tower)})
         for branch in branches.values():
             if branch.down is not None:
-                kaiming_linears_(branch.down)  # "same shape and init" as the adapter's down (spec §8)
+                kaiming_linears_(branch.down)  # "same shape and init" as the adapter's down
             if self.config.decoder_init == "kaiming":
                 kaiming_linears_(branch.decoder)
         return branches
@@ -248,7 +248,7 @@ class RMAdapter(MMA):
         self._frozen_text = None
 
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError("RMAdapter has no official code release to load checkpoints from (spec §1)")
+        raise NotImplementedError("RMAdapter has no official code release to load checkpoints from")
 
     # -- the reconstruction path --------------------------------------------------------------------------------------
     @property

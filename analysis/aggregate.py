@@ -1,4 +1,4 @@
-"""Per-run values -> per-cell statistics over seeds, and averages over datasets (protocol.md §8).
+"""Per-run values -> per-cell statistics over seeds, and averages over datasets.
 
 Every accuracy table goes through two steps:
 

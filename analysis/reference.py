@@ -1,8 +1,8 @@
 """The papers' reported numbers, shipped as data, and the name mappings between them and the suite.
 
-``analysis/reference_results.csv`` is a verbatim copy of ``specs/reference_results.csv`` (693 published numbers):
+``analysis/reference_results.csv`` holds 693 published numbers:
 ``method, backbone, protocol, dataset, shots, metric, value, source``. The ``source`` field starts with its trust tag
-(specs/README.md, "Trust tags"): VERIFIED, RECALLED (+CHECKED when the text says the row was checked), SECONDARY,
+(trust tags): VERIFIED, RECALLED (+CHECKED when the text says the row was checked), SECONDARY,
 APPROX, COMPUTED. Method and dataset names there are the papers' (``CoOp``, ``ZS-CLIP``; Dassl-like ``OxfordPets``,
 ``Flowers102``); the tables below map them to the suite's registry names and dataset keys, explicitly.
 """

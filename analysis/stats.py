@@ -1,6 +1,6 @@
 """Statistics used by the tables: harmonic mean, seed dispersion, and paired comparisons between methods.
 
-Conventions (protocol.md §8):
+Conventions:
 
 - Dispersion over seeds is the **population** standard deviation (``ddof = 0``), what Dassl's
   ``parse_test_res.py`` prints (``np.std``), so a suite ``±`` reads like a paper's ``±``. Captions say so.

@@ -13,7 +13,7 @@ cosine, one constant warmup epoch at 1e-5, **batch 1**, 10 epochs, test batch 10
 
 Options beyond the official code (both exact, see :class:`CoCoOpConfig`): ``batched_prompts`` encodes the prompts of
 all images of a batch in one text-tower pass instead of the official per-image loop (same numbers, more memory);
-``truncate_text`` (inherited from CoOp) cuts the text context to the longest prompt (protocol.md §9.5).
+``truncate_text`` (inherited from CoOp) cuts the text context to the longest prompt.
 """
 
 from __future__ import annotations

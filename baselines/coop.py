@@ -6,7 +6,7 @@ embeddings; text features of all classes are recomputed every step. The context 
 class-specific, initialised from the words of ``ctx_init`` (which then sets M) or from N(0, 0.02).
 
 Deviations (exact, on by default): the text sequence is cut to the longest prompt of the class set
-(``truncate_text``), which leaves features unchanged up to floating-point reduction order (protocol.md §9.5); with a
+(``truncate_text``), which leaves features unchanged up to floating-point reduction order; with a
 shared context at the end (``csc: false``, ``class_token_position: end``) the positions ``[SOS] [V]_1..M`` are the
 same for every class, so the text tower runs them once instead of once per class (``shared_prefix``,
 :mod:`frozen_clip.shared_prefix`; exact under the causal mask). The training step can run on cached image features

@@ -235,7 +235,7 @@ def _variants(methods: list[str]) -> list[tuple[str, bool]]:
 
 
 class _autocast:
-    """bf16 autocast on CUDA when asked; nothing on CPU (bf16 is slower than fp32 there, python-env.md §3)."""
+    """bf16 autocast on CUDA when asked; nothing on CPU (bf16 is slower than fp32 there)."""
 
     def __init__(self, device: torch.device, precision: str) -> None:
         self.ctx = (torch.autocast("cuda", dtype=torch.bfloat16)

@@ -4,7 +4,7 @@ Sources a backbone can come from (``backbone`` / ``pretrained`` in a run config)
 
 * an open_clip architecture and pretrained tag: ``ViT-B-16`` + ``openai``, ``ViT-B/16`` (OpenAI spelling),
   ``ViT-B-16-quickgelu``; a tag trained with QuickGELU forces the ``-quickgelu`` variant (open_clip 3.3 silently
-  builds GELU otherwise, protocol.md §9.1) and an explicit GELU/QuickGELU mismatch is an error;
+  builds GELU otherwise) and an explicit GELU/QuickGELU mismatch is an error;
 * an architecture + a local checkpoint file as ``pretrained`` (``.pt``, ``.bin``, ``.safetensors``);
 * ``local-dir:PATH`` (open_clip's own format: ``open_clip_config.json`` + weights);
 * a model-config JSON file (``path/to/tiny.json``) for tiny models, with ``pretrained`` a weights file or none;

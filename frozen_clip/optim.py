@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules of the CoOp/Dassl family (protocol.md §7), explicit and resumable.
+"""Optimisers and learning-rate schedules of the CoOp/Dassl family, explicit and resumable.
 
 The schedule is a pure function of (epoch, iteration), so a run resumed from a checkpoint uses exactly the learning
 rates of an uninterrupted run. ``cosine`` is Dassl's ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch,

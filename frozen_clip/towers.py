@@ -108,7 +108,7 @@ class TextTower:
         """Text features from token embeddings ``x`` ``[N, L, D]`` (L <= context length) and their ids ``[N, L]``.
 
         Mirrors ``CLIP.encode_text`` after ``token_embedding``. Positional embedding and causal mask are sliced to L,
-        which is exact when every EOT lies within the first L positions (protocol.md §9.5).
+        which is exact when every EOT lies within the first L positions.
         """
         if not self.supports_embedding_path():
             raise ConfigError("this text tower (cls token, non-argmax pooling or no causal mask) is not supported by "

@@ -1,4 +1,4 @@
-"""Dassl's image transforms with CLIP statistics (protocol.md §6), sized to the backbone.
+"""Dassl's image transforms with CLIP statistics, sized to the backbone.
 
 Train: ``RandomResizedCrop(size, scale=(0.08, 1), bicubic)`` -> ``RandomHorizontalFlip`` -> ``ToTensor`` ->
 ``Normalize``. Test: ``Resize(size, bicubic)`` (shorter side) -> ``CenterCrop(size)`` -> ``ToTensor`` -> ``Normalize``.

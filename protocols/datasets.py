@@ -51,7 +51,7 @@ class DatasetSpec:
         n_classes: number of classes of the real dataset (checked by ``verify_data``; not enforced when loading,
             so that synthetic stand-ins in the same layout load too).
         has_val: default True; False for the ImageNet family, which has no validation split (the few-shot draw
-            then samples train only, protocol.md §3).
+            then samples train only).
         notes: default ``""``; class-name fixes and other documentation carried with the entry.
         folder_labels: default ``"sorted"``: for the folder layouts, label = index of the class folder in sorted
             order (ImageNet, -Sketch, -A, -R); ``"numeric"``: the folder name is the label (ImageNetV2, ``0..999``).

@@ -1,4 +1,4 @@
-"""Few-shot sampling and base/novel class subsampling, exactly as Dassl/CoOp do it (protocol.md §3-4).
+"""Few-shot sampling and base/novel class subsampling, exactly as Dassl/CoOp do it.
 
 Pure Python: every draw goes through an explicit :class:`random.Random`; the global ``random`` state is never
 touched. ``dassl`` mode reproduces the lists of CoOp's ``train.py`` for a given seed bit for bit (its Python

@@ -1,6 +1,6 @@
 """Image checks that run before any compute is spent: every image a run will read exists and decodes.
 
-Decoding is the runner's own (:mod:`frozen_clip.images`: PIL, converted to RGB, as Dassl; protocol.md §6), so an
+Decoding is the runner's own (:mod:`frozen_clip.images`: PIL, converted to RGB, as Dassl), so an
 image that passes here is one the runner can read.
 """
 

@@ -1,4 +1,4 @@
-"""Metrics of the CoOp protocol (protocol.md §8): micro accuracy in percent, per-class accuracy, harmonic mean.
+"""Metrics of the CoOp protocol: micro accuracy in percent, per-class accuracy, harmonic mean.
 
 Predictions and labels may be torch tensors, NumPy arrays or plain sequences of class indices (anything with
 ``tolist()`` or iterable); this module imports no torch.

@@ -1,4 +1,4 @@
-"""The four evaluation protocols as data (protocol.md §5).
+"""The four evaluation protocols as data.
 
 A protocol turns (source dataset, targets) into a :class:`ProtocolPlan`: which dataset and classes a method is fitted
 on, and which splits it is evaluated on afterwards, each under a record key (``base``, ``novel``, ``test``,

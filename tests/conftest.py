@@ -80,7 +80,7 @@ def tiny_clip():
 
 @pytest.fixture(autouse=True)
 def _no_mha_fastpath():
-    """Tight numerical comparisons need the sequence-first-equivalent MHA path (protocol.md §9.4)."""
+    """Tight numerical comparisons need the sequence-first-equivalent MHA path."""
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     yield

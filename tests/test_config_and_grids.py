@@ -240,7 +240,7 @@ def test_every_shipped_grid_validates():
 
 
 @pytest.mark.parametrize("cfg,expected", [
-    # protocol.md §7, measured with Dassl's scheduler classes
+    # measured with Dassl's scheduler classes
     (OptimConfig(lr=0.0015, epochs=5), [1.5e-3, 1.357e-3, 9.82e-4, 5.18e-4, 1.43e-4]),
     (OptimConfig(lr=0.0035, epochs=5, warmup_epochs=1), [1e-5, 3.5e-3, 3.166e-3, 2.291e-3, 1.209e-3]),
     (OptimConfig(lr=0.002, epochs=10, warmup_epochs=1),

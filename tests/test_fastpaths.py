@@ -283,7 +283,7 @@ def test_flop_model_matches_the_torch_flop_counter(tiny_clip):
     assert flops.count_flops(lambda: tiny_clip.encode_text(ids)) == 2 * shape.text_forward(length)
     assert flops.count_flops(lambda: tiny_clip.encode_text(ids, truncate=False)) == 2 * shape.text_forward()
     b16 = flops.vit_b16_shape()
-    assert round(b16.text_forward() / 1e9, 2) == 5.96  # protocol.md §9.5: 5.96 GFLOPs per 77-token prompt
+    assert round(b16.text_forward() / 1e9, 2) == 5.96  # 5.96 GFLOPs per 77-token prompt
     cost = flops.step_flops(b16, images=2, prompts=10, text_tokens=20, image_grad=True, trainable_forward=5)
     assert cost.total == 2 * 2 * b16.image_forward() + 10 * b16.text_forward(20) + 15
 

@@ -172,7 +172,7 @@ def vit_b16():
 
 
 def mma_params(r: int, shared: bool, n_layers: int = 8) -> int:
-    """Per layer: text down+up, image down+up, and the shared Linear(r, r) (spec §2.6)."""
+    """Per layer: text down+up, image down+up, and the shared Linear(r, r)."""
     per_layer = sum(2 * d * r + d + r for d in (512, 768)) + (r * r + r if shared else 0)
     return n_layers * per_layer
 
@@ -184,7 +184,7 @@ def mma_params(r: int, shared: bool, n_layers: int = 8) -> int:
     ({"layers": (9, 10, 11, 12)}, 337_280),
 ])
 def test_trainable_parameters_vit_b16(vit_b16, options, expected):
-    """674,560 measured on the official module (spec §2.6); the rest from the per-layer formula."""
+    """674,560 measured on the official module; the rest from the per-layer formula."""
     method = MMA(vit_b16, ["dog", "cat"], MMAConfig(**options), CONTEXT)
     assert method.num_trainable() == expected
     assert mma_params(options.get("bottleneck_dim", 32), options.get("shared_layer", True),
@@ -195,7 +195,7 @@ def test_trainable_parameters_vit_b16(vit_b16, options, expected):
 # -- ablation axes ---------------------------------------------------------------------------------------------------
 def test_grad_scale_trick_changes_only_parameter_gradients(tiny_clip):
     """Off: identical logits; every adapter gradient s = 0.001 times the official one; the gradient flowing into
-    the backbone stream (here: to the input pixels) is the same (spec §2.4)."""
+    the backbone stream (here: to the input pixels) is the same."""
     results = []
     for trick in (True, False):
         method = tiny(tiny_clip, grad_scale_trick=trick)

@@ -1,4 +1,4 @@
-"""Accuracy, per-class accuracy and harmonic mean (protocol.md §8)."""
+"""Accuracy, per-class accuracy and harmonic mean."""
 
 from __future__ import annotations
 

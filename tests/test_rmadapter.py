@@ -1,4 +1,4 @@
-"""RMAdapter: the design of specs/rmadapter.md §5 on top of MMA, pinned by the tests of its §9, the §7 parameter
+"""RMAdapter: its design on top of MMA, pinned by these tests, the parameter
 counts, every ablation switch, and an end-to-end run. There is no official code, hence no golden fixture: the
 anchor is ``rm_as_mma``, which must equal the (golden-tested) ``mma`` method bit for bit."""
 
@@ -48,7 +48,7 @@ def eval_logits(method: MMA) -> torch.Tensor:
         return method(IMAGES)
 
 
-# -- parameter counts (spec §7, ViT-B/16 shapes, random weights, no forward) -----------------------------------------
+# -- parameter counts (ViT-B/16 shapes, random weights, no forward) -----------------------------------------
 @pytest.fixture(scope="module")
 def vit_b16():
     from frozen_clip.backbone import load_backbone
@@ -64,7 +64,7 @@ def vit_b16():
     ({"share_down": False}, 1_357_568),
 ])
 def test_trainable_parameters_vit_b16(vit_b16, options, expected):
-    """Every row of the spec's §7 table (COMPUTED there from the layer shapes; equal here)."""
+    """Every row of the parameter table, computed from the layer shapes."""
     method = RMAdapter(vit_b16, ["dog", "cat"], RMAdapterConfig(**options), CONTEXT)
     if not options:
         print(f"RMAdapter default trainable parameters on ViT-B/16: {method.num_trainable():,}")
@@ -73,7 +73,7 @@ def test_trainable_parameters_vit_b16(vit_b16, options, expected):
     assert inference == (666_112 if options.get("shared_layer") is False else 674_560)
 
 
-# -- §9.1: rm_as_mma is MMA ------------------------------------------------------------------------------------------
+# -- rm_as_mma is MMA ------------------------------------------------------------------------------------------
 def test_rm_as_mma_equals_mma_bitwise(tiny_clip):
     torch.manual_seed(0)
     mma = MMA(tiny_clip, CLASSNAMES, MMAConfig(**TINY), CONTEXT)
@@ -87,7 +87,7 @@ def test_rm_as_mma_equals_mma_bitwise(tiny_clip):
     assert torch.equal(eval_logits(mma), eval_logits(rm))
 
 
-# -- §9.3: the decoder is not used at inference ----------------------------------------------------------------------
+# -- the decoder is not used at inference ----------------------------------------------------------------------
 def test_eval_logits_do_not_depend_on_decoder(tiny_clip):
     method = tiny(tiny_clip, share_down=False)
     before = eval_logits(method)
@@ -103,7 +103,7 @@ def test_eval_logits_do_not_depend_on_decoder(tiny_clip):
     assert len(list(method.text_rec.parameters())) > 0
 
 
-# -- §9.4: local reconstruction --------------------------------------------------------------------------------------
+# -- local reconstruction --------------------------------------------------------------------------------------
 def _rec_grads(method: RMAdapter, tower: str, layer: int) -> dict[str, torch.Tensor | None]:
     method.train()
     _, _, rec = method.forward_train(IMAGES)
@@ -128,7 +128,7 @@ def test_rec_local_gradient_stays_in_its_layer(tiny_clip, tower):
     assert leaky[f"{tower}_adapters.0.up.weight"].abs().max() > 0
 
 
-# -- §9.5: gradient scaling of the reconstruction path ---------------------------------------------------------------
+# -- gradient scaling of the reconstruction path ---------------------------------------------------------------
 def test_rec_grad_scale_match_is_one_over_alpha(tiny_clip):
     """Decoder gradients under ``match`` are 1/α = 1000x those without any scaling; the forward is unchanged."""
     out_match, match = step(tiny(tiny_clip, consistency=False))
@@ -141,7 +141,7 @@ def test_rec_grad_scale_match_is_one_over_alpha(tiny_clip):
     assert tiny(tiny_clip, grad_scale_trick=False).rec_grad_factor == 1.0  # nothing to match without the trick
 
 
-# -- §9.6: text tokens of the reconstruction loss --------------------------------------------------------------------
+# -- text tokens of the reconstruction loss --------------------------------------------------------------------
 def test_rec_text_tokens_valid_is_invariant_to_truncation(tiny_clip):
     def rec_text(**options) -> torch.Tensor:
         return step(tiny(tiny_clip, **options))[0].aux["loss_rec_text"]
@@ -154,7 +154,7 @@ def test_rec_text_tokens_valid_is_invariant_to_truncation(tiny_clip):
     assert not torch.allclose(rec_text(rec_text_tokens="all"), full)  # padding positions counted
 
 
-# -- §9.7: the gradient-scale trick does not change the forward ------------------------------------------------------
+# -- the gradient-scale trick does not change the forward ------------------------------------------------------
 def test_adaptation_forward_identical_with_and_without_gsl(tiny_clip):
     on, off = tiny(tiny_clip), tiny(tiny_clip, grad_scale_trick=False)
     x = torch.randn(2, 17, 64)
