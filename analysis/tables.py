@@ -220,7 +220,9 @@ def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  python -m analysis.tables results/ablations\n"
+                                       "  python -m analysis.tables results/quickstart --out paper/tables --no-plots")
     p.add_argument("results", nargs="+", type=Path, help="result folder(s) holding <grid>/<run_id>/record.json")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: FIRST_RESULTS_DIR/analysis)")
     p.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES), metavar="NAME",

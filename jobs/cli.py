@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from frozen_clip.errors import SuiteError
@@ -228,7 +229,14 @@ def write_analysis(grid: Grid) -> str | None:
 def launch_main(argv: list[str] | None = None) -> int:
     """``python jobs/launch.py --grid FILE [--executor ...] [--dry-run] [--status] [overrides...]``."""
     from jobs.executors import EXECUTORS
-    parser = argparse.ArgumentParser(prog="jobs/launch.py", description="Launch (or inspect) a grid of runs.")
+    parser = argparse.ArgumentParser(
+        prog="jobs/launch.py", description="Launch (or inspect) a grid of runs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python jobs/launch.py --grid grids/quickstart.yaml              # minutes on a laptop CPU\n"
+               "  python jobs/launch.py --grid grids/ablations.yaml --dry-run --executor slurm\n"
+               "  python jobs/launch.py --grid grids/ablations.yaml --status\n"
+               "  python jobs/launch.py --grid grids/ablations.yaml --print-config seed=1 method.bottleneck_ratio=8")
     parser.add_argument("--grid", required=True, help="grid YAML file")
     parser.add_argument("--executor", choices=EXECUTORS.names(), help="override the grid's executor")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would run; run nothing")
@@ -441,11 +449,31 @@ def _finish(grid: Grid, args: argparse.Namespace) -> None:
         index = write_analysis(grid)
         if index:
             print(f"Tables and figures: {index}")
+            print(next_steps(grid, index))
+
+
+def next_steps(grid: Grid, index: str) -> str:
+    """What to do after a launch: read the tables, compile their preview; after a grid on the built-in world, how to
+    go on to real data."""
+    analysis = Path(index).parent
+    lines = ["", "Next:", f"  open {index} (every table, its caption and notes)",
+             f"  cd {analysis} && pdflatex tables_preview.tex   # the tables on a two-column paper page"]
+    if any(spec.config.get("data_root") == "builtin" for spec in grid.runs):
+        lines += ["  python -m protocols.verify_data /data/coop       # check a CoOp-layout data root first",
+                  f"  python jobs/launch.py --grid {grid.path} data_root=/data/coop backbone=ViT-B-16 "
+                  "pretrained=openai   # the same grid on real data",
+                  "  python -m analysis.recipes --out recipes          # every method's recipe, each value sourced"]
+    return "\n".join(lines)
 
 
 def run_main(argv: list[str] | None = None) -> int:
     """``python jobs/run.py [--config FILE] key=value ...``: execute one run in this process."""
-    parser = argparse.ArgumentParser(prog="jobs/run.py", description="Execute one run.")
+    parser = argparse.ArgumentParser(
+        prog="jobs/run.py", description="Execute one run.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python jobs/run.py method=coop dataset=world_hues backbone=tiny-world pretrained=world\n"
+               "  python jobs/run.py method=heba dataset=dtd data_root=/data/coop seed=2\n"
+               "  python jobs/run.py --print-config method=clip_lora dataset=dtd protocol=fewshot shots=4")
     parser.add_argument("--config", help="a run config YAML (e.g. a run folder's config.yaml)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML, each value with its origin; run nothing")

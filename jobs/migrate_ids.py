@@ -77,7 +77,8 @@ def migrate(roots: list[Path], dry_run: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.migrate_ids", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jobs.migrate_ids", description=__doc__.split("\n\n")[0],
+                                     epilog="example: python -m jobs.migrate_ids results/ablations --dry-run")
     parser.add_argument("roots", nargs="+", type=Path, help="results folders (results/<grid>, or results)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be renamed, rename nothing")
     args = parser.parse_args(argv)

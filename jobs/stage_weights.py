@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from frozen_clip.weights import stage
     from jobs.grid import expand_grid, resolve_plan
     from jobs.rawconfig import parse_overrides
-    parser = argparse.ArgumentParser(prog="python -m jobs.stage_weights", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jobs.stage_weights", description=__doc__.split("\n\n")[0],
+                                     epilog="example (on the login node): python -m jobs.stage_weights --grid "
+                                            "grids/ablations.yaml")
     parser.add_argument("--grid", required=True, help="grid YAML file")
     parser.add_argument("--cache", help="the shared cache folder (default: $FCS_WEIGHTS_CACHE, else "
                                         "<results folder>/.weights)")

@@ -87,7 +87,8 @@ def verify_dataset(key: str, root: str | Path, decode: bool = True, workers: int
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m protocols.verify_data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m protocols.verify_data", description=__doc__.split("\n")[0],
+                                     epilog="example: python -m protocols.verify_data /data/coop --datasets dtd eurosat")
     parser.add_argument("data_root", type=Path, help="folder holding the datasets in CoOp layout")
     parser.add_argument("--datasets", nargs="+", metavar="KEY",
                         help="dataset keys to check (default: the 15 real datasets)")

@@ -40,3 +40,15 @@ def test_end_table_keeps_variants_apart(tmp_path):
     table = cli.results_table(grid)
     rows = {"ratio=8" in line: line.split()[-2:] for line in table.splitlines() if "HeBA" in line}
     assert rows == {False: [f"{sum(hm[4]) / 2:.1f}", "2"], True: [f"{sum(hm[8]) / 2:.1f}", "2"]}
+
+
+def test_next_steps_after_a_launch_point_to_the_tables_and_to_real_data():
+    """After the quickstart (the built-in world) the launcher says how to read the tables and how to go on to real
+    data; after a grid on real data only the first part."""
+    quickstart = resolve_plan(expand_grid(ROOT / "grids" / "quickstart.yaml"))
+    text = cli.next_steps(quickstart, "results/quickstart/analysis/index.md")
+    assert "open results/quickstart/analysis/index.md" in text
+    assert "cd results/quickstart/analysis && pdflatex tables_preview.tex" in text
+    assert "python -m protocols.verify_data" in text and "data_root=/data/coop" in text
+    real = resolve_plan(expand_grid(ROOT / "grids" / "quickstart.yaml", {"data_root": str(ROOT)}))
+    assert "verify_data" not in cli.next_steps(real, "x/analysis/index.md")

@@ -397,7 +397,8 @@ def probe(folder: str | Path, data_root: Path, keys: Sequence[str] | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m world.pretrain", description=__doc__.split("\n\n")[0],
+                                     epilog="example: python -m world.pretrain --probe frozen_clip/assets/tiny-world")
     parser.add_argument("--out", help="folder to write open_clip_config.json and world.safetensors into")
     parser.add_argument("--samples", type=int, default=PretrainConfig.samples, help="image-caption pairs to train on")
     parser.add_argument("--threads", type=int, default=PretrainConfig.threads, help="torch threads (fixed for bits)")
