@@ -40,7 +40,7 @@ def wait_for_training(results: Path, timeout: float = 300.0) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
         for log in results.glob("sig/*/log.txt"):
-            if "epoch 1:" in log.read_text():
+            if "epoch 1/" in log.read_text():
                 return log.parent
         time.sleep(0.05)
     raise AssertionError("no run started training")
