@@ -12,6 +12,7 @@ methods) and executing runs are imported where they are used.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -199,22 +200,46 @@ def results_table(grid: Grid) -> str:
     off their defaults, ``HeBA [bottleneck ratio=8]``) and dataset: variants are never averaged together."""
     import pandas as pd
     from jobs.config import variant_label
-    rows = []
+    rows, done = [], []
     for spec in grid.runs:
         record = read_record(run_dir(spec.resolved))
         if not record or record.get("status") != "done":
             continue
         cfg = record["config"]
+        done.append(spec)
         rows.append({"method": variant_label(spec.config), "dataset": cfg["dataset"], "protocol": cfg["protocol"],
                      "shots": cfg["shots"], "seed": cfg["seed"], **record.get("summary", {})})
     if not rows:
         return "(no finished runs)"
+    for row, label in zip(rows, _distinct_labels(done, [row["method"] for row in rows])):
+        row["method"] = label
     frame = pd.DataFrame(rows)
     keys = ["protocol", "dataset", "method", "shots"]
     numeric = [c for c in frame.columns if c not in keys + ["seed"]]
     table = frame.groupby(keys, sort=False)[numeric].mean().round(2)
     table["seeds"] = frame.groupby(keys, sort=False)["seed"].count()
     return table.to_string()
+
+
+def _distinct_labels(specs: Sequence[RunSpec], labels: list[str]) -> list[str]:
+    """``labels`` (variant labels of ``specs``), each extended by the settings that tell apart configurations sharing
+    it within a dataset, e.g. ``MMA [layers=[2,3]] (lr=0.015)`` for variants that differ in ``optim.*`` only, so no
+    row of the end table pools configurations as if they were seeds."""
+    from jobs.grid import _flatten
+    skip = {"seed", "name", "results_dir", "data_root", "device", "num_workers", "fast"}
+    flat = [{k: json.dumps(v, sort_keys=True) for k, v in _flatten(spec.config).items() if k not in skip}
+            for spec in specs]
+    groups: dict[tuple, list[int]] = {}
+    for i, (spec, label) in enumerate(zip(specs, labels)):
+        groups.setdefault((label, spec.config["dataset"], spec.config["protocol"], spec.config["shots"]), []).append(i)
+    out = list(labels)
+    for members in groups.values():
+        keys = sorted({k for i in members for k in flat[i]})
+        differing = [k for k in keys if len({flat[i].get(k) for i in members}) > 1]
+        for i in members if differing else ():
+            settings = ", ".join(f"{k.rpartition('.')[2]}={flat[i].get(k)}" for k in differing)
+            out[i] = f"{labels[i]} ({settings})"
+    return out
 
 
 def write_analysis(grid: Grid) -> str | None:
