@@ -182,9 +182,7 @@ def run_rows(cls: type) -> list[Row]:
     """The run-level rows: the method's official precision (what ``precision: auto`` runs on CUDA), then
     :data:`SHARED_RUN_ROWS`."""
     official = cls.info.precision
-    value = official.train if official.train == official.eval else \
-        f"{official.train}, evaluated in {official.eval}"
-    return [Row("run setting", "precision (on CUDA)", value, "", f"{official.source}; precision: auto runs it on "
+    return [Row("run setting", "precision (on CUDA)", official.describe(), "", f"{official.source}; precision: auto runs it on "
                 "CUDA and fp32 on a CPU", official.kind), *SHARED_RUN_ROWS]
 
 

@@ -199,6 +199,14 @@ class OfficialPrecision:
         if self.train not in PRECISIONS or self.eval not in PRECISIONS:
             raise ValueError(f"precisions must be among {PRECISIONS}, got train={self.train!r} eval={self.eval!r}")
 
+    def describe(self) -> str:
+        return describe_precision(self.train, self.eval)
+
+
+def describe_precision(train: str, eval: str) -> str:
+    """``fp16``, or ``amp_fp16, evaluated in fp32`` when training and evaluation differ."""
+    return train if train == eval else f"{train}, evaluated in {eval}"
+
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -316,6 +324,6 @@ def _json_key(value: Any) -> str:
 
 __all__ = [
     "option", "Sourced", "official", "suite_choice", "no_official", "recipe_values", "unsourced",
-    "SOURCE_KIND_NAMES", "PRECISIONS", "OfficialPrecision", "Paper", "Code", "TowerShape", "BackboneShape",
+    "SOURCE_KIND_NAMES", "PRECISIONS", "OfficialPrecision", "describe_precision", "Paper", "Code", "TowerShape", "BackboneShape",
     "Capabilities", "MethodInfo", "option_meta", "option_display", "value_display", "defaults",
     "fast_path_switches", "undocumented_options", "card", "PROTOCOL_NAMES", "UNSEEN_CLASS_PROTOCOLS"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from frozen_clip.contract import PRECISIONS, OfficialPrecision
+from frozen_clip.contract import PRECISIONS, OfficialPrecision, describe_precision
 
 REQUESTS = ("auto", *PRECISIONS)
 
@@ -23,17 +23,12 @@ class ResolvedPrecision:
     eval: str = "fp32"
 
     @property
-    def is_fp32(self) -> bool:
-        return self.train == self.eval == "fp32"
-
-    @property
     def half_model(self) -> bool:
         """Whether the frozen model is converted to fp16 (pure fp16 training or evaluation)."""
         return "fp16" in (self.train, self.eval)
 
     def describe(self) -> str:
-        """``fp16``, or ``amp_fp16, evaluated in fp32`` when the two differ."""
-        return self.train if self.train == self.eval else f"{self.train}, evaluated in {self.eval}"
+        return describe_precision(self.train, self.eval)
 
 
 def device_kind(device: str, hint: str | None = None) -> str:
@@ -49,8 +44,9 @@ def device_kind(device: str, hint: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _on(kind: str, precision: str) -> str:
-    """``precision`` as it runs on a device of ``kind`` (autocast is CUDA-only)."""
+def on_device(kind: str, precision: str) -> str:
+    """``precision`` as it runs on a device of ``kind`` (``cuda``, ``cpu``): autocast is CUDA-only, so ``amp_*``
+    elsewhere is fp32; pure fp16 (a half model) and fp32 run anywhere."""
     return "fp32" if kind != "cuda" and precision.startswith("amp_") else precision
 
 
@@ -59,9 +55,9 @@ def resolve_precision(requested: str, kind: str, official: OfficialPrecision) ->
     if requested not in REQUESTS:
         raise ValueError(f"precision must be one of {REQUESTS}, got {requested!r}")
     if requested == "auto":
-        return ResolvedPrecision(_on(kind, official.train), _on(kind, official.eval)) if kind == "cuda" \
+        return ResolvedPrecision(on_device(kind, official.train), on_device(kind, official.eval)) if kind == "cuda" \
             else ResolvedPrecision()
-    return ResolvedPrecision(_on(kind, requested), _on(kind, requested))
+    return ResolvedPrecision(on_device(kind, requested), on_device(kind, requested))
 
 
-__all__ = ["ResolvedPrecision", "resolve_precision", "device_kind", "REQUESTS"]
+__all__ = ["ResolvedPrecision", "resolve_precision", "device_kind", "on_device", "REQUESTS"]

@@ -43,6 +43,7 @@ from frozen_clip.device_augment import collate, to_device
 from frozen_clip.fastpaths import FastPaths, FeatureRows, FeatureViews
 from frozen_clip.method import Method
 from frozen_clip.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from frozen_clip.precision import on_device
 from frozen_clip.seeding import derive_seed, seed_everything
 
 CHECKPOINT_NAME = "last.pt"
@@ -151,10 +152,8 @@ class Trainer:
         self.optim = optim
         self.seed = seed
         self.device = device
-        # autocast is CUDA-only: amp on a CPU is fp32; pure fp16 (a half model) runs anywhere
-        self.precision = precision if device.type == "cuda" or precision == "fp16" else "fp32"
-        evaluation = precision if eval_precision is None else eval_precision
-        self.eval_precision = evaluation if device.type == "cuda" or evaluation == "fp16" else "fp32"
+        self.precision = on_device(device.type, precision)
+        self.eval_precision = on_device(device.type, precision if eval_precision is None else eval_precision)
         self.checkpoint_dir = checkpoint_dir
         self.num_workers = num_workers
         self.log = log

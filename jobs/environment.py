@@ -68,6 +68,4 @@ def _precision_note(precision: Any, official: Any, device: torch.device) -> str 
     if official is None or (precision.train, precision.eval) == (official.train, official.eval):
         return None
     where = "on a CPU" if device.type == "cpu" else "as configured"
-    same = official.train == official.eval
-    wanted = official.train if same else f"{official.train}, evaluated in {official.eval}"
-    return f"computed in {precision.describe()} {where}; the official code runs in {wanted} on a GPU"
+    return f"computed in {precision.describe()} {where}; the official code runs in {official.describe()} on a GPU"

@@ -153,7 +153,7 @@ class RunExecution:
         clip = load_backbone(run.backbone, run.pretrained, device)
         if precision.half_model:  # pure fp16 (Dassl's PREC "fp16"): the frozen model and what is built in its dtype
             clip = clip.half()
-        method = self._build_method(clip, manifests.fit)
+        method = self._build_method(cls, clip, manifests.fit)
         trainer = Trainer(method, self.resolved.optim, seed=run.seed, device=device, precision=precision.train,
                           eval_precision=precision.eval,
                           checkpoint_dir=self.folder / "checkpoints", num_workers=run.num_workers, log=self.log,
@@ -195,9 +195,8 @@ class RunExecution:
                 "shots_per_class": shots,
                 "env": environment(device, precision, git_sha(), self.code, official)}
 
-    def _build_method(self, clip: FrozenCLIP, fit: SplitManifest) -> Method:
+    def _build_method(self, cls: type, clip: FrozenCLIP, fit: SplitManifest) -> Method:
         run = self.resolved.run
-        cls = method_class(self.resolved.method_name, "run")
         context = MethodContext(dataset=run.dataset, template=get_spec(run.dataset).template, protocol=run.protocol,
                                 shots=run.shots, seed=run.seed, epochs=self.resolved.optim.epochs)
         return cls(clip, fit.classnames, self.resolved.method_config, context).to(clip.device)

@@ -54,8 +54,7 @@ def document(resolved: ResolvedRun, raw: Mapping[str, Any], overrides: Mapping[s
     method_meta = _option_sources(cls.Config)
 
     official = cls.info.precision
-    official_text = official.train if official.train == official.eval else \
-        f"{official.train}, evaluated in {official.eval}"
+    official_text = official.describe()
 
     def origin(dotted: str) -> str:
         if dotted == "method.checkpoint_sha256":
