@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,25 +26,56 @@ from jobs.rawconfig import merge, parse_overrides
 from jobs.runfolder import read_record, read_run_config, run_dir
 
 
-def _progress_printer(total: int):
-    """Per-run progress: a tqdm bar on a terminal, plain log lines otherwise."""
-    counter = {"n": 0}
-    bar = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="runs", unit="run")
+class Progress:
+    """The launcher's progress: a line per finished run and, for runs executed in this process (``inline``), a line
+    per epoch with the run's loss, epoch time and ETA and an ETA for the grid; on a terminal a tqdm bar over the runs
+    whose postfix shows the current epoch instead.
 
-    def report(spec: RunSpec, outcome: Any) -> None:
-        counter["n"] += 1
-        label = describe(spec)
+    Called with ``(spec, outcome)`` when a run ends; :meth:`log` takes a run's log lines (``RUN_ID: message``)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.finished, self.start = total, 0, time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc="runs", unit="run")
+
+    def __call__(self, spec: RunSpec, outcome: Any) -> None:
+        self.finished += 1
         detail = f" ({outcome.detail})" if outcome.detail else ""
-        line = f"[{counter['n']}/{total}] {outcome.status:7s} {spec.run_id} {label} {outcome.seconds:.1f}s{detail}"
-        if bar is not None:
-            bar.update(1)
-            bar.write(line)
+        line = (f"[{self.finished}/{self.total}] {outcome.status:7s} {spec.run_id} {describe(spec)} "
+                f"{outcome.seconds:.1f}s{detail}")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.write(line)
         else:
             print(line, flush=True)
-    return report
+
+    def log(self, line: str) -> None:
+        """A run's log line: epoch lines are shown (with the grid's ETA), the rest stays in the run's log.txt."""
+        _run_id, _, message = line.partition(": ")
+        match = EPOCH_LINE.match(message)
+        if not match:
+            return
+        epoch, epochs = int(match.group(1)), int(match.group(2))
+        eta = grid_eta((self.finished + epoch / max(epochs, 1)) / max(self.total, 1), time.monotonic() - self.start)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{message}{eta}", refresh=True)
+        else:
+            print(f"  [{self.finished + 1}/{self.total}] {message}{eta}", flush=True)
+
+
+def grid_eta(fraction_done: float, elapsed: float) -> str:
+    """``; grid ETA 3m10s``: the time left if the rest of the grid goes at the pace of its first ``elapsed`` seconds
+    (``fraction_done`` of it: finished runs plus the share of epochs of the run under way)."""
+    if fraction_done <= 0 or fraction_done >= 1:
+        return ""
+    seconds = round(elapsed * (1 - fraction_done) / fraction_done)
+    return f"; grid ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"; grid ETA {seconds}s"
+
+
+EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+):")
+"""The trainer's per-epoch log line (``epoch 3/10: loss 1.1188 lr 0.0543 (1.0s, ETA 8s)``)."""
 
 
 def describe(spec: RunSpec) -> str:
@@ -196,8 +228,11 @@ def grid_summary(specs: Sequence[RunSpec]) -> list[str]:
 
 
 def results_table(grid: Grid) -> str:
-    """Mean over seeds of each run's summary numbers, per variant (the method's display name and the options it sets
-    off their defaults, ``HeBA [bottleneck ratio=8]``) and dataset: variants are never averaged together."""
+    """Mean ± standard deviation over seeds of each run's summary numbers, per variant (the method's display name
+    and the options it sets off their defaults, ``HeBA [bottleneck ratio=8]``) and dataset: variants are never
+    averaged together. A variant run on several datasets also gets an ``average`` row: per seed the mean over its
+    datasets (base-to-novel: the HM of the mean base and mean novel accuracy, as the papers' Average), then mean ±
+    std over the seeds. The std is the population std (the analysis tables' convention)."""
     import pandas as pd
     from jobs.config import variant_label
     rows, done = [], []
@@ -216,9 +251,47 @@ def results_table(grid: Grid) -> str:
     frame = pd.DataFrame(rows)
     keys = ["protocol", "dataset", "method", "shots"]
     numeric = [c for c in frame.columns if c not in keys + ["seed"]]
-    table = frame.groupby(keys, sort=False)[numeric].mean().round(2)
-    table["seeds"] = frame.groupby(keys, sort=False)["seed"].count()
+    frame = pd.concat([frame, _dataset_averages(frame, numeric)], ignore_index=True)
+    groups = frame.groupby(keys, sort=False)
+    means, stds = groups[numeric].mean(), groups[numeric].std(ddof=0)
+    seeds = groups["seed"].count()
+    table = means.copy().astype(object)
+    for column in numeric:
+        table[column] = [_mean_std(m, s, n) for m, s, n in zip(means[column], stds[column], seeds)]
+    table["seeds"] = seeds
     return table.to_string()
+
+
+AVERAGE_ROW = "average"
+"""The ``dataset`` of the end table's rows that average a variant over its datasets."""
+
+
+def _dataset_averages(frame: "pd.DataFrame", numeric: list[str]) -> "pd.DataFrame":
+    """Per variant run on several datasets and per seed, the mean over those datasets (one row per seed, dataset
+    :data:`AVERAGE_ROW`); ``hm`` is recomputed from the averaged ``base`` and ``novel``."""
+    import pandas as pd
+    from protocols.metrics import harmonic_mean
+    variants = ["protocol", "method", "shots"]
+    several = frame.groupby(variants, sort=False)["dataset"].transform("nunique") > 1
+    if not several.any():
+        return frame.iloc[0:0]
+    average = frame[several].groupby(variants + ["seed"], sort=False)[numeric].mean().reset_index()
+    if {"base", "novel", "hm"} <= set(numeric):
+        average["hm"] = [harmonic_mean(b, n) for b, n in zip(average["base"], average["novel"])]
+    average["dataset"] = AVERAGE_ROW
+    return pd.DataFrame(average)
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    """``81.88 ± 0.42`` over ``n`` seeds (the mean alone for one seed or a missing value)."""
+    if _missing(mean):
+        return "-"
+    return f"{mean:.2f}" if n < 2 or _missing(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _missing(value: Any) -> bool:
+    """Whether ``value`` is a missing number (NaN/None)."""
+    return value is None or value != value
 
 
 def _distinct_labels(specs: Sequence[RunSpec], labels: list[str]) -> list[str]:
@@ -395,7 +468,7 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     preflight(pending, str(grid.path))
     remember_ids(plan, grid)  # after the checks: a launch refused for bad input writes nothing
     start = time.perf_counter()
-    outcomes = get_executor(options.kind).submit(grid, pending, options, _progress_printer(len(pending)), args.wait)
+    outcomes = get_executor(options.kind).submit(grid, pending, options, Progress(len(pending)), args.wait)
     if outcomes is None:  # handed to a scheduler: --status follows the runs
         print(f"  records: {grid.results_dir}/<run id>/record.json")
         print(f"  follow: {status_command(args)}")

@@ -22,12 +22,12 @@ def test_dry_run_summary_counts_configurations_datasets_and_seeds():
     assert cli.grid_summary(one_seed.runs)[0] == "HeBA: 26 configurations x 11 datasets x 1 seed = 286 runs"
 
 
-def _world_grid(tmp_path: Path, variants: str):
-    """A resolved base-to-novel grid on world_hues, seeds 1 and 2, with the given ``variants:`` block."""
+def _world_grid(tmp_path: Path, variants: str, datasets: str = "[world_hues]"):
+    """A resolved base-to-novel grid on ``datasets``, seeds 1 and 2, with the given ``variants:`` block."""
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text(f"name: g\nbase:\n  results_dir: {tmp_path / 'results'}\n  backbone: tiny-world\n"
                          "  pretrained: world\n  data_root: builtin\n  protocol: base2novel\n  shots: 16\n"
-                         "grid:\n  dataset: [world_hues]\n  seed: [1, 2]\nvariants:\n" + variants)
+                         f"grid:\n  dataset: {datasets}\n  seed: [1, 2]\nvariants:\n" + variants)
     return resolve_plan(expand_grid(grid_file))
 
 
@@ -42,8 +42,10 @@ def test_end_table_keeps_variants_apart(tmp_path):
         (folder / "record.json").write_text(json.dumps({"status": "done", "config": spec.config,
                                                         "summary": {"hm": 50.0 + index}}))
     table = cli.results_table(grid)
-    rows = {"ratio=8" in line: line.split()[-2:] for line in table.splitlines() if "HeBA" in line}
-    assert rows == {False: [f"{sum(hm[4]) / 2:.1f}", "2"], True: [f"{sum(hm[8]) / 2:.1f}", "2"]}
+    rows = {"ratio=8" in line: line.split()[-4:] for line in table.splitlines() if "HeBA" in line}
+    # mean ± population std over the two seeds, then the seed count
+    assert rows == {ratio == 8: [f"{sum(v) / 2:.2f}", "±", f"{abs(v[0] - v[1]) / 2:.2f}", "2"]
+                    for ratio, v in hm.items()}
 
 
 def test_next_steps_after_a_launch_point_to_the_tables_and_to_real_data():
@@ -68,3 +70,55 @@ def test_end_table_keeps_variants_that_differ_in_optimiser_settings_apart(tmp_pa
                                                         "summary": {"base": 50.0 + index}}))
     table = cli.results_table(grid)
     assert table.count("(lr=0.0015)") == 1 and table.count("(lr=0.015)") == 1 and " 2\n" in table + "\n"
+
+
+def test_end_table_averages_a_variant_over_its_datasets_per_seed(tmp_path):
+    """A variant on two datasets gets an ``average`` row: per seed the mean base and novel over the datasets and the
+    HM of those means (the papers' Average), then mean ± std over the seeds."""
+    from protocols.metrics import harmonic_mean
+    grid = _world_grid(tmp_path, "  - method: mma\n    method.layers: [[2, 3]]\n",
+                       datasets="[world_hues, world_hues_outline]")
+    per_seed: dict[int, list[tuple[float, float]]] = {}
+    for index, spec in enumerate(grid.runs):
+        base, novel = 60.0 + 3 * index, 40.0 + index * index
+        per_seed.setdefault(spec.config["seed"], []).append((base, novel))
+        folder = run_dir(spec.resolved)
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps({"status": "done", "config": spec.config, "summary": {
+            "base": base, "novel": novel, "hm": harmonic_mean(base, novel)}}))
+    table = cli.results_table(grid)
+    line = next(line for line in table.splitlines() if "average" in line)
+    hms = [harmonic_mean(sum(b for b, _ in v) / 2, sum(n for _, n in v) / 2) for v in per_seed.values()]
+    expected_hm = f"{sum(hms) / 2:.2f} ± {abs(hms[0] - hms[1]) / 2:.2f}"
+    assert line.split()[-4:] == [*expected_hm.split(), "2"]
+    assert sum("MMA" in line for line in table.splitlines()) == 3  # two datasets and their average
+
+
+def test_progress_shows_epoch_lines_with_the_grid_eta_and_nothing_else(capsys):
+    """Off a terminal the launcher prints a run's epoch lines (other log lines stay in log.txt), numbered by the run
+    under way, with an ETA for the grid from the pace so far."""
+    progress = cli.Progress(total=4)
+    progress.log("abc: fit split world_hues/base: 128 train, 32 val, 8 classes")
+    progress.log("abc: epoch 5/10: loss 1.2 lr 0.01 (1.0s, ETA 5s)")
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("  [1/4] epoch 5/10: loss 1.2 lr 0.01 (1.0s, ETA 5s); grid ETA ")
+    # half of the first of four runs took 30 s: 1/8 of the grid, so 7 x 30 s are left
+    assert cli.grid_eta(1 / 8, 30.0) == "; grid ETA 3m30s" and cli.grid_eta(0.5, 20.0) == "; grid ETA 20s"
+    assert cli.grid_eta(0.0, 5.0) == cli.grid_eta(1.0, 5.0) == ""
+
+
+def test_world_ablation_grid_is_one_factor_at_a_time_on_the_quickstart_datasets():
+    """``grids/world_ablations.yaml``: HeBA's ratio, init and heterogeneity levels and RMAdapter's five rungs on the
+    quickstart's datasets, 3 seeds, at the quickstart's tiny-model settings (a column no HeBA run varies)."""
+    grid = resolve_plan(expand_grid(ROOT / "grids" / "world_ablations.yaml"))
+    assert cli.grid_summary(grid.runs) == ["Zero-shot CLIP: 1 configuration x 2 datasets x 3 seeds = 6 runs",
+                                           "HeBA: 7 configurations x 2 datasets x 3 seeds = 42 runs",
+                                           "RMAdapter: 5 configurations x 2 datasets x 3 seeds = 30 runs"]
+    quickstart = resolve_plan(expand_grid(ROOT / "grids" / "quickstart.yaml"))
+    assert {s.config["dataset"] for s in grid.runs} == {s.config["dataset"] for s in quickstart.runs}
+    for method in ("heba", "rmadapter"):
+        tiny = next(s.config for s in quickstart.runs if s.config["method"]["name"] == method)
+        for spec in (s for s in grid.runs if s.config["method"]["name"] == method):
+            assert spec.config["optim"] == tiny["optim"]
+            assert all(spec.config["method"][k] == v for k, v in tiny["method"].items()
+                       if k in ("novel_scale", "rec_grad_scale", "lambda_con_image", "lambda_con_text", "layers"))

@@ -62,3 +62,20 @@ def test_two_cpu_workers_run_a_queue_at_most_two_at_a_time_without_barrier(tmp_p
         slot = re.search(r"local pool slot: (.*)", (folder / "stdout.txt").read_text()).group(1)
         assert "CUDA_VISIBLE_DEVICES=''" in slot and "FCS_TORCH_THREADS=" in slot
 
+
+
+def test_inline_executor_runs_with_threads_per_run_and_records_it(tmp_path):
+    """``threads_per_run`` also sets the torch threads of in-process (inline) runs; each record says how many ran."""
+    data = write_dataset(tmp_path / "data", "oxford_pets", 6, counts=(4, 2, 2))
+    grid = tmp_path / "inline.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "inline", "base": base_run(data, tmp_path / "results", method="zeroshot"),
+        "grid": {"seed": [1, 2]}, "executor": {"kind": "inline", "threads_per_run": 2}}))
+    out = launch(grid)  # the tests' environment gives every subprocess OMP_NUM_THREADS=1
+    assert out.returncode == 0, out.stdout + out.stderr
+    records = [json.loads((f / "record.json").read_text()) for f in run_folders(tmp_path / "results", "inline")]
+    assert [r["env"]["threads"] for r in records] == [2, 2]
+    default = launch(grid, "--executor-opt", "threads_per_run=null", "seed=3")
+    assert default.returncode == 0, default.stdout + default.stderr
+    records = [json.loads((f / "record.json").read_text()) for f in run_folders(tmp_path / "results", "inline")]
+    assert sorted(r["env"]["threads"] for r in records) == [1, 2, 2]

@@ -41,6 +41,10 @@ def test_launch_twice_runs_nothing_twice_and_status(data_root, tmp_path):
     first = launch("--grid", str(grid), "--no-analysis", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "4 to run" in first.stdout and "base" in first.stdout  # the results table
+    # not a terminal: one line per epoch of each trained run, with its loss, the run's ETA and the grid's
+    epoch_lines = [line for line in first.stdout.splitlines() if "] epoch " in line]
+    assert len(epoch_lines) == 2 * 2 and all("loss" in line for line in epoch_lines), first.stdout
+    assert "ETA" in epoch_lines[0] and "grid ETA" in epoch_lines[0], epoch_lines
     recs = records(tmp_path / "results")
     assert len(recs) == 4 and all(r["status"] == "done" for r in recs.values())
     rec = next(r for r in recs.values() if r["config"]["method"]["name"] == "coop")

@@ -40,13 +40,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class LocalConfig:
-    """The ``executor:`` block for ``local`` (and ``inline``, which ignores the pool settings)."""
+    """The ``executor:`` block for ``local`` (and ``inline``, which reads only ``threads_per_run``)."""
 
     kind: Literal["inline", "local", "slurm"] = "local"
     workers: int | None = None  # CPU slots when there is no GPU (default: 1)
     runs_per_gpu: int = 1  # several runs per GPU in the local pool
     gpus: tuple[int, ...] | None = None  # GPU indices to use (default: all visible; [] = CPU workers only)
-    threads_per_run: int | None = None  # torch threads per run (default: cores / slots)
+    threads_per_run: int | None = None  # torch threads per run (default: cores / slots; inline: torch's default)
 
     def validate(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -257,7 +257,17 @@ class InlineExecutor:
 
     def submit(self, grid: "Grid", specs: list["RunSpec"], options: LocalConfig,
                report: Callable[["RunSpec", Outcome], None], wait: bool = True) -> list[Outcome]:
-        return run_inline(specs, report)
+        # a report that also takes log lines (the launcher's progress) gets each run's epoch lines as they come
+        log = getattr(report, "log", None)
+        if options.threads_per_run is None:  # torch's own default: one thread per core
+            return run_inline(specs, report, log)
+        import torch
+        previous = torch.get_num_threads()
+        torch.set_num_threads(options.threads_per_run)
+        try:
+            return run_inline(specs, report, log)
+        finally:
+            torch.set_num_threads(previous)
 
 
 class LocalExecutor:
