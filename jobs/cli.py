@@ -31,17 +31,23 @@ class Progress:
     per epoch with the run's loss, epoch time and ETA and an ETA for the grid; on a terminal a tqdm bar over the runs
     whose postfix shows the current epoch instead.
 
-    Called with ``(spec, outcome)`` when a run ends; :meth:`log` takes a run's log lines (``RUN_ID: message``)."""
+    ``methods``: the method of each pending run, in the order they run. Called with ``(spec, outcome)`` when a run
+    ends; :meth:`log` takes a run's log lines (``RUN_ID: message``)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.finished, self.start = total, 0, time.monotonic()
+    def __init__(self, methods: Sequence[str]) -> None:
+        self.methods, self.total, self.finished = list(methods), len(methods), 0
+        self.seconds: dict[str, list[float]] = {}  # per method, the wall time of its finished runs
+        self.run_start = time.monotonic()
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc="runs", unit="run")
+            self.bar = tqdm(total=self.total, desc="runs", unit="run")
 
     def __call__(self, spec: RunSpec, outcome: Any) -> None:
         self.finished += 1
+        self.run_start = time.monotonic()
+        if outcome.status == "done":
+            self.seconds.setdefault(spec.config["method"]["name"], []).append(outcome.seconds)
         detail = f" ({outcome.detail})" if outcome.detail else ""
         line = (f"[{self.finished}/{self.total}] {outcome.status:7s} {spec.run_id} {describe(spec)} "
                 f"{outcome.seconds:.1f}s{detail}")
@@ -55,23 +61,40 @@ class Progress:
         """A run's log line: epoch lines are shown (with the grid's ETA), the rest stays in the run's log.txt."""
         _run_id, _, message = line.partition(": ")
         match = EPOCH_LINE.match(message)
-        if not match:
+        if not match or self.finished >= self.total:
             return
-        epoch, epochs = int(match.group(1)), int(match.group(2))
-        eta = grid_eta((self.finished + epoch / max(epochs, 1)) / max(self.total, 1), time.monotonic() - self.start)
+        fraction = int(match.group(1)) / max(int(match.group(2)), 1)
+        left = grid_seconds_left(self.methods[self.finished:], fraction, time.monotonic() - self.run_start,
+                                 self.seconds)
+        eta = "" if left is None else f"; grid ETA {_duration(left)}"
         if self.bar is not None:
             self.bar.set_postfix_str(f"{message}{eta}", refresh=True)
         else:
             print(f"  [{self.finished + 1}/{self.total}] {message}{eta}", flush=True)
 
 
-def grid_eta(fraction_done: float, elapsed: float) -> str:
-    """``; grid ETA 3m10s``: the time left if the rest of the grid goes at the pace of its first ``elapsed`` seconds
-    (``fraction_done`` of it: finished runs plus the share of epochs of the run under way)."""
-    if fraction_done <= 0 or fraction_done >= 1:
-        return ""
-    seconds = round(elapsed * (1 - fraction_done) / fraction_done)
-    return f"; grid ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"; grid ETA {seconds}s"
+def grid_seconds_left(methods_left: Sequence[str], fraction: float, elapsed: float,
+                      seconds: dict[str, list[float]]) -> float | None:
+    """Seconds until the grid ends: the run under way (``methods_left[0]``, ``fraction`` of its epochs done in
+    ``elapsed`` s) and the runs after it, each estimated by the mean time of the finished runs of its method, else
+    of all finished runs, else of the run under way at its pace so far. None before any estimate exists."""
+    finished = [t for times in seconds.values() for t in times]
+    pace = elapsed / fraction if fraction > 0 else None
+    overall = sum(finished) / len(finished) if finished else pace
+    if overall is None:
+        return None
+
+    def estimate(method: str) -> float:
+        times = seconds.get(method)
+        return sum(times) / len(times) if times else overall
+    current = pace if pace is not None and not seconds.get(methods_left[0]) else estimate(methods_left[0])
+    return max(current - elapsed, 0.0) + sum(estimate(m) for m in methods_left[1:])
+
+
+def _duration(seconds: float) -> str:
+    """``3m10s`` or ``42s``."""
+    whole = round(seconds)
+    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
 
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+):")
@@ -468,7 +491,8 @@ def _launch(plan: GridPlan, grid: Grid, args: argparse.Namespace) -> int:
     preflight(pending, str(grid.path))
     remember_ids(plan, grid)  # after the checks: a launch refused for bad input writes nothing
     start = time.perf_counter()
-    outcomes = get_executor(options.kind).submit(grid, pending, options, Progress(len(pending)), args.wait)
+    progress = Progress([spec.config["method"]["name"] for spec in pending])
+    outcomes = get_executor(options.kind).submit(grid, pending, options, progress, args.wait)
     if outcomes is None:  # handed to a scheduler: --status follows the runs
         print(f"  records: {grid.results_dir}/<run id>/record.json")
         print(f"  follow: {status_command(args)}")

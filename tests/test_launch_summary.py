@@ -96,15 +96,24 @@ def test_end_table_averages_a_variant_over_its_datasets_per_seed(tmp_path):
 
 def test_progress_shows_epoch_lines_with_the_grid_eta_and_nothing_else(capsys):
     """Off a terminal the launcher prints a run's epoch lines (other log lines stay in log.txt), numbered by the run
-    under way, with an ETA for the grid from the pace so far."""
-    progress = cli.Progress(total=4)
+    under way, with an ETA for the grid."""
+    progress = cli.Progress(["zeroshot", "heba", "heba", "mma"])
     progress.log("abc: fit split world_hues/base: 128 train, 32 val, 8 classes")
     progress.log("abc: epoch 5/10: loss 1.2 lr 0.01 (1.0s, ETA 5s)")
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith("  [1/4] epoch 5/10: loss 1.2 lr 0.01 (1.0s, ETA 5s); grid ETA ")
-    # half of the first of four runs took 30 s: 1/8 of the grid, so 7 x 30 s are left
-    assert cli.grid_eta(1 / 8, 30.0) == "; grid ETA 3m30s" and cli.grid_eta(0.5, 20.0) == "; grid ETA 20s"
-    assert cli.grid_eta(0.0, 5.0) == cli.grid_eta(1.0, 5.0) == ""
+
+
+def test_grid_eta_estimates_each_run_left_by_the_finished_runs_of_its_method():
+    left = cli.grid_seconds_left
+    # nothing finished: the run under way at its pace (half done in 10 s), and the three after it at that pace
+    assert left(["heba", "heba", "mma", "coop"], 0.5, 10.0, {}) == 10.0 + 3 * 20.0
+    # a finished HeBA run took 12 s and a zero-shot one 2 s: HeBA runs at 12 s, MMA (none yet) at the mean, 7 s
+    seconds = {"heba": [12.0], "zeroshot": [2.0]}
+    assert left(["heba", "heba", "mma"], 0.25, 3.0, seconds) == (12.0 - 3.0) + 12.0 + 7.0
+    # a method with no finished run, under way: its own pace
+    assert left(["mma", "heba"], 0.5, 4.0, seconds) == 4.0 + 12.0
+    assert left(["mma"], 0.0, 0.0, {}) is None
 
 
 def test_world_ablation_grid_is_one_factor_at_a_time_on_the_quickstart_datasets():
@@ -112,7 +121,7 @@ def test_world_ablation_grid_is_one_factor_at_a_time_on_the_quickstart_datasets(
     quickstart's datasets, 3 seeds, at the quickstart's tiny-model settings (a column no HeBA run varies)."""
     grid = resolve_plan(expand_grid(ROOT / "grids" / "world_ablations.yaml"))
     assert cli.grid_summary(grid.runs) == ["Zero-shot CLIP: 1 configuration x 2 datasets x 3 seeds = 6 runs",
-                                           "HeBA: 7 configurations x 2 datasets x 3 seeds = 42 runs",
+                                           "HeBA: 6 configurations x 2 datasets x 3 seeds = 36 runs",
                                            "RMAdapter: 5 configurations x 2 datasets x 3 seeds = 30 runs"]
     quickstart = resolve_plan(expand_grid(ROOT / "grids" / "quickstart.yaml"))
     assert {s.config["dataset"] for s in grid.runs} == {s.config["dataset"] for s in quickstart.runs}
