@@ -76,19 +76,19 @@ class Progress:
 def grid_seconds_left(methods_left: Sequence[str], fraction: float, elapsed: float,
                       seconds: dict[str, list[float]]) -> float | None:
     """Seconds until the grid ends: the run under way (``methods_left[0]``, ``fraction`` of its epochs done in
-    ``elapsed`` s) and the runs after it, each estimated by the mean time of the finished runs of its method, else
-    of all finished runs, else of the run under way at its pace so far. None before any estimate exists."""
-    finished = [t for times in seconds.values() for t in times]
-    pace = elapsed / fraction if fraction > 0 else None
-    overall = sum(finished) / len(finished) if finished else pace
-    if overall is None:
+    ``elapsed`` s) and the runs after it. A run is estimated by the mean time of the finished runs of its method;
+    the method under way, before any of its runs finished, by its pace so far; a method not seen yet by the mean
+    of the methods' estimates (so a few fast zero-shot runs do not make a HeBA grid look nearly done). None before
+    any estimate exists."""
+    per_method = {method: sum(times) / len(times) for method, times in seconds.items() if times}
+    current = methods_left[0]
+    if current not in per_method and fraction > 0:
+        per_method[current] = elapsed / fraction
+    if not per_method:
         return None
-
-    def estimate(method: str) -> float:
-        times = seconds.get(method)
-        return sum(times) / len(times) if times else overall
-    current = pace if pace is not None and not seconds.get(methods_left[0]) else estimate(methods_left[0])
-    return max(current - elapsed, 0.0) + sum(estimate(m) for m in methods_left[1:])
+    unseen = sum(per_method.values()) / len(per_method)
+    return (max(per_method.get(current, unseen) - elapsed, 0.0)
+            + sum(per_method.get(method, unseen) for method in methods_left[1:]))
 
 
 def _duration(seconds: float) -> str:

@@ -114,6 +114,8 @@ def test_grid_eta_estimates_each_run_left_by_the_finished_runs_of_its_method():
     # a method with no finished run, under way: its own pace
     assert left(["mma", "heba"], 0.5, 4.0, seconds) == 4.0 + 12.0
     assert left(["mma"], 0.0, 0.0, {}) is None
+    # six fast zero-shot runs done, HeBA half way after 7 s: RMAdapter (unseen) at the mean of 1 s and 14 s
+    assert left(["heba", "rmadapter"], 0.5, 7.0, {"zeroshot": [1.0] * 6}) == 7.0 + 7.5
 
 
 def test_world_ablation_grid_is_one_factor_at_a_time_on_the_quickstart_datasets():
