@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (with config.yaml and checkpoints/last.pt)")
     parser.add_argument("--json", action="store_true", help="one JSON object per run instead of a table line")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     for run_dir in args.runs:
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             print(f"{run_dir}: skipped (no checkpoints/last.pt: not a gradient-trained run)", file=sys.stderr)

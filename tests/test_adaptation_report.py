@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from jobs.adaptation_report import main, report
 from jobs.config import resolve
@@ -30,3 +31,4 @@ def test_a_run_without_gradient_training_is_skipped_with_the_reason(data_root, t
     from jobs.runfolder import run_dir
     assert main([str(run_dir(resolved))]) == 0
     assert "no checkpoints/last.pt" in capsys.readouterr().err
+    assert torch.is_grad_enabled()  # the report computes without gradients but leaves the process as it found it
