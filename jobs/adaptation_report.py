@@ -29,24 +29,14 @@ from torch.utils.data import DataLoader
 from frozen_clip.backbone import FrozenCLIP, load_backbone
 from frozen_clip.device_augment import collate, to_device
 from frozen_clip.imagecache import eval_dataset
-from frozen_clip.method import Method, MethodContext
+from frozen_clip.method import Method
 from frozen_clip.seeding import derive_seed, seed_everything
 from frozen_clip.transforms import test_spec
-from jobs.config import ResolvedRun, method_class, resolve, run_label
+from jobs.config import method_class, resolve, run_label
 from jobs.data import Manifests, resolve_data_root
+from jobs.execute import build_method
 from jobs.runfolder import read_run_config
-from protocols.datasets import get_spec
 from protocols.splits import SplitManifest
-
-
-def build(resolved: ResolvedRun, clip: FrozenCLIP, fit: SplitManifest) -> Method:
-    """The method as the runner builds it (:meth:`jobs.execute.RunExecution._build_method`), under its build seed."""
-    run = resolved.run
-    seed_everything(derive_seed("build", run.seed))
-    context = MethodContext(dataset=run.dataset, template=get_spec(run.dataset).template, protocol=run.protocol,
-                            shots=run.shots, seed=run.seed, epochs=resolved.optim.epochs)
-    cls = method_class(resolved.method_name, "run")
-    return cls(clip, fit.classnames, resolved.method_config, context).to(clip.device)
 
 
 @torch.no_grad()
@@ -74,12 +64,14 @@ def report(run_dir: Path) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no trained weights (a run without a gradient fit keeps none)")
     manifests = Manifests(resolved, resolve_data_root(resolved.run.data_root))
+    # the runner's order (jobs.execute.RunExecution._execute): seed, load the backbone, build the method
+    seed_everything(derive_seed("build", resolved.run.seed))
     clip = load_backbone(resolved.run.backbone, resolved.run.pretrained, torch.device("cpu"))
-    zeroshot = build(resolve({**resolved.config, "method": {"name": "zeroshot"}}, "zero-shot reference"),
-                     clip, manifests.fit)
-    zs_logits, labels = logits_on(zeroshot, clip, manifests.fit)
-    method = build(resolved, clip, manifests.fit)
+    method = build_method(resolved, method_class(resolved.method_name, "run"), clip, manifests.fit)
     theta0 = _flat(method.trainable_parameters())
+    reference = resolve({**resolved.config, "method": {"name": "zeroshot"}}, "zero-shot reference")
+    zeroshot = build_method(reference, method_class("zeroshot", "run"), clip, manifests.fit)
+    zs_logits, labels = logits_on(zeroshot, clip, manifests.fit)
     init_logits, _ = logits_on(method, clip, manifests.fit)
     method.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["method"], strict=True)
     method.invalidate()

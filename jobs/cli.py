@@ -307,14 +307,10 @@ def _dataset_averages(frame: "pd.DataFrame", numeric: list[str]) -> "pd.DataFram
 
 def _mean_std(mean: float, std: float, n: int) -> str:
     """``81.88 ± 0.42`` over ``n`` seeds (the mean alone for one seed or a missing value)."""
-    if _missing(mean):
+    import pandas as pd
+    if pd.isna(mean):
         return "-"
-    return f"{mean:.2f}" if n < 2 or _missing(std) else f"{mean:.2f} ± {std:.2f}"
-
-
-def _missing(value: Any) -> bool:
-    """Whether ``value`` is a missing number (NaN/None)."""
-    return value is None or value != value
+    return f"{mean:.2f}" if n < 2 or pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def _distinct_labels(specs: Sequence[RunSpec], labels: list[str]) -> list[str]:

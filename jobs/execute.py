@@ -56,6 +56,17 @@ from protocols.datasets import get_spec
 from protocols.splits import SplitManifest, manifest_path
 
 
+def build_method(resolved: ResolvedRun, cls: type, clip: FrozenCLIP, fit: SplitManifest) -> Method:
+    """The run's method (class ``cls``) on the frozen ``clip`` for the fit split's classes, on ``clip``'s device.
+
+    Its initial weights are drawn from the global RNG: a run seeds it with ``derive_seed("build", seed)`` before
+    loading the backbone, and :mod:`jobs.adaptation_report` does the same to rebuild a run's initial weights."""
+    run = resolved.run
+    context = MethodContext(dataset=run.dataset, template=get_spec(run.dataset).template, protocol=run.protocol,
+                            shots=run.shots, seed=run.seed, epochs=resolved.optim.epochs)
+    return cls(clip, fit.classnames, resolved.method_config, context).to(clip.device)
+
+
 def shots_per_class(items: Any, n_classes: int, requested: int) -> dict[str, int]:
     """Training images per class of a fit split against the requested ``shots``: ``min``, ``max``, and how many
     classes have fewer than requested (``short_classes``). Such a class trains on all it has (Dassl's
@@ -153,7 +164,7 @@ class RunExecution:
         clip = load_backbone(run.backbone, run.pretrained, device)
         if precision.half_model:  # pure fp16 (Dassl's PREC "fp16"): the frozen model and what is built in its dtype
             clip = clip.half()
-        method = self._build_method(cls, clip, manifests.fit)
+        method = build_method(self.resolved, cls, clip, manifests.fit)
         trainer = Trainer(method, self.resolved.optim, seed=run.seed, device=device, precision=precision.train,
                           eval_precision=precision.eval,
                           checkpoint_dir=self.folder / "checkpoints", num_workers=run.num_workers, log=self.log,
@@ -194,12 +205,6 @@ class RunExecution:
                            for name, m in {"fit": manifests.fit, **manifests.evals}.items()},
                 "shots_per_class": shots,
                 "env": environment(device, precision, git_sha(), self.code, official)}
-
-    def _build_method(self, cls: type, clip: FrozenCLIP, fit: SplitManifest) -> Method:
-        run = self.resolved.run
-        context = MethodContext(dataset=run.dataset, template=get_spec(run.dataset).template, protocol=run.protocol,
-                                shots=run.shots, seed=run.seed, epochs=self.resolved.optim.epochs)
-        return cls(clip, fit.classnames, self.resolved.method_config, context).to(clip.device)
 
     def _load_checkpoint(self, method: Method) -> dict[str, Any] | None:
         """Load ``method.checkpoint`` (an official checkpoint) into the method; what the record says about it."""
